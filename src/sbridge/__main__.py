@@ -1,0 +1,5 @@
+import sys
+
+from sbridge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,28 @@
+"""User-facing errors.
+
+Every mistake a user can make (unknown method or dataset, bad shapes, NaN/Inf in data, invalid configuration,
+a directory that is not a run) raises a subclass of :class:`SBridgeError` whose message is one sentence naming
+the problem and the fix. The CLI prints that sentence without a traceback and exits with code 2.
+"""
+
+from __future__ import annotations
+
+
+class SBridgeError(Exception):
+    """Base class for errors caused by user input; the message is meant to be shown as-is."""
+
+
+class DataError(SBridgeError):
+    """Input data has the wrong shape, type or contains non-finite values."""
+
+
+class ConfigError(SBridgeError):
+    """A configuration value (method, dataset, option) is unknown or out of range."""
+
+
+class RunDirError(SBridgeError):
+    """A path given as a run directory is missing or does not hold an sbridge run."""
+
+
+class TrainingDivergedError(SBridgeError):
+    """The loss became NaN or Inf; training stopped and the last good checkpoint was kept."""

@@ -1,0 +1,94 @@
+"""Figures (PNG) for a run: samples beside data, sampling trajectories, the loss curve. Needs matplotlib."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sbridge.errors import SBridgeError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SBridgeError("plotting needs matplotlib; install it with: pip install 'sbridge[plot]'.") from None
+    return plt
+
+
+def _limits(*clouds: torch.Tensor) -> tuple[tuple[float, float], tuple[float, float]]:
+    pts = torch.cat([c[:, :2] for c in clouds])
+    lo, hi = pts.quantile(0.001, dim=0), pts.quantile(0.999, dim=0)
+    pad = 0.05 * (hi - lo)
+    return (float(lo[0] - pad[0]), float(hi[0] + pad[0])), (float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+
+
+def plot_samples(samples: torch.Tensor, data: torch.Tensor, path: str | Path, *, title: str = "") -> Path:
+    """Scatter the data and the model's samples side by side (first two coordinates), sharing axes."""
+    plt = _pyplot()
+    xlim, ylim = _limits(samples, data)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharex=True, sharey=True)
+    for ax, pts, name in ((axes[0], data, "data"), (axes[1], samples, "samples")):
+        ax.scatter(pts[:, 0], pts[:, 1], s=1.5, alpha=0.5, color="tab:blue" if name == "data" else "tab:orange")
+        ax.set_title(f"{name} (n={len(pts)})")
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_trajectories(paths: torch.Tensor, path: str | Path, *, n_lines: int = 64, title: str = "") -> Path:
+    """Draw sampling paths ``(steps + 1, n, d)``: start points (prior) grey, end points orange, lines between."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ends = paths[-1]
+    ax.scatter(paths[0, :, 0], paths[0, :, 1], s=1, color="0.7", label="start (prior)")
+    ax.scatter(ends[:, 0], ends[:, 1], s=1.5, color="tab:orange", label="end (samples)")
+    for i in range(min(n_lines, paths.shape[1])):
+        ax.plot(paths[:, i, 0], paths[:, i, 1], lw=0.6, alpha=0.6, color="tab:blue")
+    xlim, ylim = _limits(paths[0], ends)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=6, fontsize=8)
+    ax.set_title(title or "sampling trajectories")
+    return _save(fig, path)
+
+
+def plot_loss(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Training loss (log scale) against step, from ``metrics.jsonl`` rows; evaluation rows on a second axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    if loss:
+        ax.plot(*zip(*loss, strict=True), color="tab:blue", label="training loss")
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    evals = [(r["step"], r["eval"]["energy"]["value"]) for r in rows if "energy" in r.get("eval", {})]
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*evals, strict=True), "o-", color="tab:orange", label="energy distance (EMA model)")
+        ax2.set_ylabel("energy distance")
+        ax2.legend(loc="upper center", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("training curve")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

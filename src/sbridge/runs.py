@@ -1,0 +1,132 @@
+"""Operations on run directories, shared by the CLI and by scripts: train, sample, evaluate, plot.
+
+A run directory holds ``config.json`` (solver, training and data settings), ``model.safetensors`` (weights),
+``checkpoint.safetensors`` (full training state for ``--resume``), ``metrics.jsonl`` and ``plots/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sbridge import io, metrics
+from sbridge.data import toy
+from sbridge.errors import ConfigError, RunDirError
+from sbridge.solvers.base import SOLVERS, Solver, load
+from sbridge.validation import check_choice, check_positive_int
+
+#: Offsets added to the training seed for the evaluation reference and noise-floor samples, so that neither
+#: overlaps the training data.
+REFERENCE_SEED_OFFSET = 1_000
+FLOOR_SEED_OFFSET = 2_000
+
+
+@dataclass
+class RunSpec:
+    """Everything ``sbridge train`` needs; the keys of a ``--config`` YAML file are these field names."""
+
+    method: str = "sgm"
+    data: str = "checkerboard"
+    n_data: int = 20_000
+    steps: int = 5_000
+    seed: int = 0
+    out: str = "runs/latest"
+    device: str = "auto"
+    batch_size: int = 512
+    lr: float = 1e-3
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1_000
+    eval_every: int = 0
+    eval_n: int = 2_000
+    quiet: bool = False
+    resume: bool = False
+    solver: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown} in the configuration; valid keys are {sorted(known)}.")
+        spec = cls(**d)
+        check_choice(spec.method, tuple(SOLVERS), "method")
+        check_choice(spec.data, toy.DATASETS, "dataset")
+        check_positive_int(spec.n_data, "n_data")
+        if not isinstance(spec.solver, dict):
+            raise ConfigError(f"'solver' must be a mapping of solver options, got {spec.solver!r}.")
+        return spec
+
+
+def data_spec(run_dir: Path) -> dict[str, Any]:
+    spec = io.read_json(run_dir / io.CONFIG_FILE).get("data")
+    if not spec:
+        raise RunDirError(f"{str(run_dir)!r} does not record its data set, so it cannot be evaluated against it; "
+                          "train it with 'sbridge train --data NAME'.")
+    return spec
+
+
+def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
+    """Build the solver named by ``spec``, train it on its toy data set and write the run directory."""
+    out = Path(spec.out)
+    x = toy.sample(spec.data, spec.n_data, seed=spec.seed)
+    try:
+        solver = SOLVERS[spec.method](x.shape[1], seed=spec.seed, device=spec.device, **spec.solver)
+    except TypeError as exc:
+        raise ConfigError(f"invalid solver option for {spec.method!r} ({exc}); "
+                          f"see help(sbridge.{SOLVERS[spec.method].__name__}).") from None
+    reference = toy.sample(spec.data, spec.eval_n, seed=spec.seed + REFERENCE_SEED_OFFSET)
+
+    def evaluate(step: int) -> dict[str, Any]:
+        samples = solver.sample(spec.eval_n, steps=100)
+        return {"energy": {"value": metrics.energy_distance(samples, reference)}}
+
+    solver.fit(x, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, out=out, resume=spec.resume,
+               quiet=spec.quiet, ema_decay=spec.ema_decay, grad_clip=spec.grad_clip,
+               checkpoint_every=spec.checkpoint_every, eval_every=spec.eval_every, evaluate=evaluate,
+               callbacks=callbacks, run_info={"data": {"name": spec.data, "n": spec.n_data, "seed": spec.seed}})
+    return solver
+
+
+def sample(run_dir: str | Path, n: int, *, steps: int = 100, ode: bool = False, method: str = "heun",
+           seed: int | None = None, device: str = "auto", return_path: bool = False) -> tuple[torch.Tensor, int]:
+    """Load a run and draw ``n`` samples; returns ``(samples, nfe)``."""
+    solver = load(run_dir, device=device)
+    x = solver.sample(n, steps=steps, ode=ode, method=method, seed=seed, return_path=return_path)
+    return x.cpu(), int(solver.last_nfe or 0)
+
+
+def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int = 100, ode: bool = False, method: str = "heun",
+             seed: int | None = None, device: str = "auto", metric_names: list[str] | None = None) -> dict[str, Any]:
+    """Sample ``n`` points from a run and score them against fresh data, each metric beside its noise floor."""
+    path = io.require_run_dir(run_dir)
+    spec = data_spec(path)
+    samples, nfe = sample(path, n, steps=steps, ode=ode, method=method, seed=seed, device=device)
+    reference = toy.sample(spec["name"], n, seed=spec["seed"] + REFERENCE_SEED_OFFSET)
+    floor = toy.sample(spec["name"], n, seed=spec["seed"] + FLOOR_SEED_OFFSET)
+    scores = metrics.evaluate(samples, reference, floor, metrics=metric_names)
+    return {"run": str(path), "data": spec["name"], "n": n, "steps": steps, "ode": ode,
+            "sampler": method if ode else "euler_maruyama", "nfe": nfe, "metrics": scores}
+
+
+def plot(run_dir: str | Path, *, n: int = 4_000, steps: int = 100, ode: bool = False,
+         device: str = "auto") -> list[Path]:
+    """Write ``plots/samples.png``, ``plots/trajectories.png`` and ``plots/loss.png`` into the run directory."""
+    from sbridge import plot as plots
+
+    path = io.require_run_dir(run_dir)
+    spec = data_spec(path)
+    solver = load(path, device=device)
+    paths = solver.sample(n, steps=steps, ode=ode, return_path=True).cpu()
+    data = toy.sample(spec["name"], n, seed=spec["seed"] + REFERENCE_SEED_OFFSET)
+    kind = "probability-flow ODE" if ode else "reverse SDE"
+    out = path / "plots"
+    return [
+        plots.plot_samples(paths[-1], data, out / "samples.png",
+                           title=f"{solver.method.upper()} on {spec['name']} ({kind}, {steps} steps)"),
+        plots.plot_trajectories(paths[:, :256], out / "trajectories.png", title=f"{kind} trajectories"),
+        plots.plot_loss(io.read_jsonl(path / io.METRICS_FILE), out / "loss.png"),
+    ]
