@@ -45,6 +45,16 @@ def _add_sampling_args(p: argparse.ArgumentParser, n: int) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
 
 
+TRAIN_HELP = {
+    "method": "solver: sgm",
+    "data": "a toy data set (checkerboard, 8gaussians, moons, swissroll, spiral, pinwheel, circles, scurve, "
+            "gaussian) or a .npy / .csv file of shape (n, d)",
+    "n_data": "points drawn from a toy data set",
+    "out": "run directory",
+    "eval_every": "evaluate the EMA model every this many steps (0: never)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sbridge.runs import RunSpec
 
@@ -58,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name in ("quiet", "resume", "solver"):
             continue
         kind = type(getattr(defaults, f.name))
-        t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                       help=f"(default {getattr(defaults, f.name)})")
+        t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=TRAIN_HELP.get(f.name, "")
+                       + f" (default {getattr(defaults, f.name)})")
     t.add_argument("--process", help="reference process for SGM: vp (default), ve or brownian")
     t.add_argument("--hidden", type=int, help="network width (default 128)")
     t.add_argument("--depth", type=int, help="number of hidden layers (default 3)")

@@ -14,9 +14,9 @@ import torch
 
 from sbridge import io, metrics
 from sbridge.data import toy
-from sbridge.errors import ConfigError, RunDirError
+from sbridge.errors import ConfigError, DataError, RunDirError
 from sbridge.solvers.base import SOLVERS, Solver, load
-from sbridge.validation import check_choice, check_positive_int
+from sbridge.validation import as_data_tensor, check_choice, check_positive_int
 
 #: Offsets added to the training seed for the evaluation reference and noise-floor samples, so that neither
 #: overlaps the training data.
@@ -54,11 +54,41 @@ class RunSpec:
             raise ConfigError(f"unknown option(s) {unknown} in the configuration; valid keys are {sorted(known)}.")
         spec = cls(**d)
         check_choice(spec.method, tuple(SOLVERS), "method")
-        check_choice(spec.data, toy.DATASETS, "dataset")
+        if not is_data_file(spec.data):
+            check_choice(spec.data, toy.DATASETS, "dataset")
         check_positive_int(spec.n_data, "n_data")
         if not isinstance(spec.solver, dict):
             raise ConfigError(f"'solver' must be a mapping of solver options, got {spec.solver!r}.")
         return spec
+
+
+DATA_FILE_SUFFIXES = (".npy", ".csv", ".txt")
+
+
+def is_data_file(name: str) -> bool:
+    """Whether ``--data`` names a file (``.npy``, or ``.csv``/``.txt`` with comma-separated rows) not a toy set."""
+    return str(name).lower().endswith(DATA_FILE_SUFFIXES)
+
+
+def read_data_file(path: str | Path) -> torch.Tensor:
+    """Read an ``(n, d)`` array from ``.npy`` or comma-separated text; shape and finiteness are checked."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {str(p)!r} does not exist; pass a .npy or .csv file or a toy data set name.")
+    try:
+        array = np.load(p, allow_pickle=False) if p.suffix.lower() == ".npy" else np.loadtxt(p, delimiter=",", ndmin=2)
+    except ValueError as exc:
+        raise DataError(f"data file {str(p)!r} could not be read ({exc}); save a numeric (n, d) array.") from None
+    return as_data_tensor(array, name=f"data file {str(p)!r}")
+
+
+def load_data(spec: dict[str, Any], n: int | None = None, seed_offset: int = 0) -> torch.Tensor:
+    """The data a run was trained on (``seed_offset`` 0) or fresh draws from the same law (toy sets only)."""
+    if "path" in spec:
+        return read_data_file(spec["path"])
+    return toy.sample(spec["name"], n or spec["n"], seed=spec["seed"] + seed_offset)
 
 
 def data_spec(run_dir: Path) -> dict[str, Any]:
@@ -72,13 +102,17 @@ def data_spec(run_dir: Path) -> dict[str, Any]:
 def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
     """Build the solver named by ``spec``, train it on its toy data set and write the run directory."""
     out = Path(spec.out)
-    x = toy.sample(spec.data, spec.n_data, seed=spec.seed)
+    if is_data_file(spec.data):
+        data_info = {"name": Path(spec.data).stem, "path": str(Path(spec.data).resolve()), "seed": spec.seed}
+    else:
+        data_info = {"name": spec.data, "n": spec.n_data, "seed": spec.seed}
+    x = load_data(data_info)
     try:
         solver = SOLVERS[spec.method](x.shape[1], seed=spec.seed, device=spec.device, **spec.solver)
     except TypeError as exc:
         raise ConfigError(f"invalid solver option for {spec.method!r} ({exc}); "
                           f"see help(sbridge.{SOLVERS[spec.method].__name__}).") from None
-    reference = toy.sample(spec.data, spec.eval_n, seed=spec.seed + REFERENCE_SEED_OFFSET)
+    reference, _ = _reference_and_floor(data_info, spec.eval_n)
 
     def evaluate(step: int) -> dict[str, Any]:
         samples = solver.sample(spec.eval_n, steps=100)
@@ -87,8 +121,25 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
     solver.fit(x, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, out=out, resume=spec.resume,
                quiet=spec.quiet, ema_decay=spec.ema_decay, grad_clip=spec.grad_clip,
                checkpoint_every=spec.checkpoint_every, eval_every=spec.eval_every, evaluate=evaluate,
-               callbacks=callbacks, run_info={"data": {"name": spec.data, "n": spec.n_data, "seed": spec.seed}})
+               callbacks=callbacks, run_info={"data": data_info})
     return solver
+
+
+def _reference_and_floor(spec: dict[str, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent data samples of size ``n``: the evaluation reference and the noise-floor sample.
+
+    Toy sets draw fresh points with seeds that do not overlap the training data. A data file is shuffled and split
+    into two disjoint halves (``n`` shrinks to half the file when the file is small); they are not held out from
+    training, so the comparison measures fit, not generalisation.
+    """
+    if "path" not in spec:
+        return (load_data(spec, n, REFERENCE_SEED_OFFSET), load_data(spec, n, FLOOR_SEED_OFFSET))
+    data = load_data(spec)
+    n = min(n, data.shape[0] // 2)
+    if n < 2:
+        raise DataError(f"data file {spec['path']!r} has too few rows to evaluate against; it needs at least 4.")
+    order = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(spec["seed"] + FLOOR_SEED_OFFSET))
+    return data[order[:n]], data[order[n:2 * n]]
 
 
 def sample(run_dir: str | Path, n: int, *, steps: int = 100, ode: bool = False, method: str = "heun",
@@ -105,8 +156,8 @@ def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int = 100, ode: bool
     path = io.require_run_dir(run_dir)
     spec = data_spec(path)
     samples, nfe = sample(path, n, steps=steps, ode=ode, method=method, seed=seed, device=device)
-    reference = toy.sample(spec["name"], n, seed=spec["seed"] + REFERENCE_SEED_OFFSET)
-    floor = toy.sample(spec["name"], n, seed=spec["seed"] + FLOOR_SEED_OFFSET)
+    reference, floor = _reference_and_floor(spec, n)
+    samples = samples[: reference.shape[0]]
     scores = metrics.evaluate(samples, reference, floor, metrics=metric_names)
     return {"run": str(path), "data": spec["name"], "n": n, "steps": steps, "ode": ode,
             "sampler": method if ode else "euler_maruyama", "nfe": nfe, "metrics": scores}
@@ -121,7 +172,7 @@ def plot(run_dir: str | Path, *, n: int = 4_000, steps: int = 100, ode: bool = F
     spec = data_spec(path)
     solver = load(path, device=device)
     paths = solver.sample(n, steps=steps, ode=ode, return_path=True).cpu()
-    data = toy.sample(spec["name"], n, seed=spec["seed"] + REFERENCE_SEED_OFFSET)
+    data, _ = _reference_and_floor(spec, n)
     kind = "probability-flow ODE" if ode else "reverse SDE"
     out = path / "plots"
     return [

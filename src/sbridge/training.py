@@ -10,9 +10,12 @@ run interrupted at step k and resumed ends with the same weights as an uninterru
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -50,8 +53,13 @@ class TrainConfig:
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise ConfigError("eval_every must be a non-negative integer (0 disables evaluation), "
                               f"got {self.eval_every!r}.")
-        if not 0.0 <= float(self.ema_decay) < 1.0:
-            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}.")
+        try:
+            decay = float(self.ema_decay)
+        except (TypeError, ValueError):
+            decay = float("nan")
+        if isinstance(self.ema_decay, bool) or not 0.0 <= decay < 1.0:
+            raise ConfigError(f"ema_decay must be a number in [0, 1), got {self.ema_decay!r}.")
+        self.ema_decay = decay
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -169,7 +177,16 @@ class Trainer:
                                      "lower the learning rate (--lr) or check the data scale.")
 
     def run(self) -> None:
-        """Train from ``self.step`` to ``config.steps``; on KeyboardInterrupt, checkpoint and re-raise."""
+        """Train from ``self.step`` to ``config.steps``; on KeyboardInterrupt, checkpoint and re-raise.
+
+        Ctrl-C is deferred to the end of the current step (when running in the main thread), so the checkpoint
+        written on interrupt is a consistent state; if an interrupt still arrives inside a step before its update,
+        the generator is rewound to the step's start so that resuming redraws the same minibatch.
+        """
+        with _defer_sigint() as interrupted:
+            self._run(interrupted)
+
+    def _run(self, interrupted: Callable[[], bool]) -> None:
         from tqdm.auto import tqdm
 
         cfg = self.config
@@ -178,9 +195,14 @@ class Trainer:
                    dynamic_ncols=True, leave=False)
         self._last_checkpoint_step = self.step if self.checkpoint_path and self.checkpoint_path.is_file() else None
         running: list[float] = []
+        rng_at_step_start = None
         try:
             while self.step < cfg.steps:
+                if interrupted():
+                    raise KeyboardInterrupt
+                rng_at_step_start = self.generator.get_state()
                 value = self._train_step()
+                rng_at_step_start = None
                 if not math.isfinite(value):
                     raise self._diverged(value)
                 self.step += 1
@@ -200,7 +222,33 @@ class Trainer:
                     self.save_checkpoint()
                     self._last_checkpoint_step = self.step
         except KeyboardInterrupt:
+            if rng_at_step_start is not None:  # interrupted inside _train_step, before its update was applied
+                self.generator.set_state(rng_at_step_start)
             self.save_checkpoint()
             raise
         finally:
             bar.close()
+
+
+@contextlib.contextmanager
+def _defer_sigint() -> Iterator[Callable[[], bool]]:
+    """Within the block, SIGINT sets a flag (read through the yielded callable) instead of raising mid-step.
+
+    A second Ctrl-C raises at once, so a user can still break out of a hung step. Outside the main thread signal
+    handlers cannot be installed and interrupts keep their default behaviour.
+    """
+    hits: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)

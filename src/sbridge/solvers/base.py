@@ -29,7 +29,7 @@ class Solver:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.method:
+        if cls.__dict__.get("method"):  # only classes that declare a method register; subclasses of them do not
             SOLVERS[cls.method] = cls
 
     def __init__(self, dim: int, *, seed: int = 0, device: str | torch.device = "auto") -> None:

@@ -1,0 +1,97 @@
+"""Benchmark: SGM (VP) on checkerboard — training speed, sampling speed and quality against NFE, SDE vs ODE.
+
+Writes ``benchmarks/results/sgm_checkerboard.json`` and ``.md``. Run alone on an idle machine (timings are wall
+clock): ``.venv/bin/python benchmarks/bench_sgm.py [--steps 8000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import sbridge
+from sbridge import metrics
+from sbridge.data import toy
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def samplers(nfe: int) -> list[tuple[str, dict]]:
+    """(label, sample kwargs) of every sampler that spends ``nfe`` network evaluations."""
+    out = [("SDE Euler-Maruyama", {"steps": nfe, "ode": False}), ("ODE Euler", {"steps": nfe, "ode": True,
+                                                                              "method": "euler"})]
+    if nfe % 2 == 0:
+        out.append(("ODE Heun", {"steps": nfe // 2, "ode": True, "method": "heun"}))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--n-eval", type=int, default=5000)
+    parser.add_argument("--n-speed", type=int, default=10000)
+    args = parser.parse_args()
+
+    x = toy.sample("checkerboard", 20_000, seed=0)
+    model = sbridge.SGM(dim=2, process="vp", hidden=128, depth=3, seed=0, device="cpu")
+    t0 = time.perf_counter()
+    model.fit(x, steps=args.steps, batch_size=512, lr=1e-3, quiet=True)
+    train_s = time.perf_counter() - t0
+
+    reference = toy.sample("checkerboard", args.n_eval, seed=1000)
+    floor = metrics.energy_distance(toy.sample("checkerboard", args.n_eval, seed=2000), reference)
+
+    speed = []
+    for nfe in (10, 50, 100):
+        for label, kw in samplers(nfe):
+            model.sample(64, **kw)  # warm-up
+            t = time.perf_counter()
+            model.sample(args.n_speed, seed=7, **kw)
+            dt = time.perf_counter() - t
+            speed.append({"sampler": label, "nfe": model.last_nfe, "samples_per_s": args.n_speed / dt})
+
+    quality = []
+    for nfe in (10, 20, 50, 100, 200):
+        for label, kw in samplers(nfe):
+            s = model.sample(args.n_eval, seed=11, **kw)
+            quality.append({"sampler": label, "nfe": model.last_nfe,
+                            "energy": metrics.energy_distance(s, reference), "floor": floor})
+    s = model.sample(args.n_eval, seed=11, ode=True, method="dopri5")
+    quality.append({"sampler": "ODE dopri5 (rtol=atol=1e-5)", "nfe": model.last_nfe,
+                    "energy": metrics.energy_distance(s, reference), "floor": floor})
+
+    result = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "command": f"python benchmarks/bench_sgm.py --steps {args.steps}",
+        "train": {"steps": args.steps, "batch_size": 512, "seconds": train_s, "steps_per_s": args.steps / train_s},
+        "sampling_speed": speed, "quality": quality,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sgm_checkerboard.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "sgm_checkerboard.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(r: dict) -> str:
+    tr = r["train"]
+    lines = [f"# SGM (VP) on checkerboard — measured on {r['machine']}", "",
+             f"Command: `{r['command']}`.", "",
+             f"Training: {tr['steps']} steps of batch {tr['batch_size']} (MLP 3x128) in {tr['seconds']:.1f} s: "
+             f"**{tr['steps_per_s']:.0f} steps/s**.", "",
+             "| sampler | NFE | samples/s |", "|---|---:|---:|"]
+    lines += [f"| {s['sampler']} | {s['nfe']} | {s['samples_per_s']:,.0f} |" for s in r["sampling_speed"]]
+    lines += ["", "Quality: energy distance of 5000 samples to 5000 fresh data points; the noise floor is the same "
+              "distance between two independent data samples (ratio 1 = indistinguishable at this n).", "",
+              "| sampler | NFE | energy distance | floor | ratio |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {q['sampler']} | {q['nfe']} | {q['energy']:.5f} | {q['floor']:.5f} | {q['energy'] / q['floor']:.2f} |"
+              for q in r["quality"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

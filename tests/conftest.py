@@ -1,0 +1,24 @@
+"""Shared fixtures for the sbridge test suite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """Run a test module with one intra-op thread, then restore the previous setting.
+
+    The networks in the tests are tiny (2-D data, hidden width <= 128): one thread is as fast as two for them and
+    far faster when the CPU cores are shared with other jobs. Opt in with ``pytest.mark.usefixtures``; module-scoped
+    fixtures that train models should request it too, so that it is active before they run.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

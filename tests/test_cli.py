@@ -1,0 +1,136 @@
+"""The command line end to end: train -> sample -> evaluate -> plot, config files, and every user error giving one
+sentence on stderr, no traceback, and exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sbridge.cli import main
+
+SMALL = ["--steps", "60", "--n-data", "500", "--batch-size", "128", "--hidden", "32", "--depth", "2", "--quiet"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--data", "moons", "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_train_writes_a_complete_run(trained_run: Path) -> None:
+    cfg = json.loads((trained_run / "config.json").read_text())
+    assert cfg["solver"]["method"] == "sgm" and cfg["solver"]["options"]["hidden"] == 32
+    assert cfg["data"] == {"name": "moons", "n": 500, "seed": 0}
+    assert cfg["train"]["steps"] == 60
+    for name in ("model.safetensors", "checkpoint.safetensors", "metrics.jsonl"):
+        assert (trained_run / name).is_file()
+
+
+def test_sample_writes_npy_with_requested_shape(trained_run: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s.npy"
+    code, stdout, _ = run(capsys, "sample", trained_run, "--n", 300, "--steps", 10, "--ode", "--out", out)
+    assert code == 0 and "20 network evaluations" in stdout  # Heun: 2 evaluations per step
+    x = np.load(out)
+    assert x.shape == (300, 2) and np.isfinite(x).all()
+
+
+def test_evaluate_json_reports_each_metric_with_its_floor(trained_run: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(capsys, "evaluate", trained_run, "--n", 400, "--steps", 20, "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    assert set(result["metrics"]) == {"energy", "mmd", "sliced_w2", "w2"}
+    for m in result["metrics"].values():
+        assert set(m) == {"value", "floor"} and m["floor"] >= 0
+    assert result["nfe"] == 20 and result["n"] == 400
+
+
+def test_plot_writes_pngs(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(capsys, "plot", trained_run, "--n", 300, "--steps", 10)
+    assert code == 0
+    for name in ("samples.png", "trajectories.png", "loss.png"):
+        png = trained_run / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_file_sets_options_and_flags_override_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: sgm\ndata: circles\nsteps: 40\nn_data: 300\nbatch_size: 64\nhidden: 16\ndepth: 1\n"
+                   "quiet: true\nsolver:\n  process: ve\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--steps", "30", "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["steps"] == 30  # the flag wins over the file
+    assert saved["data"]["name"] == "circles"
+    assert saved["solver"]["options"]["process"]["name"] == "ve"
+    assert saved["solver"]["options"]["hidden"] == 16
+
+
+def test_train_on_a_data_file_and_resume(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(400, 3)).astype(np.float32)
+    np.save(tmp_path / "d.npy", data)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "d.npy"), "--out", str(out), "--batch-size", "64", "--hidden", "16",
+            "--quiet"]
+    assert main([*args, "--steps", "20"]) == 0
+    assert main([*args, "--steps", "40", "--resume"]) == 0
+    assert json.loads((out / "config.json").read_text())["solver"]["dim"] == 3
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 40
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--method", "nope", "--out", "{tmp}/a"], "unknown method 'nope'"),
+        (["train", "--data", "nope", "--out", "{tmp}/a"], "unknown dataset 'nope'"),
+        (["train", "--steps", "0", "--out", "{tmp}/a", "--quiet"], "steps must be a positive integer"),
+        (["train", "--lr", "-1", "--out", "{tmp}/a", "--quiet", "--n-data", "100"], "lr must be a positive number"),
+        (["train", "--config", "{tmp}/missing.yaml"], "does not exist"),
+        (["train", "--config", "{tmp}/bad.yaml"], "unknown option(s) ['colour']"),
+        (["train", "--process", "xx", "--out", "{tmp}/a"], "unknown process 'xx'"),
+        (["train", "--data", "{tmp}/nan.npy", "--out", "{tmp}/a"], "contains NaN or Inf"),
+        (["train", "--data", "{tmp}/3d.npy", "--out", "{tmp}/a"], "must be 2-D"),
+        (["train", "--data", "{tmp}/absent.npy", "--out", "{tmp}/a"], "does not exist"),
+        (["sample", "{tmp}"], "is not an sbridge run"),
+        (["evaluate", "{tmp}/nowhere"], "does not exist"),
+        (["plot", "{tmp}"], "is not an sbridge run"),
+    ],
+)
+def test_user_errors_exit_2_with_one_sentence(argv: list[str], needle: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.yaml").write_text("colour: blue\n")
+    bad = np.zeros((10, 2))
+    bad[3, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    np.save(tmp_path / "3d.npy", np.zeros((4, 2, 2)))
+    code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 2
+    assert needle in err
+    assert "Traceback" not in err
+    assert err.startswith("sbridge: error: ") and err.count("\n") == 1
+
+
+def test_training_into_an_existing_run_needs_resume(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "train", "--data", "moons", "--out", trained_run, *SMALL)
+    assert code == 2 and "--resume" in err
+
+
+def test_demo_runs_end_to_end_with_few_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    code, stdout, _ = run(capsys, "demo", "--out", out, "--steps", 100, "--quiet")
+    assert code == 0
+    assert "noise floor" in stdout and str(out / "plots" / "samples.png") in stdout
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["ode"]["ode"] is True and evaluation["sde"]["nfe"] == 100
