@@ -350,3 +350,21 @@ def test_resume_from_a_checkpoint_that_does_not_fit_the_model_raises_run_dir_err
     shutil.copy(tmp_path / "other" / "checkpoint.safetensors", tmp_path / "run" / "checkpoint.safetensors")
     with pytest.raises(RunDirError, match="does not match this model"):
         SGM(2, **MODEL).fit(data, steps=4, batch_size=16, out=tmp_path / "run", resume=True, quiet=True)
+
+
+def test_cosine_schedule_decays_from_lr_to_one_hundredth_and_is_a_function_of_the_step() -> None:
+    cfg = TrainConfig(steps=1000, lr=2e-3, lr_schedule="cosine")
+    trainer = Trainer(nn.Linear(1, 1), nn.Linear(1, 1), lambda g: torch.zeros(()), cfg, generator=torch.Generator())
+    lrs = [trainer.lr_at(k) for k in range(cfg.steps)]
+    assert lrs[0] == pytest.approx(2e-3)
+    assert lrs[-1] == pytest.approx(2e-5, rel=1e-2)
+    assert all(a >= b for a, b in zip(lrs[:-1], lrs[1:], strict=True))
+    assert lrs[500] == pytest.approx((2e-3 + 2e-5) / 2)  # half-way the cosine is at the mid-point
+    constant = Trainer(nn.Linear(1, 1), nn.Linear(1, 1), lambda g: torch.zeros(()), TrainConfig(lr=0.1),
+                       generator=torch.Generator())
+    assert {constant.lr_at(k) for k in range(0, 5000, 97)} == {0.1}
+
+
+def test_unknown_lr_schedule_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")

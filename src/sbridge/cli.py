@@ -174,6 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     spec = RunSpec(method="sgm", data="checkerboard", n_data=20_000, steps=steps, out=str(out), device=args.device,
                    quiet=args.quiet, resume=(out / "checkpoint.safetensors").exists(), eval_every=max(steps // 8, 1),
+                   lr=2e-3, lr_schedule="cosine",
                    solver={"process": "vp", "hidden": 128, "depth": 3})
     print(f"sbridge demo: training a score-based diffusion (VP SDE) on the 2-D checkerboard for {steps} steps "
           f"into {out} ...", flush=True)

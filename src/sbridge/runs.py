@@ -37,6 +37,7 @@ class RunSpec:
     device: str = "auto"
     batch_size: int = 512
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     checkpoint_every: int = 1_000
@@ -118,8 +119,8 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
         samples = solver.sample(spec.eval_n, steps=100)
         return {"energy": {"value": metrics.energy_distance(samples, reference)}}
 
-    solver.fit(x, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, out=out, resume=spec.resume,
-               quiet=spec.quiet, ema_decay=spec.ema_decay, grad_clip=spec.grad_clip,
+    solver.fit(x, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, lr_schedule=spec.lr_schedule, out=out,
+               resume=spec.resume, quiet=spec.quiet, ema_decay=spec.ema_decay, grad_clip=spec.grad_clip,
                checkpoint_every=spec.checkpoint_every, eval_every=spec.eval_every, evaluate=evaluate,
                callbacks=callbacks, run_info={"data": data_info})
     return solver
@@ -165,19 +166,22 @@ def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int = 100, ode: bool
 
 def plot(run_dir: str | Path, *, n: int = 4_000, steps: int = 100, ode: bool = False,
          device: str = "auto") -> list[Path]:
-    """Write ``plots/samples.png``, ``plots/trajectories.png`` and ``plots/loss.png`` into the run directory."""
+    """Write ``plots/samples.png`` (from the sampler chosen by ``ode``), ``plots/trajectories.png`` (always the
+    deterministic probability-flow ODE, whose paths are readable) and ``plots/loss.png`` into the run directory."""
     from sbridge import plot as plots
 
     path = io.require_run_dir(run_dir)
     spec = data_spec(path)
     solver = load(path, device=device)
-    paths = solver.sample(n, steps=steps, ode=ode, return_path=True).cpu()
+    samples = solver.sample(n, steps=steps, ode=ode)
+    paths = solver.sample(256, steps=steps, ode=True, return_path=True).cpu()
     data, _ = _reference_and_floor(spec, n)
     kind = "probability-flow ODE" if ode else "reverse SDE"
     out = path / "plots"
     return [
-        plots.plot_samples(paths[-1], data, out / "samples.png",
+        plots.plot_samples(samples.cpu(), data, out / "samples.png",
                            title=f"{solver.method.upper()} on {spec['name']} ({kind}, {steps} steps)"),
-        plots.plot_trajectories(paths[:, :256], out / "trajectories.png", title=f"{kind} trajectories"),
+        plots.plot_trajectories(paths, out / "trajectories.png",
+                                title="probability-flow ODE trajectories, prior (grey) to samples (orange)"),
         plots.plot_loss(io.read_jsonl(path / io.METRICS_FILE), out / "loss.png"),
     ]

@@ -26,7 +26,10 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from sbridge import io
 from sbridge.errors import ConfigError, RunDirError, TrainingDivergedError
-from sbridge.validation import check_positive_float, check_positive_int
+from sbridge.validation import check_choice, check_positive_float, check_positive_int
+
+#: ``constant``, or ``cosine``: cosine decay from ``lr`` to ``lr / 100`` over the run (Loshchilov & Hutter 2017).
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class TrainConfig:
     steps: int = 5000
     batch_size: int = 512
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     checkpoint_every: int = 1000
@@ -50,6 +54,7 @@ class TrainConfig:
         self.grad_clip = check_positive_float(self.grad_clip, "grad_clip")
         self.checkpoint_every = check_positive_int(self.checkpoint_every, "checkpoint_every")
         self.log_every = check_positive_int(self.log_every, "log_every")
+        check_choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise ConfigError("eval_every must be a non-negative integer (0 disables evaluation), "
                               f"got {self.eval_every!r}.")
@@ -156,6 +161,8 @@ class Trainer:
         value = float(loss.detach())
         if not math.isfinite(value):
             return value
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
@@ -163,6 +170,14 @@ class Trainer:
         update = get_ema_multi_avg_fn(self.ema_decay(self.step))
         update(list(self.ema_net.parameters()), list(self.net.parameters()), None)
         return value
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of step ``step`` (0-based); a pure function of the step, so resuming reproduces it."""
+        cfg = self.config
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        floor = cfg.lr / 100
+        return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * step / cfg.steps))
 
     def ema_decay(self, step: int) -> float:
         """EMA decay with warm-up, ``min(decay, (1 + k) / (10 + k))``: early averages do not drag in the
