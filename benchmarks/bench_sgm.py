@@ -40,7 +40,7 @@ def main() -> None:
     x = toy.sample("checkerboard", 20_000, seed=0)
     model = sbridge.SGM(dim=2, process="vp", hidden=128, depth=3, seed=0, device="cpu")
     t0 = time.perf_counter()
-    model.fit(x, steps=args.steps, batch_size=512, lr=1e-3, quiet=True)
+    model.fit(x, steps=args.steps, batch_size=512, lr=2e-3, lr_schedule="cosine", quiet=True)
     train_s = time.perf_counter() - t0
 
     reference = toy.sample("checkerboard", args.n_eval, seed=1000)
