@@ -180,3 +180,96 @@ def evaluate(samples: Any, reference: Any, floor_reference: Any,
                         "draw floor_reference with the same number of rows so the floor is comparable.")
     return {name: {"value": METRICS[name](samples_t, reference_t), "floor": METRICS[name](floor_t, reference_t)}
             for name in names}
+
+
+def _bw2_squared(m1: torch.Tensor, S1: torch.Tensor, m2: torch.Tensor, S2: torch.Tensor) -> torch.Tensor:
+    """Batched ``BW2^2 = |m1 - m2|^2 + tr S1 + tr S2 - 2 tr (S1^{1/2} S2 S1^{1/2})^{1/2}`` (math.md §H.3).
+
+    Means (..., d), covariances (..., d, d), float64. Square roots come from ``eigh`` with tiny negative eigenvalues
+    (round-off on positive-semidefinite inputs) clamped to 0; the result is clamped at 0 for the same reason.
+    """
+    S1 = 0.5 * (S1 + S1.transpose(-1, -2))
+    S2 = 0.5 * (S2 + S2.transpose(-1, -2))
+    w, V = torch.linalg.eigh(S1)
+    root1 = (V * w.clamp_min(0.0).sqrt()[..., None, :]) @ V.transpose(-1, -2)
+    cross = root1 @ S2 @ root1
+    cross_eigs = torch.linalg.eigvalsh(0.5 * (cross + cross.transpose(-1, -2))).clamp_min(0.0)
+    trace = torch.diagonal(S1, dim1=-2, dim2=-1).sum(-1) + torch.diagonal(S2, dim1=-2, dim2=-1).sum(-1)
+    value = ((m1 - m2) ** 2).sum(-1) + trace - 2.0 * cross_eigs.sqrt().sum(-1)
+    return value.clamp_min(0.0)
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample mean (..., d) and unbiased covariance (..., d, d) over the second-to-last axis of ``x`` (..., n, d)."""
+    mean = x.mean(-2)
+    centred = x - mean[..., None, :]
+    return mean, centred.transpose(-1, -2) @ centred / (x.shape[-2] - 1)
+
+
+def bw2_uvp(samples: Any, target_samples: Any) -> float:
+    """BW2-UVP = 100 BW2^2(N(m1, S1), N(m2, S2)) / tr Cov(target), in percent (math.md §H.3; Gushchin et al. 2023).
+
+    ``(m1, S1)`` and ``(m2, S2)`` are the sample mean and covariance of ``samples`` and ``target_samples`` (both
+    sides moment-matched to Gaussians), ``BW2^2 = |m1 - m2|^2 + tr S1 + tr S2 - 2 tr (S1^{1/2} S2 S1^{1/2})^{1/2}``
+    is the squared Bures-Wasserstein distance (note that POT's ``ot.gaussian.bures_wasserstein_distance`` returns
+    BW2, not its square) and the normaliser is the total variance of ``target_samples``. 0 means the first two
+    moments agree; a model that only outputs the target mean scores about 100.
+
+    Monte-Carlo floor: with finite samples even a perfect model scores above 0 (about ``tr S / n`` per side from
+    the mean error, plus the covariance error). Obtain the floor as ``bw2_uvp(second_target_sample,
+    target_samples)`` with a second target sample, independent of the first and as large as ``samples``.
+    Needs at least 2 rows on each side.
+    """
+    xt, yt = _pair(samples, target_samples, min_rows=2)
+    m1, S1 = _moments(xt)
+    m2, S2 = _moments(yt)
+    var = float(torch.diagonal(S2).sum())
+    if var <= 0.0:
+        raise DataError("target_samples has zero variance, so BW2-UVP is undefined; pass a non-degenerate sample.")
+    return 100.0 * float(_bw2_squared(m1, S1, m2, S2)) / var
+
+
+def cbw2_uvp(pred_conditional_samples: Any, true_means: Any, true_covs: Any, x1_var: float) -> float:
+    """Conditional BW2-UVP = 100 / x1_var * mean_i BW2^2(N(mu_i, C_i), N(true_means_i, true_covs_i)) (§H.3).
+
+    ``pred_conditional_samples`` has shape (m, k, d): ``k`` samples of the model's conditional ``pi^(. | x_i)``
+    for each of ``m`` test inputs; ``mu_i`` and ``C_i`` are their sample mean and unbiased covariance.
+    ``true_means`` (m, d) and ``true_covs`` (m, d, d) are the ground-truth conditional moments (for
+    :class:`sbridge.data.eot_benchmark.EOTBenchmark`, ``conditional_moments(test_inputs)``) and ``x1_var`` is
+    ``tr Cov(P1)`` (``EOTBenchmark.x1_var()``). This estimates ``100 / Var(P1) int BW2^2(pi^(.|x), pi*(.|x))
+    dP0(x)`` of Gushchin et al. (2023) on the fixed inputs; it sees only the first two conditional moments.
+
+    Monte-Carlo floor: with ``k`` samples per input, the true plan itself sampled ``k`` times scores a positive
+    floor of order ``100 E[tr Cov(Y | X)] / (k x1_var)``, i.e. O(d / k) (mean error plus covariance error); report
+    the model's value next to that floor, computed with the same ``k``. Needs ``k >= 2``.
+    """
+    pred = _as_float64(pred_conditional_samples, "pred_conditional_samples")
+    if pred.ndim != 3 or pred.shape[0] == 0 or pred.shape[1] < 2 or pred.shape[2] == 0:
+        raise DataError(f"pred_conditional_samples has shape {tuple(pred.shape)} but must be (m, k, d) with "
+                        "m >= 1 test inputs, k >= 2 samples per input and d >= 1.")
+    m, _, d = pred.shape
+    means = _as_float64(true_means, "true_means")
+    covs = _as_float64(true_covs, "true_covs")
+    if tuple(means.shape) != (m, d):
+        raise DataError(f"true_means has shape {tuple(means.shape)} but must be ({m}, {d}) to match "
+                        "pred_conditional_samples of shape (m, k, d).")
+    if tuple(covs.shape) != (m, d, d):
+        raise DataError(f"true_covs has shape {tuple(covs.shape)} but must be ({m}, {d}, {d}) to match "
+                        "pred_conditional_samples of shape (m, k, d).")
+    var = check_positive_float(x1_var, "x1_var")
+    pred_means, pred_covs = _moments(pred)
+    return 100.0 * float(_bw2_squared(pred_means, pred_covs, means, covs).mean()) / var
+
+
+def _as_float64(x: Any, name: str) -> torch.Tensor:
+    """Return ``x`` as a finite float64 CPU tensor of any shape or raise :class:`DataError`."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name} could not be read as a numeric array ({exc}); pass a float array.") from None
+    if not bool(torch.isfinite(t).all()):
+        raise DataError(f"{name} contains NaN or Inf; pass finite values.")
+    return t

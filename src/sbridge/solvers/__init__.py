@@ -1,6 +1,10 @@
 """Solvers: one module per method, all built on :class:`sbridge.solvers.base.Solver`."""
 
 from sbridge.solvers.base import SOLVERS, Solver, load
+from sbridge.solvers.bridge import BridgeSolver
+from sbridge.solvers.dsb import DSB
+from sbridge.solvers.dsbm import DSBM
+from sbridge.solvers.gaussian_sb import GaussianSB
 from sbridge.solvers.sgm import SGM
 
-__all__ = ["SGM", "SOLVERS", "Solver", "load"]
+__all__ = ["DSB", "DSBM", "SGM", "SOLVERS", "BridgeSolver", "GaussianSB", "Solver", "load"]
