@@ -134,3 +134,47 @@ def test_demo_runs_end_to_end_with_few_steps(tmp_path: Path, capsys: pytest.Capt
     assert "noise floor" in stdout and str(out / "plots" / "samples.png") in stdout
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["ode"]["ode"] is True and evaluation["sde"]["nfe"] == 100
+
+
+def test_bridge_between_two_data_sets_trains_evaluates_and_plots(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bridge"
+    assert run(capsys, "train", "--method", "dsbm", "--data", "moons", "--prior", "8gaussians", "--iterations", 2,
+               "--steps", 40, "--n-data", 400, "--batch-size", 64, "--hidden", 16, "--depth", 1, "--quiet",
+               "--out", out)[0] == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["prior"]["name"] == "8gaussians" and cfg["solver"]["generative"] is False
+    code, stdout, _ = run(capsys, "evaluate", out, "--n", 300, "--steps", 10, "--json")
+    result = json.loads(stdout)
+    assert code == 0 and result["data"] == "8gaussians" and result["source"] == "moons"
+    assert result["displacement"]["transport"] > 0 and result["displacement"]["random_pairing"] > 0
+    code, stdout, _ = run(capsys, "plot", out, "--n", 200, "--steps", 10)
+    assert code == 0 and (out / "plots" / "transport.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2]
+
+
+def test_closed_form_gaussian_bridge_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "gsb"
+    assert run(capsys, "train", "--method", "gaussian_sb", "--data", "gaussian", "--quiet", "--out", out)[0] == 0
+    code, stdout, _ = run(capsys, "evaluate", out, "--n", 500, "--steps", 50, "--json")
+    result = json.loads(stdout)
+    # Generative closed-form bridge to N(0, I) from Gaussian data: samples are Gaussian data up to sampling error.
+    assert code == 0 and result["metrics"]["energy"]["value"] < 5 * result["metrics"]["energy"]["floor"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--prior", "moons", "--out", "{tmp}/a"], "takes no --prior"),
+        (["train", "--method", "dsbm", "--prior", "nope", "--out", "{tmp}/a"], "unknown dataset 'nope'"),
+        (["train", "--method", "dsbm", "--iterations", "1", "--steps", "10", "--n-data", "50", "--quiet",
+          "--out", "{tmp}/a"], "iterations must be at least 2"),
+        (["train", "--method", "dsbm", "--process", "vp", "--out", "{tmp}/a", "--n-data", "50"],
+         "invalid solver option"),
+    ],
+)
+def test_bridge_user_errors_exit_2(argv: list[str], needle: str, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 2 and needle in err and "Traceback" not in err

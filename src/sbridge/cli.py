@@ -37,7 +37,7 @@ def _load_yaml(path: str) -> dict[str, Any]:
 def _add_sampling_args(p: argparse.ArgumentParser, n: int) -> None:
     p.add_argument("run", help="run directory written by 'sbridge train'")
     p.add_argument("--n", type=int, default=n, help=f"number of samples (default {n})")
-    p.add_argument("--steps", type=int, default=100, help="sampler steps (default 100)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the solver's, 100 for SGM)")
     p.add_argument("--ode", action="store_true", help="probability-flow ODE instead of the reverse SDE")
     p.add_argument("--ode-method", default="heun", help="euler, heun (default) or an adaptive torchdiffeq method "
                                                          "(dopri5, bosh3, adaptive_heun, dopri8)")
@@ -46,7 +46,9 @@ def _add_sampling_args(p: argparse.ArgumentParser, n: int) -> None:
 
 
 TRAIN_HELP = {
-    "method": "solver: sgm",
+    "method": "solver: sgm, dsb, dsbm or gaussian_sb",
+    "prior": "second data set for a bridge (toy set or file): the bridge then connects --data to it",
+    "iterations": "outer IPF / IMF iterations of a bridge solver (0: its default)",
     "data": "a toy data set (checkerboard, 8gaussians, moons, swissroll, spiral, pinwheel, circles, scurve, "
             "gaussian) or a .npy / .csv file of shape (n, d)",
     "n_data": "points drawn from a toy data set",
@@ -65,12 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = RunSpec()
     t.add_argument("--config", help="YAML file of options (keys as below, with underscores); flags override it")
     for f in fields(RunSpec):
-        if f.name in ("quiet", "resume", "solver"):
+        if f.name in ("quiet", "resume", "solver", "prior"):
             continue
         kind = type(getattr(defaults, f.name))
         t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=TRAIN_HELP.get(f.name, "")
                        + f" (default {getattr(defaults, f.name)})")
+    t.add_argument("--prior", default=None, help=TRAIN_HELP["prior"])
     t.add_argument("--process", help="reference process for SGM: vp (default), ve or brownian")
+    t.add_argument("--sigma", type=float, help="reference noise of a bridge solver (sigma^2 per unit time)")
     t.add_argument("--hidden", type=int, help="network width (default 128)")
     t.add_argument("--depth", type=int, help="number of hidden layers (default 3)")
     t.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
@@ -100,7 +104,7 @@ def _train_spec(args: argparse.Namespace):
 
     cfg = _load_yaml(args.config) if args.config else {}
     solver = dict(cfg.pop("solver", {}) or {})
-    for key in ("process", "hidden", "depth"):
+    for key in ("process", "hidden", "depth", "sigma"):
         if key in cfg:
             solver[key] = cfg.pop(key)
         if getattr(args, key) is not None:
@@ -117,8 +121,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     spec = _train_spec(args)
     solver = runs.train(spec)
-    print(f"trained {spec.method} on {spec.data} for {spec.steps} steps (final loss {solver.last_loss:.4g}); "
-          f"run written to {spec.out}")
+    target = f" -> {spec.prior}" if spec.prior else ""
+    loss = getattr(solver, "last_loss", None)
+    how = f"for {spec.steps} steps (final loss {loss:.4g})" if loss is not None else "from moments (closed form)"
+    print(f"trained {spec.method} on {spec.data}{target} {how}; run written to {spec.out}")
     return 0
 
 
@@ -152,9 +158,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['run']}: {result['n']} samples from the {'ODE' if args.ode else 'SDE'} sampler "
+        print(f"{result['run']}: {result['n']} points from the {'ODE' if args.ode else 'SDE'} sampler "
               f"({result['nfe']} network evaluations) against fresh {result['data']} data")
         print(_format_metrics(result))
+        if "displacement" in result:
+            d = result["displacement"]
+            print(f"mean squared displacement {d['transport']:.4f} (random pairing of {result['source']} with "
+                  f"{result['data']}: {d['random_pairing']:.4f})")
     return 0
 
 

@@ -83,6 +83,42 @@ def plot_loss(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_transport(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, path: str | Path, *,
+                   n_lines: int = 300, title: str = "") -> Path:
+    """Transport lines ``x -> y`` over both marginals: source points (blue), transported points (orange), fresh
+    target points (grey, behind)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.scatter(target[:, 0], target[:, 1], s=1, color="0.75", label="target data")
+    for i in range(min(n_lines, x.shape[0])):
+        ax.plot([x[i, 0], y[i, 0]], [x[i, 1], y[i, 1]], lw=0.4, alpha=0.4, color="0.3")
+    ax.scatter(x[:, 0], x[:, 1], s=1.5, color="tab:blue", label="source")
+    ax.scatter(y[:, 0], y[:, 1], s=1.5, color="tab:orange", label="transported")
+    xlim, ylim = _limits(x, y, target)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=6, fontsize=8)
+    ax.set_title(title or "transport")
+    return _save(fig, path)
+
+
+def plot_iterations(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Energy distance of each transported end to its target after every outer (IPF / IMF) iteration."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    its = [r for r in rows if "iteration" in r]
+    if its:
+        ax.plot([r["iteration"] for r in its], [r["energy_x1"] for r in its], "o-", label="forward end (x1)")
+        ax.plot([r["iteration"] for r in its], [r["energy_x0"] for r in its], "s-", label="backward end (x0)")
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("energy distance to target")
+    ax.legend(fontsize=8)
+    ax.set_title("marginal error per iteration")
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from sbridge import io, metrics
 from sbridge.data import toy
 from sbridge.errors import ConfigError, DataError, RunDirError
 from sbridge.solvers.base import SOLVERS, Solver, load
+from sbridge.solvers.bridge import BridgeSolver
 from sbridge.validation import as_data_tensor, check_choice, check_positive_int
 
 #: Offsets added to the training seed for the evaluation reference and noise-floor samples, so that neither
@@ -30,6 +31,8 @@ class RunSpec:
 
     method: str = "sgm"
     data: str = "checkerboard"
+    prior: str | None = None
+    iterations: int = 0
     n_data: int = 20_000
     steps: int = 5_000
     seed: int = 0
@@ -55,8 +58,16 @@ class RunSpec:
             raise ConfigError(f"unknown option(s) {unknown} in the configuration; valid keys are {sorted(known)}.")
         spec = cls(**d)
         check_choice(spec.method, tuple(SOLVERS), "method")
-        if not is_data_file(spec.data):
-            check_choice(spec.data, toy.DATASETS, "dataset")
+        for name in (spec.data, spec.prior):
+            if name is not None and not is_data_file(name):
+                check_choice(name, toy.DATASETS, "dataset")
+        if spec.prior is not None and not issubclass(SOLVERS[spec.method], BridgeSolver):
+            bridges = ", ".join(m for m, c in SOLVERS.items() if issubclass(c, BridgeSolver))
+            raise ConfigError(f"method {spec.method!r} generates from noise and takes no --prior; use a bridge "
+                              f"method ({bridges}) to connect two data sets.")
+        if isinstance(spec.iterations, bool) or not isinstance(spec.iterations, int) or spec.iterations < 0:
+            raise ConfigError(f"iterations must be a non-negative integer (0: the solver's default), got "
+                              f"{spec.iterations!r}.")
         check_positive_int(spec.n_data, "n_data")
         if not isinstance(spec.solver, dict):
             raise ConfigError(f"'solver' must be a mapping of solver options, got {spec.solver!r}.")
@@ -92,6 +103,21 @@ def load_data(spec: dict[str, Any], n: int | None = None, seed_offset: int = 0) 
     return toy.sample(spec["name"], n or spec["n"], seed=spec["seed"] + seed_offset)
 
 
+#: Seed offset of the second data set of a bridge, so that toy data and prior are independent draws.
+PRIOR_SEED_OFFSET = 500
+
+
+def _data_info(name: str, n: int, seed: int) -> dict[str, Any]:
+    if is_data_file(name):
+        return {"name": Path(name).stem, "path": str(Path(name).resolve()), "seed": seed}
+    return {"name": name, "n": n, "seed": seed}
+
+
+def prior_spec(run_dir: Path) -> dict[str, Any] | None:
+    """The second data set of a bridge run, or None for a generative run."""
+    return io.read_json(run_dir / io.CONFIG_FILE).get("prior")
+
+
 def data_spec(run_dir: Path) -> dict[str, Any]:
     spec = io.read_json(run_dir / io.CONFIG_FILE).get("data")
     if not spec:
@@ -103,26 +129,29 @@ def data_spec(run_dir: Path) -> dict[str, Any]:
 def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
     """Build the solver named by ``spec``, train it on its toy data set and write the run directory."""
     out = Path(spec.out)
-    if is_data_file(spec.data):
-        data_info = {"name": Path(spec.data).stem, "path": str(Path(spec.data).resolve()), "seed": spec.seed}
-    else:
-        data_info = {"name": spec.data, "n": spec.n_data, "seed": spec.seed}
+    data_info = _data_info(spec.data, spec.n_data, spec.seed)
     x = load_data(data_info)
     try:
         solver = SOLVERS[spec.method](x.shape[1], seed=spec.seed, device=spec.device, **spec.solver)
     except TypeError as exc:
         raise ConfigError(f"invalid solver option for {spec.method!r} ({exc}); "
                           f"see help(sbridge.{SOLVERS[spec.method].__name__}).") from None
+    common = {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "lr_schedule": spec.lr_schedule,
+              "out": out, "resume": spec.resume, "quiet": spec.quiet, "ema_decay": spec.ema_decay,
+              "grad_clip": spec.grad_clip, "checkpoint_every": spec.checkpoint_every, "callbacks": callbacks}
+    if isinstance(solver, BridgeSolver):
+        prior_info = None if spec.prior is None else _data_info(spec.prior, spec.n_data, spec.seed + PRIOR_SEED_OFFSET)
+        prior = None if prior_info is None else load_data(prior_info)
+        extra = {"iterations": spec.iterations} if spec.iterations else {}
+        solver.fit(x, prior=prior, run_info={"data": data_info, "prior": prior_info}, **extra, **common)
+        return solver
     reference, _ = _reference_and_floor(data_info, spec.eval_n)
 
     def evaluate(step: int) -> dict[str, Any]:
         samples = solver.sample(spec.eval_n, steps=100)
         return {"energy": {"value": metrics.energy_distance(samples, reference)}}
 
-    solver.fit(x, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, lr_schedule=spec.lr_schedule, out=out,
-               resume=spec.resume, quiet=spec.quiet, ema_decay=spec.ema_decay, grad_clip=spec.grad_clip,
-               checkpoint_every=spec.checkpoint_every, eval_every=spec.eval_every, evaluate=evaluate,
-               callbacks=callbacks, run_info={"data": data_info})
+    solver.fit(x, eval_every=spec.eval_every, evaluate=evaluate, run_info={"data": data_info}, **common)
     return solver
 
 
@@ -143,45 +172,100 @@ def _reference_and_floor(spec: dict[str, Any], n: int) -> tuple[torch.Tensor, to
     return data[order[:n]], data[order[n:2 * n]]
 
 
-def sample(run_dir: str | Path, n: int, *, steps: int = 100, ode: bool = False, method: str = "heun",
+def _generate(solver: Solver, run_dir: Path, n: int, steps: int | None, ode: bool, method: str, seed: int | None,
+              return_path: bool = False) -> torch.Tensor:
+    """Model samples of the data end (generative runs) or of the second data set: fresh points of the first data
+    set transported forward (bridges between two data sets)."""
+    kwargs = {"steps": steps} if steps is not None else {}
+    prior = prior_spec(run_dir)
+    if prior is None:
+        return solver.sample(n, ode=ode, method=method, seed=seed, return_path=return_path, **kwargs)
+    if ode:
+        raise ConfigError(f"{type(solver).__name__} transports with its SDE only; drop --ode.")
+    source, _ = _reference_and_floor(data_spec(run_dir), n)
+    return solver.transport(source, seed=seed, return_path=return_path, **kwargs)
+
+
+def sample(run_dir: str | Path, n: int, *, steps: int | None = None, ode: bool = False, method: str = "heun",
            seed: int | None = None, device: str = "auto", return_path: bool = False) -> tuple[torch.Tensor, int]:
-    """Load a run and draw ``n`` samples; returns ``(samples, nfe)``."""
-    solver = load(run_dir, device=device)
-    x = solver.sample(n, steps=steps, ode=ode, method=method, seed=seed, return_path=return_path)
+    """Load a run and draw ``n`` samples (see :func:`_generate`); returns ``(samples, nfe)``."""
+    path = io.require_run_dir(run_dir)
+    solver = load(path, device=device)
+    x = _generate(solver, path, n, steps, ode, method, seed, return_path)
     return x.cpu(), int(solver.last_nfe or 0)
 
 
-def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int = 100, ode: bool = False, method: str = "heun",
-             seed: int | None = None, device: str = "auto", metric_names: list[str] | None = None) -> dict[str, Any]:
-    """Sample ``n`` points from a run and score them against fresh data, each metric beside its noise floor."""
+def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int | None = None, ode: bool = False,
+             method: str = "heun", seed: int | None = None, device: str = "auto",
+             metric_names: list[str] | None = None) -> dict[str, Any]:
+    """Score ``n`` model samples against fresh data, each metric beside its noise floor.
+
+    For a bridge between two data sets the samples are fresh points of the first set transported forward, scored
+    against fresh points of the second; the result also holds the mean squared displacement of the transport
+    beside that of a random pairing (an optimal-transport-like bridge moves points much less).
+    """
     path = io.require_run_dir(run_dir)
-    spec = data_spec(path)
+    prior = prior_spec(path)
+    target = prior if prior is not None else data_spec(path)
     samples, nfe = sample(path, n, steps=steps, ode=ode, method=method, seed=seed, device=device)
-    reference, floor = _reference_and_floor(spec, n)
+    reference, floor = _reference_and_floor(target, n)
     samples = samples[: reference.shape[0]]
-    scores = metrics.evaluate(samples, reference, floor, metrics=metric_names)
-    return {"run": str(path), "data": spec["name"], "n": n, "steps": steps, "ode": ode,
-            "sampler": method if ode else "euler_maruyama", "nfe": nfe, "metrics": scores}
+    result = {"run": str(path), "data": target["name"], "n": int(samples.shape[0]), "steps": steps, "ode": ode,
+              "sampler": method if ode else "euler_maruyama", "nfe": nfe,
+              "metrics": metrics.evaluate(samples, reference, floor, metrics=metric_names)}
+    if prior is not None:
+        source, _ = _reference_and_floor(data_spec(path), n)
+        source = source[: samples.shape[0]]
+        result["source"] = data_spec(path)["name"]
+        result["displacement"] = {"transport": float(((samples - source) ** 2).sum(1).mean()),
+                                  "random_pairing": float(((reference[: source.shape[0]] - source) ** 2).sum(1).mean())}
+    return result
 
 
-def plot(run_dir: str | Path, *, n: int = 4_000, steps: int = 100, ode: bool = False,
+def plot(run_dir: str | Path, *, n: int = 4_000, steps: int | None = None, ode: bool = False,
          device: str = "auto") -> list[Path]:
     """Write ``plots/samples.png`` (from the sampler chosen by ``ode``), ``plots/trajectories.png`` (always the
     deterministic probability-flow ODE, whose paths are readable) and ``plots/loss.png`` into the run directory."""
     from sbridge import plot as plots
 
     path = io.require_run_dir(run_dir)
-    spec = data_spec(path)
     solver = load(path, device=device)
-    samples = solver.sample(n, steps=steps, ode=ode)
-    paths = solver.sample(256, steps=steps, ode=True, return_path=True).cpu()
+    if isinstance(solver, BridgeSolver):
+        return _plot_bridge(solver, path, n, steps)
+    spec = data_spec(path)
+    kwargs = {"steps": steps} if steps is not None else {}
+    samples = solver.sample(n, ode=ode, **kwargs)
+    paths = solver.sample(256, ode=True, return_path=True, **kwargs).cpu()
     data, _ = _reference_and_floor(spec, n)
     kind = "probability-flow ODE" if ode else "reverse SDE"
     out = path / "plots"
     return [
         plots.plot_samples(samples.cpu(), data, out / "samples.png",
-                           title=f"{solver.method.upper()} on {spec['name']} ({kind}, {steps} steps)"),
+                           title=f"{solver.method.upper()} on {spec['name']} ({kind}, {paths.shape[0] - 1} steps)"),
         plots.plot_trajectories(paths, out / "trajectories.png",
                                 title="probability-flow ODE trajectories, prior (grey) to samples (orange)"),
         plots.plot_loss(io.read_jsonl(path / io.METRICS_FILE), out / "loss.png"),
     ]
+
+
+def _plot_bridge(solver: BridgeSolver, path: Path, n: int, steps: int | None) -> list[Path]:
+    """Bridge runs: samples beside the target, SDE trajectories, transport lines (two data sets) and the
+    per-iteration marginal errors."""
+    from sbridge import plot as plots
+
+    prior = prior_spec(path)
+    target_spec = prior if prior is not None else data_spec(path)
+    target, _ = _reference_and_floor(target_spec, n)
+    paths = _generate(solver, path, min(n, target.shape[0]), steps, False, "heun", None, return_path=True).cpu()
+    direction = "transported" if prior is not None else "sampled"
+    out = path / "plots"
+    written = [
+        plots.plot_samples(paths[-1], target, out / "samples.png",
+                           title=f"{solver.method.upper()}: {direction} points vs {target_spec['name']}"),
+        plots.plot_trajectories(paths[:, :256], out / "trajectories.png", title=f"{solver.method.upper()} SDE paths"),
+        plots.plot_iterations(io.read_jsonl(path / io.METRICS_FILE), out / "iterations.png"),
+    ]
+    if prior is not None:
+        written.append(plots.plot_transport(paths[0], paths[-1], target, out / "transport.png",
+                                            title=f"{data_spec(path)['name']} -> {target_spec['name']}"))
+    return written
