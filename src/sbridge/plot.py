@@ -28,6 +28,16 @@ def _limits(*clouds: torch.Tensor) -> tuple[tuple[float, float], tuple[float, fl
     return (float(lo[0] - pad[0]), float(hi[0] + pad[0])), (float(lo[1] - pad[1]), float(hi[1] + pad[1]))
 
 
+def _finish_plane(ax: Any, clouds: tuple[torch.Tensor, ...], title: str) -> None:
+    """Equal-aspect axes framing ``clouds``, a legend and a title."""
+    xlim, ylim = _limits(*clouds)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=6, fontsize=8)
+    ax.set_title(title)
+
+
 def plot_samples(samples: torch.Tensor, data: torch.Tensor, path: str | Path, *, title: str = "") -> Path:
     """Scatter the data and the model's samples side by side (first two coordinates), sharing axes."""
     plt = _pyplot()
@@ -53,12 +63,7 @@ def plot_trajectories(paths: torch.Tensor, path: str | Path, *, n_lines: int = 6
     ax.scatter(ends[:, 0], ends[:, 1], s=1.5, color="tab:orange", label="end (samples)")
     for i in range(min(n_lines, paths.shape[1])):
         ax.plot(paths[:, i, 0], paths[:, i, 1], lw=0.6, alpha=0.6, color="tab:blue")
-    xlim, ylim = _limits(paths[0], ends)
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-    ax.set_aspect("equal")
-    ax.legend(loc="upper right", markerscale=6, fontsize=8)
-    ax.set_title(title or "sampling trajectories")
+    _finish_plane(ax, (paths[0], ends), title or "sampling trajectories")
     return _save(fig, path)
 
 
@@ -94,12 +99,7 @@ def plot_transport(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, path:
         ax.plot([x[i, 0], y[i, 0]], [x[i, 1], y[i, 1]], lw=0.4, alpha=0.4, color="0.3")
     ax.scatter(x[:, 0], x[:, 1], s=1.5, color="tab:blue", label="source")
     ax.scatter(y[:, 0], y[:, 1], s=1.5, color="tab:orange", label="transported")
-    xlim, ylim = _limits(x, y, target)
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-    ax.set_aspect("equal")
-    ax.legend(loc="upper right", markerscale=6, fontsize=8)
-    ax.set_title(title or "transport")
+    _finish_plane(ax, (x, y, target), title or "transport")
     return _save(fig, path)
 
 

@@ -22,6 +22,7 @@ from sbridge.errors import ConfigError
 from sbridge.networks import TimeMLP
 from sbridge.sampling import euler_maruyama, time_grid
 from sbridge.solvers.base import Solver
+from sbridge.training import TrainConfig
 from sbridge.validation import as_data_tensor, check_positive_float, check_positive_int
 
 #: Keys of the two drift networks in ``net`` / ``ema_net`` (``nn.ModuleDict`` reserves the name ``forward``).
@@ -80,6 +81,25 @@ class BridgeSolver(Solver):
         solver = super().from_config(cfg, device=device)
         solver.generative = cfg.get("generative", True)
         return solver
+
+    def _start_fit(self, x: Any, prior: Any, *, phase_steps: int, batch_size: int, lr: float, quiet: bool,
+                   out: Any, resume: bool, run_info: dict[str, Any] | None,
+                   train_options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, TrainConfig, Path | None,
+                                                           torch.Generator]:
+        """Shared set-up of an iterative fit: endpoints, the per-phase training config, the run directory and the
+        generator. ``phase_steps`` is the number of training steps of one half-step / IMF iteration."""
+        if resume:
+            raise ConfigError(f"resuming is not supported for {type(self).__name__} yet; start a new run "
+                              "(omit --resume).")
+        x0, x1 = self._endpoints(x, prior)
+        cfg = TrainConfig.from_dict({"steps": phase_steps, "batch_size": batch_size, "lr": lr, "quiet": quiet,
+                                     **train_options})
+        self.train_config = cfg
+        run_dir = Path(out) if out is not None else None
+        if run_dir is not None:
+            self._prepare_run_dir(run_dir, False, run_info)
+        self.history = []
+        return x0, x1, cfg, run_dir, make_generator(self.seed, self.device)
 
     # ---- transport and sampling --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 
-from sbridge.device import make_generator
 from sbridge.errors import ConfigError
 from sbridge.sampling import euler_maruyama
 from sbridge.solvers.bridge import NET_KEYS, BridgeSolver
-from sbridge.training import Callback, TrainConfig, Trainer
+from sbridge.training import Callback, Trainer
 from sbridge.validation import check_positive_int
 
 
@@ -94,23 +93,15 @@ class DSB(BridgeSolver):
         """Run ``iterations`` IPF iterations, each a backward then a forward half-step of
         ``steps // (2 iterations)`` training steps. Returns ``self``; ``self.history`` holds, per iteration, the
         energy distance of each transported end to its target."""
-        if resume:
-            raise ConfigError("resuming is not supported for DSB yet; start a new run (omit --resume).")
         iterations = check_positive_int(iterations, "iterations")
         per_half = check_positive_int(steps, "steps") // (2 * iterations)
         if per_half < 1:
             raise ConfigError(f"steps ({steps}) must be at least 2 x iterations ({2 * iterations}).")
         cache_size, cache_refresh = check_positive_int(cache_size, "cache_size"), check_positive_int(cache_refresh,
                                                                                                     "cache_refresh")
-        x0, x1 = self._endpoints(x, prior)
-        cfg = TrainConfig.from_dict({"steps": per_half, "batch_size": batch_size, "lr": lr, "quiet": quiet,
-                                     **train_options})
-        self.train_config = cfg
-        run_dir = Path(out) if out is not None else None
-        if run_dir is not None:
-            self._prepare_run_dir(run_dir, False, run_info)
-        gen = make_generator(self.seed, self.device)
-        self.history = []
+        x0, x1, cfg, run_dir, gen = self._start_fit(x, prior, phase_steps=per_half, batch_size=batch_size, lr=lr,
+                                                    quiet=quiet, out=out, resume=resume, run_info=run_info,
+                                                    train_options=train_options)
         for n in range(iterations):
             for direction in ("backward", "forward"):
                 key = NET_KEYS[direction]

@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 
-from sbridge.device import make_generator
 from sbridge.errors import ConfigError
 from sbridge.solvers.bridge import NET_KEYS, BridgeSolver
-from sbridge.training import Callback, TrainConfig, Trainer
+from sbridge.training import Callback, Trainer
 from sbridge.validation import check_positive_int
 
 
@@ -40,24 +39,16 @@ class DSBM(BridgeSolver):
             **train_options: Any) -> DSBM:
         """Run ``iterations`` IMF iterations (alternating forward, backward, ...), ``steps // iterations`` training
         steps each; ``sim_steps`` Euler–Maruyama steps re-couple the data after each. Returns ``self``."""
-        if resume:
-            raise ConfigError("resuming is not supported for DSBM yet; start a new run (omit --resume).")
         iterations = check_positive_int(iterations, "iterations")
         if iterations < 2:
             raise ConfigError(f"iterations must be at least 2 so that both directions are trained, got {iterations}.")
         per_iteration = check_positive_int(steps, "steps") // iterations
         if per_iteration < 1:
             raise ConfigError(f"steps ({steps}) must be at least iterations ({iterations}).")
-        x0, x1 = self._endpoints(x, prior)
-        cfg = TrainConfig.from_dict({"steps": per_iteration, "batch_size": batch_size, "lr": lr, "quiet": quiet,
-                                     **train_options})
-        self.train_config = cfg
-        run_dir = Path(out) if out is not None else None
-        if run_dir is not None:
-            self._prepare_run_dir(run_dir, False, run_info)
-        gen = make_generator(self.seed, self.device)
+        x0, x1, cfg, run_dir, gen = self._start_fit(x, prior, phase_steps=per_iteration, batch_size=batch_size,
+                                                    lr=lr, quiet=quiet, out=out, resume=resume, run_info=run_info,
+                                                    train_options=train_options)
         c0, c1 = x0, x1[torch.randint(x1.shape[0], (x0.shape[0],), generator=gen, device=self.device)]
-        self.history = []
         for k in range(iterations):
             direction = "forward" if k % 2 == 0 else "backward"
             key = NET_KEYS[direction]
