@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from sbridge.errors import ConfigError, DataError
-from sbridge.validation import as_data_tensor, check_positive_float, check_positive_int
+from sbridge.validation import as_data_tensor, as_float64, check_positive_float, check_positive_int
 
 __all__ = [
     "GaussianBridge",
@@ -45,23 +45,9 @@ _SYM_RTOL = 1e-8
 # ----------------------------------------------------------------------------------------------------------------
 # Input checks and small linear-algebra helpers
 # ----------------------------------------------------------------------------------------------------------------
-def _to_tensor(x: Any, name: str) -> torch.Tensor:
-    """Return ``x`` as a detached float64 tensor, or raise :class:`DataError` if it is not numeric."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach().to(_DTYPE)
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(x, dtype=np.float64))
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{name} could not be read as a numeric array ({exc}); pass a float array.") from None
-    if not bool(torch.isfinite(t).all()):
-        raise DataError(f"{name} contains NaN or Inf; pass finite values.")
-    return t
-
-
 def _as_mean(x: Any, name: str) -> torch.Tensor:
     """Return a mean vector of shape ``(d,)`` (a scalar counts as ``d = 1``)."""
-    t = _to_tensor(x, name)
+    t = as_float64(x, name)
     if t.ndim == 0:
         t = t.reshape(1)
     if t.ndim != 1:
@@ -71,7 +57,7 @@ def _as_mean(x: Any, name: str) -> torch.Tensor:
 
 def _as_covariance(x: Any, name: str) -> torch.Tensor:
     """Return a symmetric positive-definite ``(d, d)`` matrix (a scalar counts as a 1x1 variance)."""
-    t = _to_tensor(x, name)
+    t = as_float64(x, name)
     if t.ndim == 0:
         t = t.reshape(1, 1)
     if t.ndim != 2 or t.shape[0] != t.shape[1]:
@@ -291,7 +277,7 @@ class _GaussianSBBase:
         """
         single = False
         if not isinstance(x0, torch.Tensor):
-            x0 = _to_tensor(x0, "x0")
+            x0 = as_float64(x0, "x0")
         if x0.ndim == 1:
             single = True
             x0 = x0.unsqueeze(0)

@@ -15,7 +15,7 @@ import ot
 import torch
 
 from sbridge.errors import ConfigError, DataError
-from sbridge.validation import as_data_tensor, check_choice, check_positive_float, check_positive_int
+from sbridge.validation import as_data_tensor, as_float64, check_choice, check_positive_float, check_positive_int
 
 _BLOCK_ELEMENTS = 1 << 23  # pairwise entries per block: 8M float64 = 64 MB
 
@@ -243,13 +243,13 @@ def cbw2_uvp(pred_conditional_samples: Any, true_means: Any, true_covs: Any, x1_
     floor of order ``100 E[tr Cov(Y | X)] / (k x1_var)``, i.e. O(d / k) (mean error plus covariance error); report
     the model's value next to that floor, computed with the same ``k``. Needs ``k >= 2``.
     """
-    pred = _as_float64(pred_conditional_samples, "pred_conditional_samples")
+    pred = as_float64(pred_conditional_samples, "pred_conditional_samples")
     if pred.ndim != 3 or pred.shape[0] == 0 or pred.shape[1] < 2 or pred.shape[2] == 0:
         raise DataError(f"pred_conditional_samples has shape {tuple(pred.shape)} but must be (m, k, d) with "
                         "m >= 1 test inputs, k >= 2 samples per input and d >= 1.")
     m, _, d = pred.shape
-    means = _as_float64(true_means, "true_means")
-    covs = _as_float64(true_covs, "true_covs")
+    means = as_float64(true_means, "true_means")
+    covs = as_float64(true_covs, "true_covs")
     if tuple(means.shape) != (m, d):
         raise DataError(f"true_means has shape {tuple(means.shape)} but must be ({m}, {d}) to match "
                         "pred_conditional_samples of shape (m, k, d).")
@@ -259,17 +259,3 @@ def cbw2_uvp(pred_conditional_samples: Any, true_means: Any, true_covs: Any, x1_
     var = check_positive_float(x1_var, "x1_var")
     pred_means, pred_covs = _moments(pred)
     return 100.0 * float(_bw2_squared(pred_means, pred_covs, means, covs).mean()) / var
-
-
-def _as_float64(x: Any, name: str) -> torch.Tensor:
-    """Return ``x`` as a finite float64 CPU tensor of any shape or raise :class:`DataError`."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach().to(device="cpu", dtype=torch.float64)
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(x, dtype=np.float64))
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{name} could not be read as a numeric array ({exc}); pass a float array.") from None
-    if not bool(torch.isfinite(t).all()):
-        raise DataError(f"{name} contains NaN or Inf; pass finite values.")
-    return t

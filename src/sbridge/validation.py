@@ -40,6 +40,20 @@ def as_data_tensor(x: Any, *, name: str = "data", dim: int | None = None,
     return t.to(dtype)
 
 
+def as_float64(x: Any, name: str) -> torch.Tensor:
+    """Return ``x`` (any shape) as a finite float64 CPU tensor, detached, or raise :class:`DataError`."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name} could not be read as a numeric array ({exc}); pass a float array.") from None
+    if not bool(torch.isfinite(t).all()):
+        raise DataError(f"{name} contains NaN or Inf; pass finite values.")
+    return t
+
+
 def check_positive_int(value: Any, name: str) -> int:
     """Return ``value`` as a positive int or raise :class:`ConfigError`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) <= 0:
