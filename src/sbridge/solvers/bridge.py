@@ -134,7 +134,9 @@ class BridgeSolver(Solver):
                               "use transport(x1, reverse=True) on points of the second data set.")
         gen = make_generator(self.seed + 3 if seed is None else seed, self.device)
         z = torch.randn((check_positive_int(n, "n"), self.dim), generator=gen, device=self.device)
-        return self.transport(z, steps=steps, reverse=True, return_path=return_path, seed=seed)
+        # the transport noise needs its own stream: reusing ``seed`` would make its first increment equal ``z``
+        noise_seed = None if seed is None else seed + 1
+        return self.transport(z, steps=steps, reverse=True, return_path=return_path, seed=noise_seed)
 
     # ---- monitoring --------------------------------------------------------------------------------------------
     def _monitor(self, iteration: int, x0: torch.Tensor, x1: torch.Tensor, steps: int) -> dict[str, Any]:
