@@ -155,10 +155,14 @@ def markdown(r: dict[str, Any]) -> str:
                 "per coordinate), cross-covariance (relative Frobenius), and the KL between Gaussian fits of the "
                 "simulated marginals and the true ones, averaged over t = 0.1..0.9. GaussianSB uses the exact drift: "
                 "its KL is the Monte-Carlo + discretisation floor at this sample size.", "",
-                "| d | method | mean err | var err | cross-cov err | mean KL (x1e-3) | seconds |",
-                "|---:|---|---:|---:|---:|---:|---:|"]
+                "| d | method | mean err | var err | cross-cov err | mean KL (x1e-3) | KL above floor (x1e-3) "
+                "| seconds |",
+                "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        floors = {g["dim"]: g["kl_mean"] for g in r["gaussian"] if g["method"] == "gaussian_sb"}
         out += [f"| {g['dim']} | {g['method']} | {g['mean_error']:.4f} | {g['var_error']:.4f} | "
-                f"{g['cross_cov_error']:.4f} | {1e3 * g['kl_mean']:.2f} | {g['seconds']:.1f} |" for g in r["gaussian"]]
+                f"{g['cross_cov_error']:.4f} | {1e3 * g['kl_mean']:.2f} | "
+                f"{1e3 * (g['kl_mean'] - floors[g['dim']]) if g['dim'] in floors else float('nan'):.2f} | "
+                f"{g['seconds']:.1f} |" for g in r["gaussian"]]
         out += ["", "Published (DSBM paper, Table 3, mean KL x1e-3 at d = 50): DSBM-IPF 8.75, DSBM-IMF 9.76, "
                 "DSB 32.8, SB-CFM 49.4.", ""]
     if r.get("eot"):
@@ -186,7 +190,12 @@ def main() -> None:
     parser.add_argument("--dsbm-steps", type=int, default=8000)
     parser.add_argument("--dsb-steps", type=int, default=12000)
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the script runs")
+    parser.add_argument("--render", metavar="JSON", help="only rewrite the markdown table of a results file")
     args = parser.parse_args()
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(markdown(result))
+        return
     budget = {"dsbm_iterations": 4, "dsbm_steps": args.dsbm_steps, "dsb_iterations": 6, "dsb_steps": args.dsb_steps}
     if args.quick:
         budget = {"dsbm_iterations": 2, "dsbm_steps": 40, "dsb_iterations": 1, "dsb_steps": 40}

@@ -178,3 +178,13 @@ def test_bridge_user_errors_exit_2(argv: list[str], needle: str, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_generative_dsb_run_samples_on_its_own_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "dsb"
+    assert run(capsys, "train", "--method", "dsb", "--data", "moons", "--iterations", 1, "--steps", 20,
+               "--n-data", 200, "--batch-size", 32, "--hidden", 8, "--depth", 1, "--quiet", "--out", out)[0] == 0
+    code, stdout, _ = run(capsys, "sample", out, "--n", 50, "--out", tmp_path / "s.npy")
+    assert code == 0 and "40 network evaluations" in stdout  # the default 40-step DSB grid, one drift per step
+    code, _, err = run(capsys, "sample", out, "--n", 50, "--steps", 7)
+    assert code == 2 and "n_steps=40" in err

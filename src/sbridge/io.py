@@ -97,8 +97,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
-def truncate_jsonl(path: str | Path, max_step: int) -> None:
-    """Drop rows logged after ``max_step`` (written after the checkpoint a resumed run restarts from)."""
-    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= max_step]
+def truncate_jsonl(path: str | Path, max_step: int, key: str = "step") -> None:
+    """Drop rows whose ``key`` exceeds ``max_step`` (logged after the checkpoint a resumed run restarts from)."""
+    rows = [r for r in read_jsonl(path) if r.get(key, 0) <= max_step]
     text = "".join(json.dumps(r) + "\n" for r in rows)
     _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))

@@ -10,6 +10,7 @@ samples either way with Euler–Maruyama; ``sample`` draws the Gaussian prior an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,19 @@ from sbridge.sampling import euler_maruyama, time_grid
 from sbridge.solvers.base import Solver
 from sbridge.training import TrainConfig
 from sbridge.validation import as_data_tensor, check_positive_float, check_positive_int
+
+
+@dataclass
+class FitState:
+    """What an iterative bridge fit carries from one outer iteration to the next."""
+
+    x0: torch.Tensor
+    x1: torch.Tensor
+    config: TrainConfig
+    run_dir: Path | None
+    generator: torch.Generator
+    start: int = 0  #: outer iterations already completed (non-zero when resuming)
+
 
 #: Keys of the two drift networks in ``net`` / ``ema_net`` (``nn.ModuleDict`` reserves the name ``forward``).
 NET_KEYS = {"forward": "fwd", "backward": "bwd"}
@@ -84,30 +98,51 @@ class BridgeSolver(Solver):
 
     def _start_fit(self, x: Any, prior: Any, *, phase_steps: int, batch_size: int, lr: float, quiet: bool,
                    out: Any, resume: bool, run_info: dict[str, Any] | None,
-                   train_options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, TrainConfig, Path | None,
-                                                           torch.Generator]:
+                   train_options: dict[str, Any]) -> FitState:
         """Shared set-up of an iterative fit: endpoints, the per-phase training config, the run directory and the
-        generator. ``phase_steps`` is the number of training steps of one half-step / IMF iteration."""
-        if resume:
-            raise ConfigError(f"resuming is not supported for {type(self).__name__} yet; start a new run "
-                              "(omit --resume).")
+        generator. ``phase_steps`` is the number of training steps of one half-step / IMF iteration.
+
+        With ``resume`` and a checkpoint in ``out``, the weights, generator, history and the number of completed
+        outer iterations are restored from it (checkpoints are written after every outer iteration), so the
+        resumed fit ends exactly where an uninterrupted one would.
+        """
         x0, x1 = self._endpoints(x, prior)
         cfg = TrainConfig.from_dict({"steps": phase_steps, "batch_size": batch_size, "lr": lr, "quiet": quiet,
                                      **train_options})
         self.train_config = cfg
         run_dir = Path(out) if out is not None else None
+        if resume and run_dir is None:
+            raise ConfigError("resume=True needs the run directory to resume from; pass out=... (--out).")
         if run_dir is not None:
-            self._prepare_run_dir(run_dir, False, run_info)
+            self._prepare_run_dir(run_dir, resume, run_info)
         self.history = []
-        return x0, x1, cfg, run_dir, make_generator(self.seed, self.device)
+        state = FitState(x0, x1, cfg, run_dir, make_generator(self.seed, self.device))
+        if resume and (run_dir / io.CHECKPOINT_FILE).is_file():
+            tensors, meta = io.read_tensors(run_dir / io.CHECKPOINT_FILE)
+            self.net.load_state_dict(io.unprefixed("model", tensors))
+            self.ema_net.load_state_dict(io.unprefixed("ema", tensors))
+            state.generator.set_state(tensors["rng"])
+            self.history = meta["history"]
+            state.start = int(meta["iteration"])
+            io.truncate_jsonl(run_dir / io.METRICS_FILE, state.start, key="iteration")
+        return state
+
+    def _end_iteration(self, state: FitState, iteration: int, row: dict[str, Any]) -> None:
+        """Log an outer iteration's row and checkpoint the state after it (atomically)."""
+        if state.run_dir is None:
+            return
+        io.append_jsonl(state.run_dir / io.METRICS_FILE, row)
+        tensors = {**io.prefixed("model", self.net.state_dict()), **io.prefixed("ema", self.ema_net.state_dict()),
+                   "rng": state.generator.get_state()}
+        io.write_tensors(state.run_dir / io.CHECKPOINT_FILE, tensors, {"iteration": iteration, "history": self.history})
 
     # ---- transport and sampling --------------------------------------------------------------------------------
     @torch.no_grad()
-    def transport(self, x: Any, *, steps: int = 100, reverse: bool = False, return_path: bool = False,
+    def transport(self, x: Any, *, steps: int | None = None, reverse: bool = False, return_path: bool = False,
                   seed: int | None = None) -> torch.Tensor:
         """Push samples of one end to the other: ``x0 -> x1`` with the forward SDE, or ``x1 -> x0`` with
-        ``reverse=True`` (Euler–Maruyama, ``steps`` steps, noise kept at every step). Returns ``(n, d)`` or the path
-        ``(steps + 1, n, d)``; ``self.last_nfe`` holds the network evaluations used."""
+        ``reverse=True`` (Euler–Maruyama with ``steps`` steps, 100 by default, noise kept at every step). Returns
+        ``(n, d)`` or the path ``(steps + 1, n, d)``; ``self.last_nfe`` holds the network evaluations used."""
         x = as_data_tensor(x, name="points to transport", dim=self.dim).to(self.device)
         gen = make_generator(self.seed + 1 if seed is None else seed, self.device)
         self.ema_net.eval()
@@ -118,13 +153,13 @@ class BridgeSolver(Solver):
         self.last_nfe = nfe
         return out
 
-    def _grid(self, steps: int, reverse: bool) -> list[float]:
-        """Times of the Euler–Maruyama grid: ``steps`` uniform steps from 0 to 1 (or 1 to 0)."""
-        steps = check_positive_int(steps, "steps")
+    def _grid(self, steps: int | None, reverse: bool) -> list[float]:
+        """Times of the Euler–Maruyama grid: ``steps`` (default 100) uniform steps from 0 to 1 (or 1 to 0)."""
+        steps = 100 if steps is None else check_positive_int(steps, "steps")
         return time_grid(1.0, 0.0, steps) if reverse else time_grid(0.0, 1.0, steps)
 
     @torch.no_grad()
-    def sample(self, n: int, *, steps: int = 100, ode: bool = False, return_path: bool = False,
+    def sample(self, n: int, *, steps: int | None = None, ode: bool = False, return_path: bool = False,
                seed: int | None = None, **_: Any) -> torch.Tensor:
         """Draw ``n`` points of the data end: ``N(0, I)`` prior transported backward (generative bridges only)."""
         if ode:
@@ -149,7 +184,3 @@ class BridgeSolver(Solver):
                "energy_x0": metrics.energy_distance(to_x0.cpu(), x0[-n:].cpu())}
         self.history.append(row)
         return row
-
-    def _log(self, out: Any, row: dict[str, Any]) -> None:
-        if out is not None:
-            io.append_jsonl(Path(out) / io.METRICS_FILE, row)

@@ -87,7 +87,7 @@ class DSB(BridgeSolver):
                               f"steps={self.n_steps} or leave it out.")
         return super().transport(x, steps=self.n_steps, reverse=reverse, return_path=return_path, seed=seed)
 
-    def _grid(self, steps: int, reverse: bool) -> list[float]:
+    def _grid(self, steps: int | None, reverse: bool) -> list[float]:
         return self.times[::-1] if reverse else self.times
 
     # ---- training ----------------------------------------------------------------------------------------------
@@ -104,10 +104,10 @@ class DSB(BridgeSolver):
             raise ConfigError(f"steps ({steps}) must be at least 2 x iterations ({2 * iterations}).")
         cache_size, cache_refresh = check_positive_int(cache_size, "cache_size"), check_positive_int(cache_refresh,
                                                                                                     "cache_refresh")
-        x0, x1, cfg, run_dir, gen = self._start_fit(x, prior, phase_steps=per_half, batch_size=batch_size, lr=lr,
-                                                    quiet=quiet, out=out, resume=resume, run_info=run_info,
-                                                    train_options=train_options)
-        for n in range(iterations):
+        state = self._start_fit(x, prior, phase_steps=per_half, batch_size=batch_size, lr=lr, quiet=quiet, out=out,
+                                resume=resume, run_info=run_info, train_options=train_options)
+        x0, x1, cfg, gen = state.x0, state.x1, state.config, state.generator
+        for n in range(state.start, iterations):
             for direction in ("backward", "forward"):
                 key = NET_KEYS[direction]
                 loss = self._mean_matching_loss(direction, x0, x1, batch_size, cache_size, cache_refresh)
@@ -116,9 +116,9 @@ class DSB(BridgeSolver):
                 trainer.run()
                 self.last_loss = trainer.last_loss
             row = {**self._monitor(n + 1, x0, x1, self.n_steps), "loss": self.last_loss}
-            self._log(run_dir, row)
-        if run_dir is not None:
-            self.save(run_dir)
+            self._end_iteration(state, n + 1, row)
+        if state.run_dir is not None:
+            self.save(state.run_dir)
         return self
 
     def _mean_matching_loss(self, direction: str, x0: torch.Tensor, x1: torch.Tensor, batch_size: int,

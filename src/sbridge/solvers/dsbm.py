@@ -45,26 +45,33 @@ class DSBM(BridgeSolver):
         per_iteration = check_positive_int(steps, "steps") // iterations
         if per_iteration < 1:
             raise ConfigError(f"steps ({steps}) must be at least iterations ({iterations}).")
-        x0, x1, cfg, run_dir, gen = self._start_fit(x, prior, phase_steps=per_iteration, batch_size=batch_size,
-                                                    lr=lr, quiet=quiet, out=out, resume=resume, run_info=run_info,
-                                                    train_options=train_options)
-        c0, c1 = x0, x1[torch.randint(x1.shape[0], (x0.shape[0],), generator=gen, device=self.device)]
-        for k in range(iterations):
+        state = self._start_fit(x, prior, phase_steps=per_iteration, batch_size=batch_size, lr=lr, quiet=quiet,
+                                out=out, resume=resume, run_info=run_info, train_options=train_options)
+        x0, x1, cfg, gen = state.x0, state.x1, state.config, state.generator
+        if state.start == 0:
+            c0, c1 = x0, x1[torch.randint(x1.shape[0], (x0.shape[0],), generator=gen, device=self.device)]
+        else:  # resuming: rebuild the coupling of the last completed iteration (its simulation seed is fixed)
+            c0, c1 = self._recouple(state.start - 1, x0, x1, sim_steps)
+        for k in range(state.start, iterations):
             direction = "forward" if k % 2 == 0 else "backward"
             key = NET_KEYS[direction]
             trainer = Trainer(self.net[key], self.ema_net[key], self._loss(c0, c1, direction, batch_size),
                               cfg, generator=gen, callbacks=callbacks, prefix=f"{direction}_{k + 1}_")
             trainer.run()
             self.last_loss = trainer.last_loss
-            if direction == "forward":
-                c0, c1 = x0, self._chunked_transport(x0, sim_steps, reverse=False, seed=self.seed + 100 + k)
-            else:
-                c0, c1 = self._chunked_transport(x1, sim_steps, reverse=True, seed=self.seed + 100 + k), x1
+            c0, c1 = self._recouple(k, x0, x1, sim_steps)
             row = {**self._monitor(k + 1, x0, x1, sim_steps), "trained": direction, "loss": trainer.last_loss}
-            self._log(run_dir, row)
-        if run_dir is not None:
-            self.save(run_dir)
+            self._end_iteration(state, k + 1, row)
+        if state.run_dir is not None:
+            self.save(state.run_dir)
         return self
+
+    def _recouple(self, k: int, x0: torch.Tensor, x1: torch.Tensor,
+                  sim_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coupling after iteration ``k``: its trained direction (forward on even k) simulated from its data."""
+        if k % 2 == 0:
+            return x0, self._chunked_transport(x0, sim_steps, reverse=False, seed=self.seed + 100 + k)
+        return self._chunked_transport(x1, sim_steps, reverse=True, seed=self.seed + 100 + k), x1
 
     def _chunked_transport(self, x: torch.Tensor, steps: int, *, reverse: bool, seed: int,
                            chunk: int = 8192) -> torch.Tensor:
