@@ -118,9 +118,17 @@ class Solver:
         """Write ``config.json`` and the sampling (EMA) weights ``model.safetensors`` into ``run_dir``."""
         run_dir = Path(run_dir)
         self.write_config(run_dir)
-        io.write_tensors(run_dir / io.WEIGHTS_FILE, {**io.prefixed("ema", self.ema_net.state_dict()),
-                                                     **io.prefixed("model", self.net.state_dict())})
+        io.write_tensors(run_dir / io.WEIGHTS_FILE, self.weight_tensors())
         return run_dir
+
+    def weight_tensors(self) -> dict[str, torch.Tensor]:
+        """Raw and EMA weights as one flat dict (``model.*``, ``ema.*``), the layout of every weights file."""
+        return {**io.prefixed("model", self.net.state_dict()), **io.prefixed("ema", self.ema_net.state_dict())}
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`weight_tensors` (also reads training checkpoints, which share the layout)."""
+        self.net.load_state_dict(io.unprefixed("model", tensors))
+        self.ema_net.load_state_dict(io.unprefixed("ema", tensors))
 
 
 def load(run_dir: str | Path, device: str | torch.device = "auto") -> Solver:
@@ -145,8 +153,7 @@ def load(run_dir: str | Path, device: str | torch.device = "auto") -> Solver:
         raise RunDirError(f"{str(path)!r} has no weights yet ({io.WEIGHTS_FILE}); train it first or resume training.")
     tensors, _ = io.read_tensors(weights)
     try:
-        solver.net.load_state_dict(io.unprefixed("model", tensors))
-        solver.ema_net.load_state_dict(io.unprefixed("ema", tensors))
+        solver.load_weights(tensors)
     except RuntimeError as exc:
         raise RunDirError(f"weights in {str(weights)!r} do not match config.json ({exc}).") from None
     solver.net.to(solver.device)

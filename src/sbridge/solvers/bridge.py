@@ -119,8 +119,7 @@ class BridgeSolver(Solver):
         state = FitState(x0, x1, cfg, run_dir, make_generator(self.seed, self.device))
         if resume and (run_dir / io.CHECKPOINT_FILE).is_file():
             tensors, meta = io.read_tensors(run_dir / io.CHECKPOINT_FILE)
-            self.net.load_state_dict(io.unprefixed("model", tensors))
-            self.ema_net.load_state_dict(io.unprefixed("ema", tensors))
+            self.load_weights(tensors)
             state.generator.set_state(tensors["rng"])
             self.history = meta["history"]
             state.start = int(meta["iteration"])
@@ -132,8 +131,7 @@ class BridgeSolver(Solver):
         if state.run_dir is None:
             return
         io.append_jsonl(state.run_dir / io.METRICS_FILE, row)
-        tensors = {**io.prefixed("model", self.net.state_dict()), **io.prefixed("ema", self.ema_net.state_dict()),
-                   "rng": state.generator.get_state()}
+        tensors = {**self.weight_tensors(), "rng": state.generator.get_state()}
         io.write_tensors(state.run_dir / io.CHECKPOINT_FILE, tensors, {"iteration": iteration, "history": self.history})
 
     # ---- transport and sampling --------------------------------------------------------------------------------
