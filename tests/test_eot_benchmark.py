@@ -116,8 +116,8 @@ def test_shapes_and_dtypes(bench2: EOTBenchmark) -> None:
     assert bench2.sample_conditional(x, 3, gen(1)).shape == (7, 3, 2)
     mean, cov = bench2.conditional_moments(x)
     assert mean.shape == (7, 2) and cov.shape == (7, 2, 2) and cov.dtype == torch.float32
-    assert bench2.drift(0.3, x).shape == (7, 2) and bench2.drift(0.3, x).dtype == torch.float32
-    assert bench2.drift(0.3, x.double()).dtype == F64
+    assert bench2.drift(x, 0.3).shape == (7, 2) and bench2.drift(x, 0.3).dtype == torch.float32
+    assert bench2.drift(x.double(), 0.3).dtype == F64
     assert bench2.test_inputs(11, seed=2).shape == (11, 2)
     assert 0.5 < bench2.x1_var() < 20.0
 
@@ -136,7 +136,7 @@ def test_euler_maruyama_of_the_drift_reproduces_the_plan() -> None:
     start = torch.cat([fixed.repeat_interleave(k, 0), bench.sample_x0(1500, g).double()])
     x, dt = start.clone(), 1.0 / steps
     for i in range(steps):
-        x = x + bench.drift(i * dt, x) * dt + math.sqrt(eps * dt) * torch.randn(x.shape, generator=g, dtype=F64)
+        x = x + bench.drift(x, i * dt) * dt + math.sqrt(eps * dt) * torch.randn(x.shape, generator=g, dtype=F64)
     ends = x[: m * k].reshape(m, k, 2)
     mean, cov = bench.conditional_moments(fixed)
     mean, cov = mean.double(), cov.double()
@@ -154,19 +154,19 @@ def test_euler_maruyama_of_the_drift_reproduces_the_plan() -> None:
 def test_drift_is_eps_times_autograd_of_log_h_and_accepts_per_sample_times(bench2: EOTBenchmark) -> None:
     x = bench2.sample_x0(50, gen(3)).double().requires_grad_(True)
     t = torch.linspace(0.0, 1.0, 50, dtype=F64)
-    (grad,) = torch.autograd.grad(bench2.log_h(t, x).sum(), x)
-    drift = bench2.drift(t, x.detach())
+    (grad,) = torch.autograd.grad(bench2.log_h(x, t).sum(), x)
+    drift = bench2.drift(x.detach(), t)
     torch.testing.assert_close(drift, bench2.eps * grad, rtol=1e-10, atol=1e-10)
     for i in (0, 17, 49):
-        torch.testing.assert_close(bench2.drift(float(t[i]), x.detach()[i:i + 1]), drift[i:i + 1])
-    torch.testing.assert_close(bench2.drift(t[:, None], x.detach()), drift)
+        torch.testing.assert_close(bench2.drift(x.detach()[i:i + 1], float(t[i])), drift[i:i + 1])
+    torch.testing.assert_close(bench2.drift(x.detach(), t[:, None]), drift)
 
 
 def test_drift_at_time_zero_is_conditional_mean_minus_x(bench2: EOTBenchmark) -> None:
     # eps grad log h(0, x) = eps grad log int N(y | x, eps I) f(y) dy = E*[y | x] - x exactly.
     x = bench2.sample_x0(200, gen(4)).double()
     mean, _ = bench2.conditional_moments(x)
-    torch.testing.assert_close(bench2.drift(0.0, x), mean.double() - x, rtol=0, atol=1e-5)
+    torch.testing.assert_close(bench2.drift(x, 0.0), mean.double() - x, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("t", [0.0, 0.5, 0.95])
@@ -176,15 +176,15 @@ def test_h_transform_formula_against_quadrature_in_1d(t: float) -> None:
     bench = EOTBenchmark(1, eps=0.25, seed=4)
     grid = torch.linspace(-15.0, 15.0, 30_001, dtype=F64)
     step = float(grid[1] - grid[0])
-    f = torch.exp(bench.log_h(1.0, grid[:, None]))
+    f = torch.exp(bench.log_h(grid[:, None], 1.0))
     x = torch.linspace(-3.0, 3.0, 13, dtype=F64).requires_grad_(True)
     var = bench.eps * (1.0 - t)
     kernel = torch.exp(-((grid[None, :] - x[:, None]) ** 2) / (2 * var)) / math.sqrt(2 * math.pi * var)
     log_h_quad = torch.log((kernel * f[None, :]).sum(1) * step)
     (grad_quad,) = torch.autograd.grad(log_h_quad.sum(), x)
     xs = x.detach()[:, None]
-    torch.testing.assert_close(bench.log_h(t, xs), log_h_quad.detach(), rtol=0, atol=1e-7)
-    torch.testing.assert_close(bench.drift(t, xs)[:, 0], bench.eps * grad_quad, rtol=0, atol=1e-7)
+    torch.testing.assert_close(bench.log_h(xs, t), log_h_quad.detach(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(bench.drift(xs, t)[:, 0], bench.eps * grad_quad, rtol=0, atol=1e-7)
 
 
 # ---------------------------------------------------------------- 4. Gaussian special case ties §H to §G
@@ -330,11 +330,11 @@ def test_invalid_inputs_raise(bench2: EOTBenchmark) -> None:
     with pytest.raises(DataError):
         bench2.conditional_moments(torch.zeros(3, 5))
     with pytest.raises(DataError):
-        bench2.drift(0.5, torch.full((2, 2), float("nan")))
+        bench2.drift(torch.full((2, 2), float("nan")), 0.5)
     with pytest.raises(DataError):
-        bench2.drift(torch.zeros(3), torch.zeros(2, 2))
+        bench2.drift(torch.zeros(2, 2), torch.zeros(3))
     with pytest.raises(ConfigError):
-        bench2.drift(1.5, torch.zeros(2, 2))
+        bench2.drift(torch.zeros(2, 2), 1.5)
     with pytest.raises(ConfigError):
         bench2.sample_conditional(torch.zeros(2, 2), 0)
     with pytest.raises(ConfigError):

@@ -176,7 +176,7 @@ def test_covariance_ode_and_symmetric_drift() -> None:
         torch.testing.assert_close(M, M.T, atol=1e-12, rtol=0)
         # drift(t, x) = (b - a) + M_t (x - mu_t)
         x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
-        torch.testing.assert_close(br.drift(t, x), (b3 - a3) + (x - br.mean(t)) @ M.T, atol=1e-12, rtol=0)
+        torch.testing.assert_close(br.drift(x, t), (b3 - a3) + (x - br.mean(t)) @ M.T, atol=1e-12, rtol=0)
 
 
 def _mix_cross(br: GaussianBridge, s: float, t: float) -> torch.Tensor:
@@ -222,7 +222,7 @@ def _euler_maruyama(br, n: int, steps: int, seed: int, diffusion, save_at: float
         t = k * dt
         if save_at is not None and abs(t - save_at) < dt / 2:
             saved = x.clone()
-        x = x + br.drift(t, x) * dt + diffusion(t) * math.sqrt(dt) * torch.randn(n, br.dim, generator=g, dtype=F64)
+        x = x + br.drift(x, t) * dt + diffusion(t) * math.sqrt(dt) * torch.randn(n, br.dim, generator=g, dtype=F64)
     return x0, x, saved
 
 
@@ -287,10 +287,10 @@ def test_score_matches_autograd_and_kl() -> None:
     for t in [0.0, 0.35, 1.0]:
         logp = torch.distributions.MultivariateNormal(br.mean(t), br.cov(t)).log_prob(x).sum()
         (grad,) = torch.autograd.grad(logp, x)
-        torch.testing.assert_close(br.score(t, x), grad, atol=1e-10, rtol=0)
-        v, f, bwd = br.velocity(t, x), br.drift(t, x), br.backward_drift(t, x)
+        torch.testing.assert_close(br.score(x, t), grad, atol=1e-10, rtol=0)
+        v, f, bwd = br.velocity(x, t), br.drift(x, t), br.backward_drift(x, t)
         torch.testing.assert_close(v, f - 0.5 * 0.49 * grad, atol=1e-10, rtol=0)
-        torch.testing.assert_close(bwd, f - 0.49 * grad, atol=1e-10, rtol=0)
+        torch.testing.assert_close(bwd, 0.49 * grad - f, atol=1e-10, rtol=0)  # reverse-time drift
     # KL helper against torch.distributions (exact, tol 1e-10), and zero at the truth.
     m, S = b3 + 0.1, B3 + 0.2 * torch.eye(3, dtype=F64)
     ref = torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(m, S),
@@ -309,8 +309,8 @@ def test_probability_flow_velocity_reaches_target() -> None:
     h = 1.0 / steps
     for k in range(steps):
         t = k * h
-        v1 = br.velocity(t, x)
-        v2 = br.velocity(t + h, x + h * v1)
+        v1 = br.velocity(x, t)
+        v2 = br.velocity(x + h * v1, t + h)
         x = x + h / 2 * (v1 + v2)
     _assert_mean(x.mean(0), b2, B2, n, extra=1e-4)
     _assert_cov(_emp_cov(x, x), B2, _cov_se(B2, B2, B2, n), extra=1e-4)
@@ -340,8 +340,8 @@ def test_linear_bridge_reduces_to_brownian() -> None:
         torch.testing.assert_close(lin.mean(t), br.mean(t), atol=1e-12, rtol=0)
         torch.testing.assert_close(lin.cov(t), br.cov(t), atol=1e-12, rtol=0)
         torch.testing.assert_close(lin.drift_matrix(t), br.drift_matrix(t), atol=1e-11, rtol=0)
-        torch.testing.assert_close(lin.drift(t, x), br.drift(t, x), atol=1e-11, rtol=0)
-        torch.testing.assert_close(lin.velocity(t, x), br.velocity(t, x), atol=1e-11, rtol=0)
+        torch.testing.assert_close(lin.drift(x, t), br.drift(x, t), atol=1e-11, rtol=0)
+        torch.testing.assert_close(lin.velocity(x, t), br.velocity(x, t), atol=1e-11, rtol=0)
 
 
 def _vp(beta):
@@ -381,7 +381,7 @@ def test_linear_bridge_closed_form_identities(beta) -> None:
         torch.testing.assert_close(dS, M @ S + S @ M.T + g(t) ** 2 * torch.eye(3, dtype=F64), atol=1e-6, rtol=0)
         torch.testing.assert_close(M, M.T, atol=1e-11, rtol=0)
         dm = (lin.mean(t + h) - lin.mean(t - h)) / (2 * h)
-        torch.testing.assert_close(lin.drift(t, lin.mean(t).unsqueeze(0))[0], dm, atol=1e-6, rtol=0)
+        torch.testing.assert_close(lin.drift(lin.mean(t).unsqueeze(0), t)[0], dm, atol=1e-6, rtol=0)
     tau1, xi1 = lin.tau(1.0), lin.xi(1.0)
     assert abs(lin.sigma_star**2 - tau1 * xi1) < 1e-12
     joint = torch.cat([torch.cat([A3, lin.C], 1), torch.cat([lin.C.T, B3], 1)], 0)
@@ -462,14 +462,14 @@ def test_bad_time_and_points() -> None:
             br.mean(t)
         _one_sentence(exc)
         with pytest.raises(ConfigError):
-            br.drift(t, torch.zeros(3, 2))
+            br.drift(torch.zeros(3, 2), t)
     with pytest.raises(DataError, match="features") as exc:
-        br.drift(0.5, torch.zeros(3, 3))
+        br.drift(torch.zeros(3, 3), 0.5)
     _one_sentence(exc)
     with pytest.raises(DataError, match="NaN"):
-        br.score(0.5, torch.full((2, 2), float("nan")))
-    with pytest.raises(DataError, match="2-D"):
-        br.velocity(0.5, np.zeros(2))
+        br.score(torch.full((2, 2), float("nan")), 0.5)
+    with pytest.raises(DataError, match="reshape it"):
+        br.velocity(np.zeros(2), 0.5)
     with pytest.raises(ConfigError, match="steps"):
         br.sample_path(10, 0)
     with pytest.raises(DataError, match="dimension"):

@@ -7,20 +7,42 @@ import math
 import pytest
 import torch
 
-from sbridge.errors import ConfigError
-from sbridge.processes import VE, VP, Brownian, Process, make_process
+from sbridge.errors import ConfigError, NotPositiveDefiniteError
+from sbridge.processes import (
+    OU,
+    VE,
+    VP,
+    Brownian,
+    DriftMatrix,
+    LinearSDE,
+    PowerRate,
+    Process,
+    make_process,
+)
 
 F64 = torch.float64
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 # One instance of each process; Brownian gets T != 1 and sigma != 1 so that both parameters are exercised.
-PROCESSES = [VP(), VE(), Brownian(sigma=1.5, T=2.0)]
+PROCESSES = [VP(), VE(), Brownian(sigma=1.5, T=2.0, prior="marginal")]
 IDS = [p.name for p in PROCESSES]
 
 
 def _t(value: float) -> torch.Tensor:
     return torch.tensor(value, dtype=F64)
+
+
+def _mean_std(proc: Process, x0: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and per-coordinate std of X_t | x0 for an isotropic process (its covariance is std^2 I)."""
+    mean, cov = proc.marginal(x0, t)
+    return mean, cov.std
+
+
+def _prior_std(proc: Process) -> float:
+    mean, cov = proc.prior_moments((1,), torch.zeros(1, 1, dtype=F64))
+    assert mean is None
+    return float(cov.var.sqrt())
 
 
 # ---------------------------------------------------------------- closed-form marginal vs Euler-Maruyama
@@ -51,7 +73,7 @@ def test_closed_form_marginal_matches_euler_maruyama_simulation(proc: Process) -
             record[k + 1] = (x.clone(), m_disc.clone(), v_disc.sqrt())
     for k, (xs, mean_disc, std_disc) in record.items():
         t = k * dt
-        mean, std = proc.marginal(x0, t)
+        mean, std = _mean_std(proc, x0, t)
         std = float(std)
         mean_allow = (mean_disc - mean).abs()
         std_allow = abs(float(std_disc) - std)
@@ -101,7 +123,7 @@ def test_conditional_score_is_the_gradient_of_the_gaussian_log_density(proc: Pro
     else:
         t = 0.37 * proc.T
     xt = (3 * torch.randn(5, 3, generator=gen, dtype=F64)).requires_grad_(True)
-    mean, std = proc.marginal(x0, t)
+    mean, std = _mean_std(proc, x0, t)
     log_density = torch.distributions.Normal(mean, std.expand_as(mean)).log_prob(xt).sum()
     (grad,) = torch.autograd.grad(log_density, xt)
     score = proc.conditional_score(xt.detach(), x0, t)
@@ -113,10 +135,10 @@ def test_per_sample_times_broadcast_row_by_row(proc: Process) -> None:
     gen = torch.Generator().manual_seed(3)
     x0 = torch.randn(4, 2, generator=gen, dtype=F64)
     t = torch.tensor([0.01, 0.2, 0.5, 1.0], dtype=F64) * proc.T
-    mean, std = proc.marginal(x0, t)
+    mean, std = _mean_std(proc, x0, t)
     assert mean.shape == (4, 2) and std.shape == (4, 1)
     for i in range(4):
-        mean_i, std_i = proc.marginal(x0[i:i + 1], float(t[i]))
+        mean_i, std_i = _mean_std(proc, x0[i:i + 1], float(t[i]))
         torch.testing.assert_close(mean[i], mean_i[0], rtol=1e-12, atol=0.0)
         torch.testing.assert_close(std[i, 0], std_i, rtol=1e-12, atol=0.0)
         torch.testing.assert_close(proc.std(float(t[i]), like=x0), std_i, rtol=1e-12, atol=0.0)
@@ -127,7 +149,7 @@ def test_sample_marginal_returns_mean_plus_std_times_noise(proc: Process) -> Non
     x0 = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     t = 0.4 * proc.T
     xt, noise = proc.sample_marginal(x0, t, torch.Generator().manual_seed(1))
-    mean, std = proc.marginal(x0, t)
+    mean, std = _mean_std(proc, x0, t)
     torch.testing.assert_close(xt, mean + std * noise, rtol=0.0, atol=0.0)
     # Same generator seed -> same draw.
     xt2, _ = proc.sample_marginal(x0, t, torch.Generator().manual_seed(1))
@@ -140,8 +162,8 @@ def test_sample_marginal_returns_mean_plus_std_times_noise(proc: Process) -> Non
 @pytest.mark.parametrize("proc", PROCESSES, ids=IDS)
 def test_prior_sample_has_std_prior_std(proc: Process) -> None:
     # 20k x 3 draws: sample mean within 4 SE (s/sqrt(n)) of 0 and sample std within 4 SE (s/sqrt(2n)) of s.
-    n, d, s = 20_000, 3, proc.prior_std()
-    x = proc.prior_sample(n, d, generator=torch.Generator().manual_seed(11), dtype=F64)
+    n, d, s = 20_000, 3, _prior_std(proc)
+    x = proc.prior_sample((n, d), generator=torch.Generator().manual_seed(11), dtype=F64)
     assert x.shape == (n, d) and x.dtype == F64
     assert bool((x.mean(0).abs() <= 4 * s / math.sqrt(n)).all())
     assert bool(((x.std(0) - s).abs() <= 4 * s / math.sqrt(2 * n)).all())
@@ -150,7 +172,7 @@ def test_prior_sample_has_std_prior_std(proc: Process) -> None:
 @pytest.mark.parametrize("proc", PROCESSES, ids=IDS)
 def test_prior_log_prob_is_the_isotropic_normal_density(proc: Process) -> None:
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(2), dtype=F64) * 2
-    expected = torch.distributions.Normal(_t(0.0), _t(proc.prior_std())).log_prob(x).sum(1)
+    expected = torch.distributions.Normal(_t(0.0), _t(_prior_std(proc))).log_prob(x).sum(1)
     torch.testing.assert_close(proc.prior_log_prob(x), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -161,7 +183,7 @@ def test_vp_variance_reaches_one_at_T_and_matches_its_prior() -> None:
     expected = -math.expm1(-(proc.beta_min + proc.beta_max) * proc.T / 2)
     assert float(proc.variance(T)) == pytest.approx(expected, rel=1e-12)
     assert abs(float(proc.variance(T)) - 1.0) < 1e-4
-    assert proc.prior_std() == 1.0
+    assert _prior_std(proc) == 1.0
     # Variance preserving: alpha^2 + Var = 1 at every t, so unit-variance data keeps unit variance.
     t = torch.linspace(0.0, 1.0, 11, dtype=F64)
     torch.testing.assert_close(torch.exp(2 * proc.log_alpha(t)) + proc.variance(t), torch.ones_like(t))
@@ -171,10 +193,10 @@ def test_ve_and_brownian_priors_match_their_variance_at_T() -> None:
     ve = VE(sigma_min=0.01, sigma_max=10.0)
     # Var(T) = sigma_max^2 - sigma_min^2: the N(0, sigma_max^2) prior is off by sigma_min^2 only.
     assert float(ve.variance(_t(ve.T))) == pytest.approx(10.0**2 - 0.01**2, rel=1e-12)
-    assert ve.prior_std() == 10.0
-    bm = Brownian(sigma=1.5, T=2.0)
+    assert _prior_std(ve) == 10.0
+    bm = Brownian(sigma=1.5, T=2.0, prior="marginal")
     assert float(bm.variance(_t(2.0))) == pytest.approx(1.5**2 * 2.0, rel=1e-12)
-    assert bm.prior_std() ** 2 == pytest.approx(float(bm.variance(_t(2.0))), rel=1e-12)
+    assert _prior_std(bm) ** 2 == pytest.approx(float(bm.variance(_t(2.0))), rel=1e-12)
 
 
 @pytest.mark.parametrize("proc", PROCESSES, ids=IDS)
@@ -199,7 +221,7 @@ def test_make_process_from_dict_sets_parameters() -> None:
     proc = make_process({"name": "ve", "sigma_max": 20.0, "T": 2.0})
     assert isinstance(proc, VE)
     assert proc.sigma_max == 20.0 and proc.T == 2.0 and proc.sigma_min == VE().sigma_min
-    assert proc.prior_std() == 20.0
+    assert _prior_std(proc) == 20.0
 
 
 def test_make_process_returns_a_process_unchanged() -> None:
@@ -251,3 +273,178 @@ def test_config_round_trips_through_make_process(proc: Process) -> None:
     import json
 
     assert json.loads(json.dumps(proc.config())) == proc.config()
+
+
+# ---------------------------------------------------------------- matrix-valued coefficients (math.md §C.2, §E.2)
+D_FULL = torch.tensor([[1.5, 0.3], [0.3, 0.6]], dtype=F64)  # math.md §E.2's example
+
+
+def _matrix_processes() -> dict[str, LinearSDE]:
+    sched = PowerRate(0.1, 4.0)
+    return {"diagonal": LinearSDE(sched, DriftMatrix("diagonal", [1.5, 0.6])),
+            "full-symmetric": LinearSDE(sched, DriftMatrix("full", D_FULL)),
+            "full-general": LinearSDE(sched, DriftMatrix("full", [[1.5, 0.3], [-0.2, 0.6]]))}
+
+
+def _expm_moments(D: torch.Tensor, B: float, x0: torch.Tensor, n_quad: int = 4000) -> tuple[torch.Tensor, ...]:
+    """M = expm(-B D / 2) and Sigma = int_0^B expm(-u D / 2) expm(-u D^T / 2) du by Simpson's rule on expm."""
+    u = torch.linspace(0.0, B, n_quad + 1, dtype=F64)
+    E = torch.linalg.matrix_exp(-0.5 * u[:, None, None] * D)
+    f = E @ E.transpose(-1, -2)
+    h = B / n_quad
+    sigma = h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum(0) + 2 * f[2:-1:2].sum(0))
+    return x0 @ torch.linalg.matrix_exp(-0.5 * B * D).T, sigma
+
+
+@pytest.mark.parametrize("name", ["diagonal", "full-symmetric", "full-general"])
+def test_matrix_coefficient_marginals_match_expm_quadrature(name: str) -> None:
+    # Closed form (eigendecomposition or the matrix fraction) against Simpson quadrature of expm, to 1e-9.
+    proc = _matrix_processes()[name]
+    D = proc.D.matrix()
+    D = torch.diag(D) if D.ndim == 1 else D
+    x0 = torch.tensor([[1.0, -2.0], [0.5, 0.25]], dtype=F64)
+    for t in (0.1, 0.5, 1.0):
+        B = float(proc.schedule.integral(_t(t)))
+        mean_ref, cov_ref = _expm_moments(D, B, x0)
+        mean, cov = proc.marginal(x0, t)
+        torch.testing.assert_close(mean, mean_ref, rtol=0, atol=1e-11)
+        torch.testing.assert_close(cov.dense(x0)[0], cov_ref, rtol=0, atol=1e-9)
+
+
+def test_matrix_fraction_matches_the_closed_form_of_math_md_e2() -> None:
+    # Symmetric D: Sigma = D^{-1} (I - exp(-B D)) (math.md §E.2), for both code paths, to 1e-13.
+    x0 = torch.zeros(1, 2, dtype=F64)
+    for symmetric in (True, False):
+        proc = LinearSDE(PowerRate(0.1, 4.0), DriftMatrix("full", D_FULL, symmetric=symmetric))
+        B = float(proc.schedule.integral(_t(0.7)))
+        expected = torch.linalg.inv(D_FULL) @ (torch.eye(2, dtype=F64) - torch.linalg.matrix_exp(-B * D_FULL))
+        torch.testing.assert_close(proc.marginal(x0, 0.7)[1].dense(x0)[0], expected, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["diagonal", "full-general"])
+def test_matrix_coefficient_marginals_match_euler_maruyama(name: str) -> None:
+    # 20k paths of dX = -beta D X / 2 dt + sqrt(beta) dW from a fixed x0 (1000 steps): sample mean within 4 SE and
+    # sample covariance within 4 SE of the closed form plus 1 % for the scheme's O(dt) bias (math.md §E.2 reports
+    # ~3e-3 agreement for the same setting with 200k paths).
+    proc = _matrix_processes()[name]
+    n, steps = 20_000, 1000
+    x0 = torch.tensor([1.5, -0.5], dtype=F64)
+    gen = torch.Generator().manual_seed(5)
+    x = x0.expand(n, -1).clone()
+    dt = 1.0 / steps
+    for k in range(steps):
+        t = k * dt
+        x = x + proc.drift(x, t) * dt + proc.g(t, x) * math.sqrt(dt) * torch.randn(x.shape, generator=gen, dtype=F64)
+    mean, cov = proc.marginal(x0[None], 1.0)
+    cov = cov.dense(x0[None])[0]
+    sd = cov.diagonal().sqrt()
+    assert bool(((x.mean(0) - mean[0]).abs() <= 4 * sd / math.sqrt(n) + 0.01 * sd).all())
+    emp = torch.cov(x.T)
+    se = torch.sqrt((cov**2 + torch.outer(cov.diagonal(), cov.diagonal())) / n)  # SE of a Gaussian covariance
+    assert bool(((emp - cov).abs() <= 4 * se + 0.01 * torch.outer(sd, sd)).all()), (emp, cov)
+
+
+@pytest.mark.parametrize("name", ["diagonal", "full-symmetric", "full-general"])
+def test_matrix_conditional_score_and_sampling(name: str) -> None:
+    # The score is the gradient of the Gaussian log density; x_t = mean + L noise with L L^T = Sigma; the
+    # noise-to-score map gives the same score.
+    proc = _matrix_processes()[name]
+    gen = torch.Generator().manual_seed(2)
+    x0 = torch.randn(5, 2, generator=gen, dtype=F64)
+    t = torch.rand(5, generator=gen, dtype=F64) * 0.9 + 0.05
+    xt, noise = proc.sample_marginal(x0, t, gen)
+    mean, cov = proc.marginal(x0, t)
+    dense = cov.dense(x0)
+    L = torch.linalg.cholesky(dense)
+    torch.testing.assert_close(xt, mean + (L @ noise[..., None])[..., 0], rtol=0, atol=1e-12)
+    x = xt.clone().requires_grad_(True)
+    logp = torch.distributions.MultivariateNormal(mean, dense).log_prob(x).sum()
+    (grad,) = torch.autograd.grad(logp, x)
+    torch.testing.assert_close(proc.conditional_score(xt, x0, t), grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(cov.score_from_noise(noise), grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(cov.log_prob(xt - mean), torch.distributions.MultivariateNormal(mean, dense)
+                               .log_prob(xt), rtol=0, atol=1e-10)
+
+
+def test_diagonal_drift_on_images_acts_per_coordinate() -> None:
+    # A per-channel diagonal D on (n, 2, 3, 3) images equals two scalar processes, channel by channel.
+    rates = torch.tensor([0.5, 2.0], dtype=F64).reshape(2, 1, 1)
+    proc = LinearSDE(PowerRate(0.1, 10.0), DriftMatrix("diagonal", rates))
+    x0 = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    t = torch.tensor([0.1, 0.3, 0.6, 0.9], dtype=F64)
+    mean, cov = proc.marginal(x0, t)
+    for c, rate in enumerate((0.5, 2.0)):
+        scalar = LinearSDE(PowerRate(0.1, 10.0), DriftMatrix("scalar", rate))
+        m_c, cov_c = scalar.marginal(x0[:, c], t)
+        torch.testing.assert_close(mean[:, c], m_c, rtol=0, atol=1e-14)
+        torch.testing.assert_close(cov.var.expand_as(x0)[:, c], cov_c.var.expand_as(m_c), rtol=0, atol=1e-14)
+    assert proc.prior_log_prob(x0).shape == (4,)
+
+
+def test_learned_drift_is_a_parameter_and_a_bad_one_raises_one_sentence() -> None:
+    proc = LinearSDE(PowerRate(0.1, 20.0), DriftMatrix("full", D_FULL, learnable=True, symmetric=True),
+                     prior="stationary")
+    assert [n for n, _ in proc.named_parameters()] == ["D.value"]
+    x0 = torch.zeros(3, 2)
+    loss = proc.marginal(x0, 0.5)[1].logdet(x0).sum()
+    loss.backward()
+    assert proc.D.value.grad is not None and bool(torch.isfinite(proc.D.value.grad).all())
+    with torch.no_grad():
+        proc.D.value.copy_(torch.tensor([[-30.0, 0.0], [0.0, 1.0]]))  # exp(+B * 15) overflows in float32
+    with pytest.raises(NotPositiveDefiniteError, match="not positive definite"):
+        proc.sample_marginal(x0, 1.0)
+    with pytest.raises(NotPositiveDefiniteError, match="stationary prior"):
+        proc.prior_sample((2, 2))
+    diag = LinearSDE(PowerRate(0.1, 20.0), DriftMatrix("diagonal", [-30.0, 1.0]))
+    with pytest.raises(NotPositiveDefiniteError):
+        diag.marginal(torch.zeros(2, 2), 1.0)
+
+
+def test_stationary_prior_needs_a_pulling_drift() -> None:
+    with pytest.raises(ConfigError, match="prior='marginal'"):
+        LinearSDE(PowerRate(), None, prior="stationary")
+    ou = OU(sigma=1.3)
+    torch.testing.assert_close(ou.marginal(torch.zeros(1, 1), 50.0)[1].var.reshape(()), torch.tensor(1.0))
+
+
+def test_fitted_prior_matches_the_moments_of_x_T_and_is_saved() -> None:
+    # Brownian sigma on [0, 1]: X_T = X_0 + sigma W_1, so mean(X_T) = mean(X_0) and Var = Var(X_0) + sigma^2.
+    bm = Brownian(sigma=0.8)
+    data = torch.tensor([[1.0, 2.0], [3.0, -2.0], [5.0, 0.0]])
+    with pytest.raises(ConfigError, match="fit"):
+        bm.prior_sample((2, 2))
+    bm.fit_prior(data)
+    torch.testing.assert_close(bm.prior_mean, data.mean(0))
+    torch.testing.assert_close(bm.prior_var, data.var(0) + 0.64)
+    x = bm.prior_sample((40_000, 2), generator=torch.Generator().manual_seed(0))
+    se = (data.var(0) + 0.64).sqrt() / math.sqrt(40_000)
+    assert bool(((x.mean(0) - data.mean(0)).abs() < 4 * se).all())
+    rebuilt = make_process(bm.config())
+    rebuilt.load_state_dict(bm.state_dict())
+    torch.testing.assert_close(rebuilt.prior_log_prob(x[:5]), bm.prior_log_prob(x[:5]))
+
+
+@pytest.mark.parametrize("proc", [Brownian(sigma=0.7, prior="marginal"), OU(sigma=1.2), VP()], ids=["bm", "ou", "vp"])
+def test_bridge_sample_matches_the_gaussian_conditional(proc: LinearSDE) -> None:
+    # X_t | X_0 = a, X_T = b by conditioning the joint Gaussian of (X_t, X_T) given X_0 (built from the marginal and
+    # the transition t -> T), against 100k draws: mean within 4 SE, variance within 4 SE.
+    n, t = 100_000, 0.3 * proc.T
+    a, b = torch.full((n, 1), 0.5, dtype=F64), torch.full((n, 1), -1.0, dtype=F64)
+    xs = proc.bridge_sample(a, b, torch.full((n,), t, dtype=F64), torch.Generator().manual_seed(0))
+    al_t, al_T = math.exp(float(proc.log_alpha(_t(t)))), math.exp(float(proc.log_alpha(_t(proc.T))))
+    v_t, v_T = float(proc.variance(_t(t))), float(proc.variance(_t(proc.T)))
+    cov_tT = v_t * al_T / al_t  # Cov(X_t, X_T | X_0)
+    mean = al_t * 0.5 + cov_tT / v_T * (-1.0 - al_T * 0.5)
+    var = v_t - cov_tT**2 / v_T
+    assert abs(float(xs.mean()) - mean) < 4 * math.sqrt(var / n)
+    assert abs(float(xs.var()) - var) < 4 * var * math.sqrt(2 / n)
+
+
+def test_linear_process_config_round_trips_with_its_matrices() -> None:
+    import json
+
+    for proc in _matrix_processes().values():
+        rebuilt = make_process(json.loads(json.dumps(proc.config())))
+        assert type(rebuilt) is LinearSDE and rebuilt.config() == proc.config()
+        x0 = torch.ones(2, 2, dtype=F64)
+        torch.testing.assert_close(rebuilt.marginal(x0, 0.4)[0], proc.marginal(x0, 0.4)[0], rtol=0, atol=0)

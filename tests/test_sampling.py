@@ -102,7 +102,7 @@ def gvp() -> GaussianVP:
 
 
 def prior(gvp: GaussianVP, n: int = N, seed: int = 0) -> torch.Tensor:
-    return gvp.proc.prior_sample(n, gvp.dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    return gvp.proc.prior_sample((n, gvp.dim), generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 def check_moments(x: torch.Tensor, law_mean: torch.Tensor, law_std: float, target_mean: torch.Tensor,
@@ -141,7 +141,8 @@ def test_euler_maruyama_forward_in_time_matches_the_closed_form_marginal(gvp: Ga
     x, nfe = euler_maruyama(proc.drift, gvp.g, x0.expand(N, 2).clone(), times,
                             generator=torch.Generator().manual_seed(2), noise_last_step=True)
     assert nfe == steps
-    mean, std = proc.marginal(x0, t_end)
+    mean, cov = proc.marginal(x0, t_end)
+    std = cov.std
     # Exact law of the scheme: m <- (1 + c dt) m, v <- (1 + c dt)^2 v + g^2 dt.
     law_mean, law_var = x0.clone(), 0.0
     for t, t_next in zip(times[:-1], times[1:], strict=True):

@@ -62,7 +62,7 @@ def test_sgm_with_the_ve_process_recovers_the_gaussian() -> None:
     # VE reverse dynamics start from N(0, 10^2) and are stiffer to integrate with few steps.
     x = toy.sample("gaussian", 10_000, seed=0, mean=MEAN, cov=COV)
     model = SGM(2, process="ve", hidden=64, seed=0).fit(x, steps=1500, batch_size=256, quiet=True)
-    assert model.process.name == "ve" and model.process.prior_std() == 10.0
+    assert model.process.name == "ve" and model.process.prior == 100.0
     for ode, steps in ((False, 200), (True, 50)):
         check_gaussian_fit(model.sample(4000, steps=steps, ode=ode, seed=1), mean_tol=0.15, cov_tol=0.2, corr_tol=0.1)
 
@@ -161,7 +161,7 @@ def test_sampling_is_reproducible_per_seed_and_uses_no_global_rng(tiny_run: tupl
 
 def test_x_T_overrides_the_prior_draw(tiny_run: tuple[SGM, Path]) -> None:
     model, _ = tiny_run
-    x_T = model.process.prior_sample(8, 2, generator=torch.Generator().manual_seed(11))
+    x_T = model.process.prior_sample((8, 2), generator=torch.Generator().manual_seed(11))
     path = model.sample(8, steps=5, ode=True, x_T=x_T, return_path=True)
     assert torch.equal(path[0], x_T)
 
@@ -177,7 +177,7 @@ def test_input_type_does_not_change_training() -> None:
     x = toy.sample("moons", 200, seed=0)
     runs = [SGM(2, hidden=16, depth=1, seed=4).fit(data, steps=5, batch_size=16, quiet=True)
             for data in (x, x.double().numpy(), x.tolist())]
-    assert state_equal(runs[0].net, runs[1].net) and state_equal(runs[0].net, runs[2].net)
+    assert state_equal(runs[0].models, runs[1].models) and state_equal(runs[0].models, runs[2].models)
 
 
 # ---------------------------------------------------------------- save / load
@@ -192,9 +192,9 @@ def test_save_load_round_trip_gives_identical_weights_and_samples(tiny_run: tupl
     assert loaded.config() == model.config()
     assert loaded.process.name == "ve" and loaded.process.sigma_max == 5.0
     assert loaded.train_config == model.train_config
-    assert state_equal(loaded.ema_net, model.ema_net)
-    assert state_equal(loaded.net, model.net)
-    assert not state_equal(loaded.ema_net, SGM.from_config(model.config()).ema_net)  # trained, not re-initialised
+    assert state_equal(loaded.ema_models, model.ema_models)
+    assert state_equal(loaded.models, model.models)
+    assert not state_equal(loaded.ema_models, SGM.from_config(model.config()).ema_models)  # trained, not re-initialised
     for ode in (False, True):
         assert torch.equal(loaded.sample(64, steps=20, ode=ode, seed=7), model.sample(64, steps=20, ode=ode, seed=7))
 
@@ -203,7 +203,7 @@ def test_save_into_a_new_folder_and_load(tiny_run: tuple[SGM, Path], tmp_path: P
     model, _ = tiny_run
     out = model.save(tmp_path / "copy")
     assert json.loads((out / "config.json").read_text())["solver"] == model.config()
-    assert state_equal(sbridge.load(out).ema_net, model.ema_net)
+    assert state_equal(sbridge.load(out).ema_models, model.ema_models)
 
 
 # ---------------------------------------------------------------- user errors
@@ -213,8 +213,8 @@ def test_save_into_a_new_folder_and_load(tiny_run: tuple[SGM, Path], tmp_path: P
     (torch.zeros(10, 3), DataError, r"shape \(n, 2\)"),
     (torch.tensor([[0.0, 1.0], [float("nan"), 2.0]]), DataError, "remove or impute"),
     (torch.tensor([[0.0, float("inf")]]), DataError, "remove or impute"),
-    (np.zeros((4, 5, 2)), DataError, "reshape it to"),
-    (np.zeros(6), DataError, "reshape it to"),
+    (np.zeros((4, 5, 2)), DataError, r"samples of shape \(5, 2\).*pass data of shape \(n, 2\)"),
+    (np.zeros(6), DataError, "reshape it"),
     (np.zeros((0, 2)), DataError, "at least one sample"),
     ([["a", "b"]], DataError, r"pass a float array"),
 ])
@@ -245,7 +245,7 @@ def test_bad_constructor_arguments_raise_config_error(kwargs: dict) -> None:
 
 
 @pytest.mark.parametrize("kwargs, hint", [({"steps": 0}, "steps"), ({"lr": -1.0}, "lr"),
-                                          ({"bogus": 1}, "unknown training option")])
+                                          ({"bogus": 1}, "unknown option")])
 def test_bad_fit_options_raise_config_error(kwargs: dict, hint: str) -> None:
     with pytest.raises(ConfigError, match=hint):
         SGM(2, hidden=8, depth=1).fit(toy.sample("moons", 50, seed=0), quiet=True, **kwargs)
@@ -263,7 +263,7 @@ def test_fitting_into_an_existing_run_without_resume_raises_and_keeps_it(tiny_ru
 def test_resuming_with_different_options_raises(tiny_run: tuple[SGM, Path]) -> None:
     _, run_dir = tiny_run
     other = SGM(2, process={"name": "ve", "sigma_max": 5.0}, hidden=64, depth=2, time_dim=16, seed=3)
-    with pytest.raises(RunDirError, match="different model"):
+    with pytest.raises(RunDirError, match="different solver settings"):
         other.fit(toy.sample("moons", 100, seed=0), steps=5, out=run_dir, resume=True, quiet=True)
 
 
@@ -293,7 +293,7 @@ def test_load_rejects_unknown_methods_missing_weights_and_mismatched_weights(tin
     mismatched = tmp_path / "mismatched"
     mismatched.mkdir()
     cfg = json.loads((run_dir / "config.json").read_text())
-    cfg["solver"]["options"]["hidden"] = 48
+    cfg["solver"]["net"]["hidden"] = 48
     io.write_json(mismatched / "config.json", cfg)
     (mismatched / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
     with pytest.raises(RunDirError, match="do not match"):

@@ -6,7 +6,9 @@ import copy
 import math
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ import sbridge
 from sbridge import SGM, io
 from sbridge.data import toy
 from sbridge.errors import ConfigError, RunDirError, TrainingDivergedError
-from sbridge.training import TrainConfig, Trainer
+from sbridge.training import Phase, TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -67,8 +69,8 @@ def runs(single_thread: None, data: torch.Tensor, tmp_path_factory: pytest.TempP
 
 def test_interrupted_and_resumed_run_ends_with_exactly_the_same_weights(runs: dict) -> None:
     a, b = runs["a"], runs["b"]
-    assert state_equal(a.net.state_dict(), b.net.state_dict())
-    assert state_equal(a.ema_net.state_dict(), b.ema_net.state_dict())
+    assert state_equal(a.models.state_dict(), b.models.state_dict())
+    assert state_equal(a.ema_models.state_dict(), b.ema_models.state_dict())
     assert a.last_loss == b.last_loss
     # The final checkpoints agree on everything, optimizer moments and generator state included.
     ckpt_a, meta_a = io.read_tensors(runs["dir_a"] / "checkpoint.safetensors")
@@ -83,28 +85,28 @@ def test_the_interrupt_checkpoint_holds_step_N_and_differs_from_the_end(runs: di
     assert meta["step"] == N
     assert finite(tensors)
     assert not (runs["dir_interrupted"] / "model.safetensors").exists()  # the run did not finish
-    final = runs["b"].ema_net.state_dict()
+    final = runs["b"].ema_models.state_dict()
     assert not state_equal(io.unprefixed("ema", tensors), final)  # resuming really trained further
 
 
 def test_load_of_an_interrupted_run_falls_back_to_its_checkpoint(runs: dict) -> None:
     tensors, _ = io.read_tensors(runs["dir_interrupted"] / "checkpoint.safetensors")
     loaded = sbridge.load(runs["dir_interrupted"])
-    assert state_equal(loaded.ema_net.state_dict(), io.unprefixed("ema", tensors))
-    assert state_equal(loaded.net.state_dict(), io.unprefixed("model", tensors))
+    assert state_equal(loaded.ema_models.state_dict(), io.unprefixed("ema", tensors))
+    assert state_equal(loaded.models.state_dict(), io.unprefixed("model", tensors))
 
 
 def test_resuming_a_finished_run_changes_nothing(runs: dict, data: torch.Tensor, tmp_path: Path) -> None:
     run_dir = tmp_path / "a"
     shutil.copytree(runs["dir_a"], run_dir)
     again = SGM(2, **MODEL).fit(data, out=run_dir, resume=True, **FIT)
-    assert state_equal(again.net.state_dict(), runs["a"].net.state_dict())
-    assert state_equal(again.ema_net.state_dict(), runs["a"].ema_net.state_dict())
+    assert state_equal(again.models.state_dict(), runs["a"].models.state_dict())
+    assert state_equal(again.ema_models.state_dict(), runs["a"].ema_models.state_dict())
 
 
 def test_resume_without_a_checkpoint_trains_from_scratch(runs: dict, data: torch.Tensor, tmp_path: Path) -> None:
     fresh = SGM(2, **MODEL).fit(data, out=tmp_path / "new", resume=True, **FIT)
-    assert state_equal(fresh.ema_net.state_dict(), runs["a"].ema_net.state_dict())
+    assert state_equal(fresh.ema_models.state_dict(), runs["a"].ema_models.state_dict())
 
 
 class Crash:
@@ -128,39 +130,47 @@ def test_resume_after_a_crash_restarts_from_the_last_periodic_checkpoint(runs: d
     assert io.read_tensors(run_dir / "checkpoint.safetensors")[1]["step"] == 28
     assert [r["step"] for r in io.read_jsonl(run_dir / "metrics.jsonl")][-1] == 30
     resumed = SGM(2, **MODEL).fit(data, out=run_dir, resume=True, **options)
-    assert state_equal(resumed.net.state_dict(), runs["a"].net.state_dict())
-    assert state_equal(resumed.ema_net.state_dict(), runs["a"].ema_net.state_dict())
+    assert state_equal(resumed.models.state_dict(), runs["a"].models.state_dict())
+    assert state_equal(resumed.ema_models.state_dict(), runs["a"].ema_models.state_dict())
     assert [r["step"] for r in io.read_jsonl(run_dir / "metrics.jsonl")] == [*range(5, 2 * N, 5), 2 * N]
+
+
+def wrap_loss(model: SGM, wrapper: Callable[[Any], Any]) -> None:
+    """Replace the loss object of every phase of ``model``'s fits by ``wrapper(loss)``."""
+    phases = model.phases
+
+    def patched(data: Any, config: TrainConfig) -> list:
+        out = phases(data, config)
+        for phase in out:
+            phase.loss = wrapper(phase.loss)
+        return out
+
+    model.phases = patched  # type: ignore[method-assign]
 
 
 class InterruptInsideLoss:
     """Make the loss raise KeyboardInterrupt on call ``at`` after drawing its minibatch and noise, as a Ctrl-C
     during the forward pass (where most of a step's time goes) would."""
 
-    def __init__(self, model: SGM, at: int) -> None:
-        self.make_loss, self.at = model._make_loss, at
+    def __init__(self, loss: Any, at: int) -> None:
+        self.loss, self.at, self.calls = loss, at, 0
 
-    def __call__(self, data: torch.Tensor, batch_size: int):
-        loss, calls = self.make_loss(data, batch_size), [0]
-
-        def wrapped(generator: torch.Generator) -> torch.Tensor:
-            calls[0] += 1
-            value = loss(generator)
-            if calls[0] == self.at:
-                raise KeyboardInterrupt
-            return value
-
-        return wrapped
+    def __call__(self, models: Any, batch: Any, generator: torch.Generator) -> Any:
+        self.calls += 1
+        value = self.loss(models, batch, generator)
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return value
 
 
 def test_interrupt_inside_a_step_also_resumes_exactly(runs: dict, data: torch.Tensor, tmp_path: Path) -> None:
     model = SGM(2, **MODEL)
-    model._make_loss = InterruptInsideLoss(model, N + 1)  # type: ignore[method-assign]
+    wrap_loss(model, lambda loss: InterruptInsideLoss(loss, N + 1))
     with pytest.raises(KeyboardInterrupt):
         model.fit(data, out=tmp_path / "c", checkpoint_every=5, **FIT)
     assert io.read_tensors(tmp_path / "c" / "checkpoint.safetensors")[1]["step"] == N
     resumed = SGM(2, **MODEL).fit(data, out=tmp_path / "c", resume=True, checkpoint_every=5, **FIT)
-    assert state_equal(resumed.net.state_dict(), runs["a"].net.state_dict())
+    assert state_equal(resumed.models.state_dict(), runs["a"].models.state_dict())
 
 
 # ---------------------------------------------------------------- metrics and files
@@ -220,19 +230,18 @@ def test_callbacks_see_every_step_once_with_its_loss(data: torch.Tensor) -> None
 
 def make_loss_diverge(model: SGM, at: int, bad: float) -> None:
     """Make the ``at``-th loss evaluation (training step ``at``) return ``bad``."""
-    make_loss = model._make_loss
 
-    def patched(data: torch.Tensor, batch_size: int):
-        loss, calls = make_loss(data, batch_size), [0]
+    def wrapper(loss: Any) -> Any:
+        calls = [0]
 
-        def wrapped(generator: torch.Generator) -> torch.Tensor:
+        def wrapped(models: Any, batch: Any, generator: torch.Generator) -> Any:
             calls[0] += 1
-            value = loss(generator)
-            return value * bad if calls[0] >= at else value
+            value, terms = loss(models, batch, generator)
+            return (value * bad if calls[0] >= at else value), terms
 
         return wrapped
 
-    model._make_loss = patched  # type: ignore[method-assign]
+    wrap_loss(model, wrapper)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -251,10 +260,10 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(data: torc
     assert finite(tensors)
     # The checkpoint is exactly the state after 10 good steps (same seed, same minibatches).
     reference = SGM(2, **MODEL).fit(data, steps=10, batch_size=64, quiet=True)
-    assert state_equal(io.unprefixed("model", tensors), reference.net.state_dict())
-    assert state_equal(io.unprefixed("ema", tensors), reference.ema_net.state_dict())
+    assert state_equal(io.unprefixed("model", tensors), reference.models.state_dict())
+    assert state_equal(io.unprefixed("ema", tensors), reference.ema_models.state_dict())
     # The bad step did not touch the weights in memory either.
-    assert finite(model.net.state_dict()) and finite(model.ema_net.state_dict())
+    assert finite(model.models.state_dict()) and finite(model.ema_models.state_dict())
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
@@ -304,8 +313,7 @@ def test_train_config_stores_a_numeric_string_ema_decay_as_float(data: torch.Ten
 
 
 def test_ema_decay_schedule_warms_up_to_the_configured_decay() -> None:
-    trainer = Trainer(nn.Linear(1, 1), nn.Linear(1, 1), lambda g: torch.zeros(()), TrainConfig(ema_decay=0.999),
-                      generator=torch.Generator())
+    trainer = _trainer(lambda models, batch, g: (torch.zeros(()), {}), TrainConfig(ema_decay=0.999))
     decays = [trainer.ema_decay(k) for k in range(20_000)]
     assert decays[0] == pytest.approx(1 / 10) and decays[1] == pytest.approx(2 / 11)
     assert all(d1 <= d2 for d1, d2 in zip(decays, decays[1:], strict=False))
@@ -321,21 +329,26 @@ def test_ema_follows_its_update_rule_from_the_first_step(decay: float) -> None:
         net = nn.Linear(3, 2).double()
     ema = copy.deepcopy(net).requires_grad_(False)
 
-    def loss_fn(generator: torch.Generator) -> torch.Tensor:
+    def loss_fn(models: Any, batch: Any, generator: torch.Generator) -> Any:
         x = torch.randn(16, 3, generator=generator, dtype=torch.float64)
-        return ((net(x) - 1.0) ** 2).mean()
+        return ((models["m"](x) - 1.0) ** 2).mean(), {}
 
-    trainer = Trainer(net, ema, loss_fn, TrainConfig(steps=1, ema_decay=decay, quiet=True),
-                      generator=torch.Generator().manual_seed(1))
     expected = [p.detach().clone() for p in net.parameters()]
-    for steps in (1, 2, 3):
-        trainer.config.steps = steps
-        trainer.run()
-        d = trainer.ema_decay(steps - 1)
-        assert d == min(decay, steps / (9 + steps))
+    seen: list[int] = []
+
+    def check(step: int, loss: float) -> None:
+        nonlocal expected
+        d = min(decay, step / (9 + step))  # trainer.ema_decay(step - 1)
         expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, net.parameters(), strict=True)]
         for e, q in zip(expected, ema.parameters(), strict=True):
             torch.testing.assert_close(q, e, rtol=1e-12, atol=1e-14)
+        seen.append(step)
+
+    trainer = _trainer(loss_fn, TrainConfig(steps=3, ema_decay=decay, quiet=True), net=net, ema=ema, steps=3,
+                       callbacks=(check,))
+    assert [trainer.ema_decay(k) for k in range(3)] == [min(decay, (1 + k) / (10 + k)) for k in range(3)]
+    trainer.run()
+    assert seen == [1, 2, 3]
     if decay == 0.0:
         assert state_equal(ema.state_dict(), net.state_dict())
     else:
@@ -354,17 +367,32 @@ def test_resume_from_a_checkpoint_that_does_not_fit_the_model_raises_run_dir_err
 
 def test_cosine_schedule_decays_from_lr_to_one_hundredth_and_is_a_function_of_the_step() -> None:
     cfg = TrainConfig(steps=1000, lr=2e-3, lr_schedule="cosine")
-    trainer = Trainer(nn.Linear(1, 1), nn.Linear(1, 1), lambda g: torch.zeros(()), cfg, generator=torch.Generator())
-    lrs = [trainer.lr_at(k) for k in range(cfg.steps)]
+    trainer = _trainer(lambda models, batch, g: (torch.zeros(()), {}), cfg, steps=cfg.steps)
+    phase = trainer.phases[0]
+    lrs = [trainer.lr_at(phase, k) for k in range(cfg.steps)]
     assert lrs[0] == pytest.approx(2e-3)
     assert lrs[-1] == pytest.approx(2e-5, rel=1e-2)
     assert all(a >= b for a, b in zip(lrs[:-1], lrs[1:], strict=True))
     assert lrs[500] == pytest.approx((2e-3 + 2e-5) / 2)  # half-way the cosine is at the mid-point
-    constant = Trainer(nn.Linear(1, 1), nn.Linear(1, 1), lambda g: torch.zeros(()), TrainConfig(lr=0.1),
-                       generator=torch.Generator())
-    assert {constant.lr_at(k) for k in range(0, 5000, 97)} == {0.1}
+    constant = _trainer(lambda models, batch, g: (torch.zeros(()), {}), TrainConfig(lr=0.1))
+    assert {constant.lr_at(constant.phases[0], k) for k in range(0, 5000, 97)} == {0.1}
 
 
 def test_unknown_lr_schedule_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="lr_schedule"):
         TrainConfig(lr_schedule="linear")
+
+
+class _NoData:
+    def batch(self, batch_size: int, generator: torch.Generator) -> dict:
+        return {}
+
+
+def _trainer(loss: Any, cfg: TrainConfig, *, net: nn.Module | None = None, ema: nn.Module | None = None,
+             steps: int = 5000, callbacks: tuple = ()) -> Trainer:
+    """A one-phase trainer of a single model ``m`` on a loss that draws its own data."""
+    net = net if net is not None else nn.Linear(1, 1)
+    ema = ema if ema is not None else copy.deepcopy(net)
+    phase = Phase("p", steps, loss, _NoData(), ("m",))
+    return Trainer(nn.ModuleDict({"m": net}), nn.ModuleDict({"m": ema}), [phase], cfg,
+                   generator=torch.Generator().manual_seed(1), callbacks=callbacks)

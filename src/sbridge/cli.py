@@ -16,6 +16,7 @@ from typing import Any
 from sbridge.errors import ConfigError, SBridgeError
 
 DEMO_OUT = "runs/demo"
+SOLVER_NAMES = ("sgm", "dsb", "dsbm", "gaussian_sb")
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -34,6 +35,17 @@ def _load_yaml(path: str) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in cfg.items()}
 
 
+def _yaml_value(text: str) -> Any:
+    """A ``--set`` value read as YAML (numbers, booleans, lists and mappings), or the plain string."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set value {text!r} is not valid YAML; quote strings and write mappings as "
+                          "{key: value}.") from None
+
+
 def _add_sampling_args(p: argparse.ArgumentParser, n: int) -> None:
     p.add_argument("run", help="run directory written by 'sbridge train'")
     p.add_argument("--n", type=int, default=n, help=f"number of samples (default {n})")
@@ -46,7 +58,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, n: int) -> None:
 
 
 TRAIN_HELP = {
-    "method": "solver: sgm, dsb, dsbm or gaussian_sb",
+    "method": "solver: " + ", ".join(SOLVER_NAMES),
     "prior": "second data set for a bridge (toy set or file): the bridge then connects --data to it",
     "iterations": "outer IPF / IMF iterations of a bridge solver (0: its default)",
     "data": "a toy data set (checkerboard, 8gaussians, moons, swissroll, spiral, pinwheel, circles, scurve, "
@@ -77,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sigma", type=float, help="reference noise of a bridge solver (sigma^2 per unit time)")
     t.add_argument("--hidden", type=int, help="network width (default 128)")
     t.add_argument("--depth", type=int, help="number of hidden layers (default 3)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a solver option, e.g. --set cond_drop=0.1 or --set 'process={name: ve, sigma_max: 20}' "
+                        "(the value is read as YAML; repeat for several)")
     t.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
     t.add_argument("--resume", action="store_true", default=None, help="continue the run found in --out")
 
@@ -109,6 +124,11 @@ def _train_spec(args: argparse.Namespace):
             solver[key] = cfg.pop(key)
         if getattr(args, key) is not None:
             solver[key] = getattr(args, key)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set needs KEY=VALUE, got {item!r}; e.g. --set sigma=0.5.")
+        solver[key.strip().replace("-", "_")] = _yaml_value(value)
     for f in fields(RunSpec):
         value = getattr(args, f.name, None)
         if value is not None and f.name != "solver":
@@ -138,7 +158,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, x.numpy())
-    print(f"wrote {args.n} samples of dimension {x.shape[1]} to {out} ({nfe} network evaluations)")
+    print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} to {out} ({nfe} network evaluations)")
     return 0
 
 

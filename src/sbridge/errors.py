@@ -26,3 +26,7 @@ class RunDirError(SBridgeError):
 
 class TrainingDivergedError(SBridgeError):
     """The loss became NaN or Inf; training stopped and the last good checkpoint was kept."""
+
+
+class NotPositiveDefiniteError(SBridgeError):
+    """A covariance built from (possibly learned) process coefficients is not positive definite."""

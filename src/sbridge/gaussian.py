@@ -240,35 +240,34 @@ class _GaussianSBBase:
         x_t = _as_points(x, self.dim)
         return x_t - self.mean(t).to(x_t.device)
 
-    def drift(self, t: float, x: Any) -> torch.Tensor:
+    def drift(self, x: Any, t: float) -> torch.Tensor:
         """SB SDE drift ``f(t, x) = mu'(t) + M_t (x - mu_t)`` for points ``x`` of shape (n, d) (§G.4 / §G.5)."""
         t = _check_time(t)
         xc = self._centered(t, x)
         M = self.drift_matrix(t).to(xc.device)
         return self._mean_dot(t).to(xc.device) + xc @ M.T
 
-    def score(self, t: float, x: Any) -> torch.Tensor:
+    def score(self, x: Any, t: float) -> torch.Tensor:
         """Score of the time-t marginal: ``grad log p_t(x) = -Sigma_t^{-1} (x - mu_t)`` (math.md §G.3)."""
         t = _check_time(t)
         xc = self._centered(t, x)
         S = self.cov(t).to(xc.device)
         return -torch.linalg.solve(S, xc.T).T
 
-    def velocity(self, t: float, x: Any) -> torch.Tensor:
+    def velocity(self, x: Any, t: float) -> torch.Tensor:
         """Probability-flow ODE velocity ``v = f - g(t)^2/2 grad log p_t`` (math.md §1.1, §G.4).
 
         Integrating ``dx/dt = v(t, x)`` from ``X0 ~ N(a, A)`` transports the SB marginals, so ``x(1) ~ N(b, B)``.
         """
         t = _check_time(t)
-        return self.drift(t, x) - 0.5 * self._diffusion_sq(t) * self.score(t, x)
+        return self.drift(x, t) - 0.5 * self._diffusion_sq(t) * self.score(x, t)
 
-    def backward_drift(self, t: float, x: Any) -> torch.Tensor:
-        """Drift ``f - g(t)^2 grad log p_t`` of the time reversal, written in forward time (math.md §1.1, §G.4).
-
-        The reversed process ``Y_s = X_{1-s}`` solves ``dY = -backward_drift(1 - s, Y) ds + g dW``.
-        """
+    def backward_drift(self, x: Any, t: float) -> torch.Tensor:
+        """Drift of the time reversal written in reverse time, ``g(t)^2 grad log p_t - f`` (math.md §1.1, §G.4): the
+        reversed process ``Y_s = X_{1-s}`` solves ``dY = backward_drift(Y, 1 - s) ds + g dW`` (the convention of the
+        bridge solvers' ``backward_drift``)."""
         t = _check_time(t)
-        return self.drift(t, x) - self._diffusion_sq(t) * self.score(t, x)
+        return self._diffusion_sq(t) * self.score(x, t) - self.drift(x, t)
 
     def conditional(self, x0: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and covariance of ``X1 | X0 = x0`` under the static coupling (math.md §G.2).

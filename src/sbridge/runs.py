@@ -16,7 +16,6 @@ from sbridge import io, metrics
 from sbridge.data import toy
 from sbridge.errors import ConfigError, DataError, RunDirError
 from sbridge.solvers.base import SOLVERS, Solver, load
-from sbridge.solvers.bridge import BridgeSolver
 from sbridge.validation import as_data_tensor, check_choice, check_positive_int
 
 #: Offsets added to the training seed for the evaluation reference and noise-floor samples, so that neither
@@ -61,8 +60,8 @@ class RunSpec:
         for name in (spec.data, spec.prior):
             if name is not None and not is_data_file(name):
                 check_choice(name, toy.DATASETS, "dataset")
-        if spec.prior is not None and not issubclass(SOLVERS[spec.method], BridgeSolver):
-            bridges = ", ".join(m for m, c in SOLVERS.items() if issubclass(c, BridgeSolver))
+        if spec.prior is not None and not can_transport(SOLVERS[spec.method]):
+            bridges = ", ".join(m for m, c in SOLVERS.items() if can_transport(c))
             raise ConfigError(f"method {spec.method!r} generates from noise and takes no --prior; use a bridge "
                               f"method ({bridges}) to connect two data sets.")
         if isinstance(spec.iterations, bool) or not isinstance(spec.iterations, int) or spec.iterations < 0:
@@ -131,28 +130,49 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
     out = Path(spec.out)
     data_info = _data_info(spec.data, spec.n_data, spec.seed)
     x = load_data(data_info)
+    cls = SOLVERS[spec.method]
+    options = dict(spec.solver)
+    if spec.iterations:
+        if "iterations" not in cls.fit_options:
+            raise ConfigError(f"method {spec.method!r} has no outer iterations; drop --iterations.")
+        options["iterations"] = spec.iterations
     try:
-        solver = SOLVERS[spec.method](x.shape[1], seed=spec.seed, device=spec.device, **spec.solver)
+        solver = cls(shape=tuple(x.shape[1:]), seed=spec.seed, device=spec.device, **options)
     except TypeError as exc:
         raise ConfigError(f"invalid solver option for {spec.method!r} ({exc}); "
-                          f"see help(sbridge.{SOLVERS[spec.method].__name__}).") from None
+                          f"see help(sbridge.{cls.__name__}).") from None
     common = {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "lr_schedule": spec.lr_schedule,
               "out": out, "resume": spec.resume, "quiet": spec.quiet, "ema_decay": spec.ema_decay,
-              "grad_clip": spec.grad_clip, "checkpoint_every": spec.checkpoint_every, "callbacks": callbacks}
-    if isinstance(solver, BridgeSolver):
-        prior_info = None if spec.prior is None else _data_info(spec.prior, spec.n_data, spec.seed + PRIOR_SEED_OFFSET)
-        prior = None if prior_info is None else load_data(prior_info)
-        extra = {"iterations": spec.iterations} if spec.iterations else {}
-        solver.fit(x, prior=prior, run_info={"data": data_info, "prior": prior_info}, **extra, **common)
-        return solver
-    reference, _ = _reference_and_floor(data_info, spec.eval_n)
+              "grad_clip": spec.grad_clip, "checkpoint_every": spec.checkpoint_every, "eval_every": spec.eval_every,
+              "callbacks": callbacks}
+    prior_info = None if spec.prior is None else _data_info(spec.prior, spec.n_data, spec.seed + PRIOR_SEED_OFFSET)
+    prior = None if prior_info is None else load_data(prior_info)
+    run_info: dict[str, Any] = {"data": data_info, "prior": prior_info}
+    evaluate = None
+    if spec.eval_every and prior is None and can_sample(solver):
+        reference, _ = _reference_and_floor(data_info, spec.eval_n)
 
-    def evaluate(step: int) -> dict[str, Any]:
-        samples = solver.sample(spec.eval_n, steps=100)
-        return {"energy": {"value": metrics.energy_distance(samples, reference)}}
+        def evaluate(step: int) -> dict[str, Any]:
+            samples = solver.sample(spec.eval_n)
+            return {"energy": {"value": metrics.energy_distance(samples.flatten(1), reference.flatten(1))}}
 
-    solver.fit(x, eval_every=spec.eval_every, evaluate=evaluate, run_info={"data": data_info}, **common)
+    solver.fit(x, prior=prior, evaluate=evaluate, run_info=run_info, **common)
     return solver
+
+
+def can_sample(solver: Any) -> bool:
+    """Whether a solver (class or instance) draws new samples from noise (``sample``)."""
+    return callable(getattr(solver, "sample", None))
+
+
+def can_transport(solver: Any) -> bool:
+    """Whether a solver (class or instance) pushes points between two data sets (``transport``)."""
+    return callable(getattr(solver, "transport", None))
+
+
+def has_likelihood(solver: Any) -> bool:
+    """Whether a solver (class or instance) gives exact log-likelihoods (``log_prob``)."""
+    return callable(getattr(solver, "log_prob", None))
 
 
 def _reference_and_floor(spec: dict[str, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,10 +200,8 @@ def _generate(solver: Solver, run_dir: Path, n: int, steps: int | None, ode: boo
     prior = prior_spec(run_dir)
     if prior is None:
         return solver.sample(n, ode=ode, method=method, seed=seed, return_path=return_path, **kwargs)
-    if ode:
-        raise ConfigError(f"{type(solver).__name__} transports with its SDE only; drop --ode.")
     source, _ = _reference_and_floor(data_spec(run_dir), n)
-    return solver.transport(source, seed=seed, return_path=return_path, **kwargs)
+    return solver.transport(source, seed=seed, return_path=return_path, ode=ode, method=method, **kwargs)
 
 
 def sample(run_dir: str | Path, n: int, *, steps: int | None = None, ode: bool = False, method: str = "heun",
@@ -230,7 +248,7 @@ def plot(run_dir: str | Path, *, n: int = 4_000, steps: int | None = None, ode: 
 
     path = io.require_run_dir(run_dir)
     solver = load(path, device=device)
-    if isinstance(solver, BridgeSolver):
+    if can_transport(solver):
         return _plot_bridge(solver, path, n, steps)
     spec = data_spec(path)
     kwargs = {"steps": steps} if steps is not None else {}
@@ -248,7 +266,7 @@ def plot(run_dir: str | Path, *, n: int = 4_000, steps: int | None = None, ode: 
     ]
 
 
-def _plot_bridge(solver: BridgeSolver, path: Path, n: int, steps: int | None) -> list[Path]:
+def _plot_bridge(solver: Solver, path: Path, n: int, steps: int | None) -> list[Path]:
     """Bridge runs: samples beside the target, SDE trajectories, transport lines (two data sets) and the
     per-iteration marginal errors."""
     from sbridge import plot as plots

@@ -1,11 +1,19 @@
-"""One training loop for every solver.
+"""One trainer for every solver: named models, a fit declared as a list of phases, exact resume at any step.
 
-A solver hands the loop its network, an EMA copy, and a ``loss_fn(generator) -> scalar tensor`` that draws its own
-minibatch and noise from ``generator``. The loop owns everything else: Adam, EMA (``torch.optim.swa_utils``),
-gradient clipping, a progress bar, periodic evaluation, a NaN/Inf guard, atomic checkpoints and exact resume.
+A solver hands the :class:`Trainer` its named models (an ``nn.ModuleDict``), their EMA copies and a list of
+:class:`Phase` objects. A phase says which models it trains, with which loss object, on which data source, for how
+many steps; DSB, DSBM and SGM differ only in their phase lists. A loss object is called as
+``loss(models, batch, generator) -> (scalar, terms)`` with the models the trainer hands it (never a solver's
+attribute), so a data-parallel wrapper can be slipped in without touching any solver.
 
-Exact resume: the checkpoint holds weights, EMA weights, optimizer state, the generator state and the step, so a
-run interrupted at step k and resumed ends with the same weights as an uninterrupted run (on the same device).
+The trainer owns everything else: one Adam per phase over the trained models' parameters, EMA
+(``torch.optim.swa_utils``), gradient clipping, the learning-rate schedule, a tqdm progress bar, periodic
+evaluation, named loss terms in ``metrics.jsonl``, a NaN/Inf guard, atomic checkpoints and exact resume.
+
+Exact resume: a checkpoint holds every model and EMA weight, the current phase's optimizer state, the generator
+state, the phase index and the step. A phase's data source is built when the phase starts, as a pure function of
+the models it does not train and of seeds (see :class:`Phase`), so a run interrupted anywhere and resumed ends with
+the same weights as an uninterrupted run (on the same device).
 """
 
 from __future__ import annotations
@@ -15,10 +23,10 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -28,13 +36,13 @@ from sbridge import io
 from sbridge.errors import ConfigError, RunDirError, TrainingDivergedError
 from sbridge.validation import check_choice, check_positive_float, check_positive_int
 
-#: ``constant``, or ``cosine``: cosine decay from ``lr`` to ``lr / 100`` over the run (Loshchilov & Hutter 2017).
+#: ``constant``, or ``cosine``: cosine decay from ``lr`` to ``lr / 100`` over each phase (Loshchilov & Hutter 2017).
 LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of the shared training loop."""
+    """Hyper-parameters of the shared trainer. ``steps`` is the total over all phases of a fit."""
 
     steps: int = 5000
     batch_size: int = 512
@@ -78,63 +86,199 @@ class TrainConfig:
         return asdict(self)
 
 
-LossFn = Callable[[torch.Generator], torch.Tensor]
+# ============================================================================================ losses and data
+Batch = dict[str, torch.Tensor]
+Terms = dict[str, torch.Tensor]
+
+
+class Loss(Protocol):
+    """A training objective: ``loss(models, batch, generator) -> (scalar, named terms)``.
+
+    ``models`` maps names to modules (the trainer's, possibly wrapped); ``batch`` is a dict of tensors from the
+    phase's data source; every random draw goes through ``generator``. ``terms`` are detached scalars logged to
+    ``metrics.jsonl`` beside the loss.
+    """
+
+    def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
+                 generator: torch.Generator) -> tuple[torch.Tensor, Terms]: ...
+
+
+class Source(Protocol):
+    """A data source: ``source.batch(batch_size, generator) -> dict of tensors``."""
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> Batch: ...
+
+
+class TensorSource:
+    """Minibatches drawn uniformly with replacement from in-memory tensors of equal length (``x``, ``cond``, ...)."""
+
+    def __init__(self, **tensors: torch.Tensor | None) -> None:
+        self.tensors = {k: v for k, v in tensors.items() if v is not None}
+        lengths = {v.shape[0] for v in self.tensors.values()}
+        if len(lengths) != 1:
+            raise ConfigError(f"the tensors of a data source must have one length, got {sorted(lengths)}.")
+        self.n = lengths.pop()
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        first = next(iter(self.tensors.values()))
+        idx = torch.randint(self.n, (batch_size,), generator=generator, device=first.device)
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+
+class LoaderSource:
+    """Minibatches from a ``torch.utils.data.DataLoader`` (its own batch size), cycled without end.
+
+    A loader item may be a tensor (``x``), a tuple ``(x, cond)`` or a dict. Resuming restarts the loader, so a run
+    resumed from a ``DataLoader`` continues the right number of steps but sees other minibatches than an
+    uninterrupted one; in-memory data (:class:`TensorSource`) resumes exactly.
+    """
+
+    def __init__(self, loader: Any, device: torch.device | str = "cpu") -> None:
+        self.loader, self.device = loader, device
+        self._it: Iterator[Any] | None = None
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        if self._it is None:
+            self._it = iter(self.loader)
+        try:
+            item = next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            item = next(self._it)
+        if isinstance(item, torch.Tensor):
+            item = {"x": item}
+        elif isinstance(item, (tuple, list)):
+            item = dict(zip(("x", "cond"), item, strict=False))
+        return {k: v.to(self.device) for k, v in item.items()}
+
+
+@dataclass
+class Phase:
+    """One stage of a fit.
+
+    ``train``: names of the models whose parameters this phase optimises (the others stay frozen).
+    ``source``: a data source, or a function building it when the phase starts (e.g. DSBM's coupling simulated by
+    the model trained in the previous phase); it must depend only on the frozen models and fixed seeds, so that a
+    resumed phase rebuilds the same source.
+    ``on_end``: called after the last step; its dict (e.g. per-iteration monitoring) is logged with the phase name.
+    ``lr``: overrides the fit's learning rate for this phase.
+    """
+
+    name: str
+    steps: int
+    loss: Loss
+    source: Source | Callable[[], Source]
+    train: tuple[str, ...]
+    on_end: Callable[[], dict[str, Any]] | None = None
+    lr: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
 Callback = Callable[[int, float], None]
 
 
 class Trainer:
-    """Runs ``config.steps`` optimisation steps of ``loss_fn`` on ``net``, keeping ``ema_net`` as its EMA.
+    """Runs a list of phases on named ``models``, keeping ``ema_models`` as their EMA.
 
     ``run_dir``: where checkpoints and ``metrics.jsonl`` go (``None`` keeps everything in memory).
     ``evaluate(step) -> dict``: called every ``config.eval_every`` steps; its result is logged.
-    ``callbacks``: called as ``cb(step, loss)`` after every step (used for tests and custom logging).
+    ``callbacks``: called as ``cb(step, loss)`` after every step (tests use them to interrupt a run).
     """
 
-    def __init__(self, net: nn.Module, ema_net: nn.Module, loss_fn: LossFn, config: TrainConfig, *,
-                 generator: torch.Generator, run_dir: str | Path | None = None,
-                 evaluate: Callable[[int], dict[str, Any]] | None = None,
-                 callbacks: tuple[Callback, ...] = (), prefix: str = "") -> None:
-        self.net, self.ema_net, self.loss_fn, self.config = net, ema_net, loss_fn, config
+    def __init__(self, models: nn.ModuleDict, ema_models: nn.ModuleDict, phases: Sequence[Phase],
+                 config: TrainConfig, *, generator: torch.Generator, run_dir: str | Path | None = None,
+                 evaluate: Callable[[int], dict[str, Any]] | None = None, callbacks: tuple[Callback, ...] = (),
+                 extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
+                 load_extra_state: Callable[[dict[str, torch.Tensor]], None] | None = None,
+                 history: list[dict[str, Any]] | None = None) -> None:
+        self.models, self.ema_models, self.phases, self.config = models, ema_models, list(phases), config
+        for phase in self.phases:
+            unknown = set(phase.train) - set(models.keys())
+            if unknown:
+                raise ConfigError(f"phase {phase.name!r} trains unknown model(s) {sorted(unknown)}.")
         self.generator = generator
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.evaluate, self.callbacks = evaluate, callbacks
-        self.prefix = prefix
-        self.optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-        self.step = 0
+        self.extra_state, self.load_extra_state = extra_state, load_extra_state
+        self.history = history if history is not None else []
+        self.phase_index = 0
+        self.phase_step = 0
         self.last_loss = math.nan
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._resumed_optimizer: tuple[dict[str, Any], dict[int, dict[str, torch.Tensor]]] | None = None
+        self._last_checkpoint_step: int | None = None
+        #: The current phase has run its ``on_end`` (a checkpoint written at a phase's end records this, so a
+        #: resumed fit neither repeats it nor, when the phase was given more steps, keeps its stale row).
+        self._phase_ended = False
+
+    # ---- steps -------------------------------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
+    @property
+    def step(self) -> int:
+        """Global step: steps completed over all phases."""
+        return sum(p.steps for p in self.phases[:self.phase_index]) + self.phase_step
+
+    def lr_at(self, phase: Phase, step: int) -> float:
+        """Learning rate of step ``step`` (0-based) of ``phase``: a pure function of the step, so resuming
+        reproduces it."""
+        base = phase.lr if phase.lr is not None else self.config.lr
+        if self.config.lr_schedule == "constant":
+            return base
+        floor = base / 100
+        return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * step / phase.steps))
+
+    def ema_decay(self, step: int) -> float:
+        """EMA decay with warm-up, ``min(decay, (1 + k) / (10 + k))`` over the phase's steps: early averages do not
+        drag in the untrained initial weights (TensorFlow's ExponentialMovingAverage with num_updates)."""
+        return min(self.config.ema_decay, (1 + step) / (10 + step))
 
     # ---- state -------------------------------------------------------------------------------------------------
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Everything needed to resume, as flat tensors plus JSON metadata."""
-        opt = self.optimizer.state_dict()
-        tensors = {**io.prefixed("model", self.net.state_dict()), **io.prefixed("ema", self.ema_net.state_dict())}
-        for idx, state in opt["state"].items():
-            for key, value in state.items():
-                tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
+        tensors = {**io.prefixed("model", self.models.state_dict()), **io.prefixed("ema", self.ema_models.state_dict())}
+        meta: dict[str, Any] = {"phase": self.phase_index, "phase_step": self.phase_step, "step": self.step,
+                                "phase_ended": self._phase_ended, "last_loss": self.last_loss,
+                                "history": self.history}
+        if self.optimizer is not None:
+            opt = self.optimizer.state_dict()
+            for idx, state in opt["state"].items():
+                for key, value in state.items():
+                    tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
+            meta["param_groups"] = opt["param_groups"]
+        if self.extra_state is not None:
+            tensors.update(io.prefixed("extra", self.extra_state()))
         tensors["rng"] = self.generator.get_state()
-        meta = {"step": self.step, "param_groups": opt["param_groups"], "last_loss": self.last_loss}
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self.net.load_state_dict(io.unprefixed("model", tensors))
-        self.ema_net.load_state_dict(io.unprefixed("ema", tensors))
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in io.unprefixed("optim", tensors).items():
-            idx, name = key.split(".", 1)
-            state.setdefault(int(idx), {})[name] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.models.load_state_dict(io.unprefixed("model", tensors))
+        self.ema_models.load_state_dict(io.unprefixed("ema", tensors))
+        if self.load_extra_state is not None:
+            self.load_extra_state(io.unprefixed("extra", tensors))
         self.generator.set_state(tensors["rng"])
-        self.step = int(meta["step"])
+        self.phase_index, self.phase_step = int(meta["phase"]), int(meta["phase_step"])
+        self._phase_ended = bool(meta.get("phase_ended", False))
         self.last_loss = float(meta.get("last_loss", math.nan))
+        self.history[:] = meta.get("history", [])
+        if "param_groups" in meta:
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in io.unprefixed("optim", tensors).items():
+                idx, name = key.split(".", 1)
+                state.setdefault(int(idx), {})[name] = value
+            self._resumed_optimizer = (meta["param_groups"], state)
 
     @property
     def checkpoint_path(self) -> Path | None:
-        return self.run_dir / f"{self.prefix}{io.CHECKPOINT_FILE}" if self.run_dir is not None else None
+        return self.run_dir / io.CHECKPOINT_FILE if self.run_dir is not None else None
 
     def save_checkpoint(self) -> None:
         if self.checkpoint_path is not None:
             tensors, meta = self.state_tensors()
             io.write_tensors(self.checkpoint_path, tensors, meta)
+            self._last_checkpoint_step = self.step
 
     def resume(self) -> bool:
         """Load the checkpoint in ``run_dir`` if there is one; returns whether it did."""
@@ -144,10 +288,14 @@ class Trainer:
         try:
             tensors, meta = io.read_tensors(path)
             self.load_state(tensors, meta)
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise RunDirError(f"checkpoint {str(path)!r} does not match this model ({exc}); resume with the same "
-                              "method and options, or start a new --out folder.") from None
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise RunDirError(f"checkpoint {str(path)!r} does not match this model ({str(exc).splitlines()[0]}); "
+                              "resume with the same method and options, or start a new --out folder.") from None
+        if self.phase_index >= len(self.phases) or self.phase_step > self.phases[self.phase_index].steps:
+            raise RunDirError(f"checkpoint {str(path)!r} is past the end of this fit (phase {self.phase_index}, step "
+                              f"{self.phase_step}); resume with at least as many steps as the run already made.")
         io.truncate_jsonl(self.run_dir / io.METRICS_FILE, self.step)
+        self._last_checkpoint_step = self.step
         return True
 
     # ---- loop --------------------------------------------------------------------------------------------------
@@ -155,44 +303,58 @@ class Trainer:
         if self.run_dir is not None:
             io.append_jsonl(self.run_dir / io.METRICS_FILE, row)
 
-    def _train_step(self) -> float:
-        self.net.train()
-        loss = self.loss_fn(self.generator)
+    def _start_phase(self, phase: Phase) -> Source:
+        params = [p for name in phase.train for p in self.models[name].parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=self.lr_at(phase, 0))
+        if self._resumed_optimizer is not None:
+            groups, state = self._resumed_optimizer
+            self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+            self._resumed_optimizer = None
+        source = phase.source() if callable(phase.source) and not hasattr(phase.source, "batch") else phase.source
+        if self.phase_step and hasattr(source, "seek"):  # resuming mid-phase: a refreshing source skips ahead
+            source.seek(self.phase_step)
+        return source
+
+    def _train_step(self, phase: Phase, source: Source) -> tuple[float, Terms]:
+        assert self.optimizer is not None
+        for name in phase.train:
+            self.models[name].train()
+        batch = source.batch(self.config.batch_size, self.generator)
+        loss, terms = phase.loss(self.models, batch, self.generator)
         value = float(loss.detach())
         if not math.isfinite(value):
-            return value
+            return value, terms
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
+            group["lr"] = self.lr_at(phase, self.phase_step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         self.optimizer.step()
-        update = get_ema_multi_avg_fn(self.ema_decay(self.step))
-        update(list(self.ema_net.parameters()), list(self.net.parameters()), None)
-        return value
+        decay = self.ema_decay(self.phase_step)
+        for name in phase.train:
+            update_ema(self.ema_models[name], self.models[name], decay)
+        return value, terms
 
-    def lr_at(self, step: int) -> float:
-        """Learning rate of step ``step`` (0-based); a pure function of the step, so resuming reproduces it."""
-        cfg = self.config
-        if cfg.lr_schedule == "constant":
-            return cfg.lr
-        floor = cfg.lr / 100
-        return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * step / cfg.steps))
-
-    def ema_decay(self, step: int) -> float:
-        """EMA decay with warm-up, ``min(decay, (1 + k) / (10 + k))``: early averages do not drag in the
-        untrained initial weights (the schedule of TensorFlow's ExponentialMovingAverage with num_updates)."""
-        return min(self.config.ema_decay, (1 + step) / (10 + step))
+    def _next_phase(self) -> None:
+        self.phase_index += 1
+        self.phase_step = 0
+        self.optimizer = None
+        self._resumed_optimizer = None
+        self._phase_ended = False
 
     def _diverged(self, value: float) -> TrainingDivergedError:
-        where = (f"the last good checkpoint (step {self._last_checkpoint_step}) is kept in {self.checkpoint_path}"
-                 if self.checkpoint_path is not None and self._last_checkpoint_step is not None
-                 else "the weights from the last good step are kept")
+        if self.checkpoint_path is not None and self._last_checkpoint_step is not None:
+            where = f"the last good checkpoint (step {self._last_checkpoint_step}) is kept in {self.checkpoint_path}"
+        elif self.checkpoint_path is not None:
+            where = "no checkpoint had been written yet, so nothing is saved"
+        else:
+            where = "the weights from the last good step are kept in memory"
         return TrainingDivergedError(f"training stopped at step {self.step + 1}: the loss became {value}; {where}; "
                                      "lower the learning rate (--lr) or check the data scale.")
 
     def run(self) -> None:
-        """Train from ``self.step`` to ``config.steps``; on KeyboardInterrupt, checkpoint and re-raise.
+        """Run the phases from the current position; on KeyboardInterrupt, checkpoint and re-raise.
 
         Ctrl-C is deferred to the end of the current step (when running in the main thread), so the checkpoint
         written on interrupt is a consistent state; if an interrupt still arrives inside a step before its update,
@@ -206,36 +368,57 @@ class Trainer:
 
         cfg = self.config
         quiet = cfg.quiet or not sys.stderr.isatty()
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=quiet, desc=self.prefix.rstrip("_") or "train",
-                   dynamic_ncols=True, leave=False)
-        self._last_checkpoint_step = self.step if self.checkpoint_path and self.checkpoint_path.is_file() else None
-        running: list[float] = []
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=quiet, dynamic_ncols=True, leave=False)
         rng_at_step_start = None
         try:
-            while self.step < cfg.steps:
-                if interrupted():
-                    raise KeyboardInterrupt
-                rng_at_step_start = self.generator.get_state()
-                value = self._train_step()
-                rng_at_step_start = None
-                if not math.isfinite(value):
-                    raise self._diverged(value)
-                self.step += 1
-                self.last_loss = value
-                running.append(value)
-                bar.update(1)
-                for cb in self.callbacks:
-                    cb(self.step, value)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    mean = sum(running) / len(running)
-                    running.clear()
-                    bar.set_postfix(loss=f"{mean:.4g}")
-                    self._log({"step": self.step, "loss": mean})
-                if cfg.eval_every and self.evaluate is not None and self.step % cfg.eval_every == 0:
-                    self._log({"step": self.step, "eval": self.evaluate(self.step)})
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    self.save_checkpoint()
-                    self._last_checkpoint_step = self.step
+            while self.phase_index < len(self.phases):
+                phase = self.phases[self.phase_index]
+                if self._phase_ended and self.phase_step >= phase.steps:  # resumed at the end of a finished phase
+                    self._next_phase()
+                    continue
+                if self._phase_ended:  # a finished phase given more steps: its end-of-phase row is redone
+                    self.history[:] = [r for r in self.history if r.get("phase") != phase.name]
+                    self._phase_ended = False
+                bar.set_description(phase.name)
+                source = self._start_phase(phase)
+                running: list[float] = []
+                running_terms: dict[str, list[torch.Tensor]] = {}
+                while self.phase_step < phase.steps:
+                    if interrupted():
+                        raise KeyboardInterrupt
+                    rng_at_step_start = self.generator.get_state()
+                    value, terms = self._train_step(phase, source)
+                    rng_at_step_start = None
+                    if not math.isfinite(value):
+                        raise self._diverged(value)
+                    self.phase_step += 1
+                    self.last_loss = value
+                    running.append(value)
+                    for key, term in terms.items():
+                        running_terms.setdefault(key, []).append(term)
+                    bar.update(1)
+                    step = self.step
+                    for cb in self.callbacks:
+                        cb(step, value)
+                    if step % cfg.log_every == 0 or self.phase_step == phase.steps:
+                        mean = sum(running) / len(running)
+                        row: dict[str, Any] = {"step": step, "phase": phase.name, "loss": mean}
+                        row.update({k: float(torch.stack(v).mean()) for k, v in running_terms.items()})
+                        running.clear()
+                        running_terms.clear()
+                        bar.set_postfix(loss=f"{mean:.4g}")
+                        self._log(row)
+                    if cfg.eval_every and self.evaluate is not None and step % cfg.eval_every == 0:
+                        self._log({"step": step, "phase": phase.name, "eval": self.evaluate(step)})
+                    if step % cfg.checkpoint_every == 0 and self.phase_step < phase.steps:
+                        self.save_checkpoint()
+                if phase.on_end is not None:
+                    row = {"step": self.step, "phase": phase.name, **phase.on_end()}
+                    self.history.append(row)
+                    self._log(row)
+                self._phase_ended = True
+                self.save_checkpoint()
+                self._next_phase()
         except KeyboardInterrupt:
             if rng_at_step_start is not None:  # interrupted inside _train_step, before its update was applied
                 self.generator.set_state(rng_at_step_start)
@@ -243,6 +426,19 @@ class Trainer:
             raise
         finally:
             bar.close()
+
+
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema <- decay ema + (1 - decay) model`` for parameters; floating buffers (e.g. normalisation statistics or a
+    fitted prior) are averaged the same way and other buffers copied, so the EMA model is a complete model."""
+    update = get_ema_multi_avg_fn(decay)
+    update(list(ema.parameters()), list(model.parameters()), None)
+    with torch.no_grad():
+        for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+            if b.is_floating_point():
+                b_ema.lerp_(b, 1.0 - decay)
+            else:
+                b_ema.copy_(b)
 
 
 @contextlib.contextmanager

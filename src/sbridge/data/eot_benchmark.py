@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from sbridge.errors import ConfigError, DataError
+from sbridge.processes import Brownian
 from sbridge.validation import as_data_tensor, check_positive_float, check_positive_int
 
 __all__ = ["EOTBenchmark"]
@@ -153,6 +154,11 @@ class EOTBenchmark:
                 f"n_potential_components={self.potential_weights.shape[0]})")
 
     @property
+    def reference(self) -> Brownian:
+        """The reference process ``dX = sqrt(eps) dW`` on ``[0, 1]`` (math.md §G.1)."""
+        return Brownian(math.sqrt(self.eps), T=1.0, prior="marginal")
+
+    @property
     def sigma(self) -> float:
         """Diffusion coefficient of the reference ``dX = sigma dW``: ``sigma = sqrt(eps)`` (math.md §G.1)."""
         return math.sqrt(self.eps)
@@ -225,7 +231,7 @@ class EOTBenchmark:
         means = torch.einsum("kde,nke->nkd", self._rot, coef)
         return weights, means
 
-    def log_h(self, t: Any, x: Any) -> torch.Tensor:
+    def log_h(self, x: Any, t: Any) -> torch.Tensor:
         """``log h(t, x) = log sum_k p_k N(x | mu_k, Sigma_k + eps (1 - t) I)``, shape (n,), float64 (§H.1).
 
         ``h(t, x) = E[f(X_1) | X_t = x]`` under the reference ``dX = sqrt(eps) dW``; ``log h(1, .) = log f``.
@@ -236,7 +242,7 @@ class EOTBenchmark:
         logits, _ = self._log_terms(self._rotate(xt), self.eps * (1.0 - tt))
         return torch.logsumexp(logits, dim=1)
 
-    def drift(self, t: Any, x: Any) -> torch.Tensor:
+    def drift(self, x: Any, t: Any) -> torch.Tensor:
         """Ground-truth SB drift ``eps grad_x log sum_k p_k N(x | mu_k, Sigma_k + eps (1 - t) I)`` (math.md §H.1).
 
         The h-transform of the reference ``dX = sqrt(eps) dW`` by ``h(t, x) = E[f(X_1) | X_t = x]``: simulating

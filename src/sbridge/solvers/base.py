@@ -1,12 +1,20 @@
-"""The shared base of every solver: configuration, devices, fitting through the shared loop, save and load.
+"""The shared base of every solver: shapes, conditions, named networks, fitting through the trainer, save and load.
 
-A solver subclass declares ``method`` and implements ``_build`` (its networks), ``_make_loss`` (the loss closure the
-training loop minimises) and the sampling it supports. Everything about runs, checkpoints and weights lives here.
+A solver subclass declares ``method`` and implements
+
+* ``_build_models()``: its named networks (built from the ``net`` spec, or the modules a user passed in);
+* ``phases(data, config)``: its fit as a list of :class:`~sbridge.training.Phase` objects, each with a public loss
+  object (usable from a hand-written loop);
+* what it can do afterwards: ``sample`` (draw from the model), ``transport`` (push points between two data sets),
+  ``log_prob`` (exact likelihood). Runs and the CLI dispatch on these capabilities, never on the class.
+
+Everything about runs, checkpoints and weights lives here.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,75 +24,171 @@ from torch import nn
 from sbridge import io
 from sbridge.device import make_generator, resolve_device
 from sbridge.errors import ConfigError, RunDirError
-from sbridge.training import Callback, TrainConfig, Trainer
-from sbridge.validation import as_data_tensor, check_positive_int
+from sbridge.networks import check_condition_spec, make_network, network_config
+from sbridge.training import Callback, LoaderSource, Phase, Source, TensorSource, TrainConfig, Trainer
+from sbridge.validation import as_condition, as_data_tensor, check_event_shape
 
 SOLVERS: dict[str, type[Solver]] = {}
 
 
+@dataclass
+class FitData:
+    """The validated inputs of a fit: ``x0`` (data end), ``x1`` (second data set or ``None``), ``cond`` (conditions
+    aligned with ``x0`` or ``None``), or a ``loader`` source when the data came as a ``DataLoader``."""
+
+    x0: torch.Tensor | None
+    x1: torch.Tensor | None = None
+    cond: torch.Tensor | None = None
+    loader: Source | None = None
+
+    def source(self) -> Source:
+        """Minibatches of ``x`` (and ``cond``) for single-data-set solvers."""
+        return self.loader if self.loader is not None else TensorSource(x=self.x0, cond=self.cond)
+
+
 class Solver:
-    """Base class. ``dim``: data dimension; ``seed``: fixes initialisation, minibatches and sampling noise."""
+    """Base class.
+
+    ``dim`` (vectors) or ``shape`` (any event shape, e.g. ``(1, 28, 28)``): the shape of one sample.
+    ``cond``: ``None``, ``{"kind": "label", "classes": K}`` or ``{"kind": "vector", "dim": k}``.
+    ``net``: a network name (``"mlp"``, ``"unet"``), a config dict (``{"name": "mlp", "hidden": 256}``) or an
+    ``nn.Module`` with ``forward(x, t, cond=None)``; two-network solvers also take a dict of modules by name.
+    ``seed``: fixes initialisation, minibatches and sampling noise.
+    """
 
     method: ClassVar[str] = ""
+    #: Names of the networks this solver trains (keys of ``models`` and ``ema_models``).
+    model_names: ClassVar[tuple[str, ...]] = ("score",)
+    #: Options of the constructor that ``fit(...)`` may also set (e.g. the number of outer iterations).
+    fit_options: ClassVar[tuple[str, ...]] = ()
+    default_steps: ClassVar[int] = 5000
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("method"):  # only classes that declare a method register; subclasses of them do not
             SOLVERS[cls.method] = cls
 
-    def __init__(self, dim: int, *, seed: int = 0, device: str | torch.device = "auto") -> None:
-        self.dim = check_positive_int(dim, "dim")
+    def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None,
+                 cond: dict[str, Any] | None = None, net: Any = None, seed: int = 0,
+                 device: str | torch.device = "auto") -> None:
+        self.event_shape = check_event_shape(dim, shape)
+        self.dim = int(torch.Size(self.event_shape).numel())
+        self.cond_spec = check_condition_spec(cond)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}.")
         self.seed = seed
         self.device = resolve_device(device)
+        self._custom_net = net if isinstance(net, (nn.Module, dict)) and not _is_config(net) else None
+        self.net_config = None if self._custom_net is not None else network_config(net, self.event_shape)
         with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
             torch.manual_seed(seed)
-            self.net: nn.Module = self._build().to(self.device)
-        self.ema_net: nn.Module = copy.deepcopy(self.net).requires_grad_(False)
+            self.models = nn.ModuleDict(self._build_models()).to(self.device)
+        self.ema_models: nn.ModuleDict = copy.deepcopy(self.models).requires_grad_(False)
         self.train_config: TrainConfig | None = None
         self.last_nfe: int | None = None
+        self.last_loss: float | None = None
+        self.history: list[dict[str, Any]] = []
 
     # ---- to implement ------------------------------------------------------------------------------------------
-    def _build(self) -> nn.Module:
-        raise NotImplementedError
+    def _build_models(self) -> dict[str, nn.Module]:
+        """The named networks; the default builds one network per name in ``model_names``."""
+        return {name: self.network(name) for name in self.model_names}
 
-    def _make_loss(self, data: torch.Tensor, batch_size: int):  # -> LossFn
+    def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         raise NotImplementedError
 
     def options(self) -> dict[str, Any]:
-        """Constructor keyword arguments beyond ``dim``/``seed``/``device`` that rebuild this solver."""
+        """Constructor keyword arguments beyond ``dim``/``shape``/``cond``/``net``/``seed``/``device``."""
         return {}
+
+    # ---- networks ----------------------------------------------------------------------------------------------
+    def network(self, name: str, **overrides: Any) -> nn.Module:
+        """The network called ``name``: the user's module when one was passed in, else built from ``net_config``
+        (``overrides`` adjust the config, e.g. a time scale matched to the process)."""
+        if self._custom_net is not None:
+            if isinstance(self._custom_net, dict):
+                if name not in self._custom_net:
+                    raise ConfigError(f"net must name every network of {self.method!r}: {list(self.model_names)}; "
+                                      f"{name!r} is missing.")
+                return self._custom_net[name]
+            return self._custom_net if len(self.model_names) == 1 else copy.deepcopy(self._custom_net)
+        cfg = {**self.net_config, **{k: v for k, v in overrides.items() if k not in self.net_config}}
+        return make_network(cfg, self.event_shape, self.cond_spec)
 
     # ---- configuration -----------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        return {"method": self.method, "dim": self.dim, "seed": self.seed, "options": self.options()}
+        net = self.net_config if self.net_config is not None else {"name": "custom"}
+        return {"method": self.method, "shape": list(self.event_shape), "cond": self.cond_spec, "net": net,
+                "seed": self.seed, "options": self.options()}
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], device: str | torch.device = "auto") -> Solver:
-        return cls(cfg["dim"], seed=cfg.get("seed", 0), device=device, **cfg.get("options", {}))
+    def from_config(cls, cfg: dict[str, Any], device: str | torch.device = "auto", net: Any = None) -> Solver:
+        if (cfg.get("net") or {}).get("name") == "custom" and net is None:
+            raise RunDirError("this run was trained with a custom network; rebuild it with "
+                              "sbridge.load(path, net=your_module).")
+        shape = cfg.get("shape")
+        return cls(shape=tuple(shape) if shape is not None else (cfg["dim"],), cond=cfg.get("cond"),
+                   net=net if net is not None else cfg.get("net"), seed=cfg.get("seed", 0), device=device,
+                   **cfg.get("options", {}))
+
+    # ---- inputs ------------------------------------------------------------------------------------------------
+    def _data(self, x: Any, name: str = "training data") -> torch.Tensor:
+        return as_data_tensor(x, name=name, event_shape=self.event_shape).to(self.device)
+
+    def _prepare(self, x: Any, prior: Any, cond: Any) -> FitData:
+        """Validate the fit's inputs (subclasses taking a second data set override this)."""
+        if prior is not None:
+            raise ConfigError(f"{type(self).__name__} generates from noise and takes no prior data set; use a bridge "
+                              "solver (dsb, dsbm, gaussian_sb) to connect two data sets.")
+        if isinstance(x, torch.utils.data.DataLoader):
+            return FitData(None, loader=LoaderSource(x, self.device))
+        x0 = self._data(x)
+        return FitData(x0, cond=self._condition(cond, x0.shape[0]))
+
+    def _condition(self, cond: Any, n: int) -> torch.Tensor | None:
+        if cond is None:
+            if self.cond_spec is not None:
+                raise ConfigError(f"this {self.method} model is conditional ({self.cond_spec}); pass cond=... "
+                                  "with one condition per sample.")
+            return None
+        if self.cond_spec is None:
+            raise ConfigError(f"this {self.method} model was built without a condition; create it with "
+                              "cond={'kind': 'label', 'classes': K} or {'kind': 'vector', 'dim': k}.")
+        return as_condition(cond, n, self.cond_spec).to(self.device)
 
     # ---- training ----------------------------------------------------------------------------------------------
-    def fit(self, x: Any, *, steps: int = 5000, batch_size: int = 512, lr: float = 1e-3, out: str | Path | None = None,
-            resume: bool = False, quiet: bool = False, callbacks: tuple[Callback, ...] = (),
-            evaluate: Any = None, run_info: dict[str, Any] | None = None, **train_options: Any) -> Solver:
-        """Train on data ``x`` of shape ``(n, dim)`` for ``steps`` steps; returns ``self``.
+    def fit(self, x: Any, prior: Any = None, *, cond: Any = None, out: str | Path | None = None,
+            resume: bool = False, callbacks: tuple[Callback, ...] = (), evaluate: Any = None,
+            run_info: dict[str, Any] | None = None, **options: Any) -> Solver:
+        """Train on data ``x`` of shape ``(n, *event_shape)`` (or a ``DataLoader``); returns ``self``.
 
+        ``prior``: a second data set (bridge solvers). ``cond``: one condition per sample (conditional models).
         ``out``: a run directory for checkpoints, metrics and the final weights; with ``resume=True`` training
         continues from the checkpoint found there. ``evaluate(step) -> dict`` is logged every ``eval_every`` steps.
         ``run_info`` is stored in the run's ``config.json`` beside the solver settings (e.g. the data spec).
-        Remaining keyword arguments go to :class:`~sbridge.training.TrainConfig`.
+        Other keyword arguments: the solver's :attr:`fit_options` and :class:`~sbridge.training.TrainConfig` fields.
         """
-        data = as_data_tensor(x, name="training data", dim=self.dim).to(self.device)
-        cfg = TrainConfig.from_dict({"steps": steps, "batch_size": batch_size, "lr": lr, "quiet": quiet,
-                                     **train_options})
-        self.train_config = cfg
+        train_keys = set(TrainConfig.__dataclass_fields__)
+        for key in [k for k in options if k in self.fit_options]:
+            self.set_option(key, options.pop(key))
+        unknown = sorted(set(options) - train_keys)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown} for {type(self).__name__}.fit; valid options are "
+                              f"{sorted(train_keys | set(self.fit_options))}.")
+        cfg = TrainConfig.from_dict({"steps": self.default_steps, **options})
         run_dir = Path(out) if out is not None else None
+        if resume and run_dir is None:
+            raise ConfigError("resume=True needs the run directory to resume from; pass out=... (--out).")
+        data = self._prepare(x, prior, cond)
+        self.train_config = cfg
+        self.before_fit(data)
         if run_dir is not None:
             self._prepare_run_dir(run_dir, resume, run_info)
-        trainer = Trainer(self.net, self.ema_net, self._make_loss(data, cfg.batch_size), cfg,
+        self.history = []
+        trainer = Trainer(self.models, self.ema_models, self.phases(data, cfg), cfg,
                           generator=make_generator(self.seed, self.device), run_dir=run_dir, evaluate=evaluate,
-                          callbacks=callbacks)
+                          callbacks=callbacks, history=self.history, extra_state=self.extra_tensors,
+                          load_extra_state=self.load_extra_tensors)
         if resume:
             trainer.resume()
         trainer.run()
@@ -93,13 +197,22 @@ class Solver:
             self.save(run_dir)
         return self
 
+    def set_option(self, key: str, value: Any) -> None:
+        """Set a fit option (one of :attr:`fit_options`); subclasses validate their own."""
+        setattr(self, key, value)
+
+    def before_fit(self, data: FitData) -> None:
+        """Hook run once the data are validated, before training (e.g. fitting a data-dependent prior)."""
+
     def _prepare_run_dir(self, run_dir: Path, resume: bool, run_info: dict[str, Any] | None) -> None:
         cfg_path = run_dir / io.CONFIG_FILE
         if cfg_path.is_file():
             existing = io.read_json(cfg_path).get("solver")
             if resume and existing != self.config():
-                raise RunDirError(f"{str(run_dir)!r} holds a run with a different model ({existing}); resume with the "
-                                  "same options or choose a new --out folder.")
+                diff = sorted(k for k in set(existing or {}) | set(self.config())
+                              if (existing or {}).get(k) != self.config().get(k))
+                raise RunDirError(f"{str(run_dir)!r} holds a run with different solver settings ({', '.join(diff)}); "
+                                  "resume with the same options or choose a new --out folder.")
             if not resume and (run_dir / io.CHECKPOINT_FILE).exists():
                 raise RunDirError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose a new "
                                   "--out folder.")
@@ -114,27 +227,42 @@ class Solver:
         io.write_json(path, cfg)
 
     # ---- persistence -------------------------------------------------------------------------------------------
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        """State outside the networks saved with the weights (e.g. a fitted prior's moments)."""
+        return {}
+
+    def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`extra_tensors`."""
+
     def save(self, run_dir: str | Path) -> Path:
-        """Write ``config.json`` and the sampling (EMA) weights ``model.safetensors`` into ``run_dir``."""
+        """Write ``config.json`` and the weights ``model.safetensors`` into ``run_dir``."""
         run_dir = Path(run_dir)
         self.write_config(run_dir)
-        io.write_tensors(run_dir / io.WEIGHTS_FILE, self.weight_tensors())
+        io.write_tensors(run_dir / io.WEIGHTS_FILE, self.weight_tensors(), {"history": self.history})
         return run_dir
 
     def weight_tensors(self) -> dict[str, torch.Tensor]:
-        """Raw and EMA weights as one flat dict (``model.*``, ``ema.*``), the layout of every weights file."""
-        return {**io.prefixed("model", self.net.state_dict()), **io.prefixed("ema", self.ema_net.state_dict())}
+        """Raw and EMA weights and extra state as one flat dict (``model.*``, ``ema.*``, ``extra.*``): the layout of
+        every weights file and of the training checkpoint."""
+        return {**io.prefixed("model", self.models.state_dict()), **io.prefixed("ema", self.ema_models.state_dict()),
+                **io.prefixed("extra", self.extra_tensors())}
 
     def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`weight_tensors` (also reads training checkpoints, which share the layout)."""
-        self.net.load_state_dict(io.unprefixed("model", tensors))
-        self.ema_net.load_state_dict(io.unprefixed("ema", tensors))
+        self.models.load_state_dict(io.unprefixed("model", tensors))
+        self.ema_models.load_state_dict(io.unprefixed("ema", tensors))
+        self.load_extra_tensors(io.unprefixed("extra", tensors))
 
 
-def load(run_dir: str | Path, device: str | torch.device = "auto") -> Solver:
+def _is_config(net: Any) -> bool:
+    return isinstance(net, dict) and "name" in net and not any(isinstance(v, nn.Module) for v in net.values())
+
+
+def load(run_dir: str | Path, device: str | torch.device = "auto", net: Any = None) -> Solver:
     """Rebuild a solver from a run directory (``config.json`` + weights); never executes code from the files.
 
     Uses ``model.safetensors`` when present, else the training checkpoint (a run interrupted before its end).
+    ``net``: the module(s) of a run trained with a custom network.
     """
     path = io.require_run_dir(run_dir)
     cfg = io.read_json(path / io.CONFIG_FILE)
@@ -143,7 +271,7 @@ def load(run_dir: str | Path, device: str | torch.device = "auto") -> Solver:
     if method not in SOLVERS:
         raise RunDirError(f"{str(path)!r} names an unknown method {method!r}; it was written by another version of "
                           "sbridge or edited by hand.")
-    solver = SOLVERS[method].from_config(solver_cfg, device=device)
+    solver = SOLVERS[method].from_config(solver_cfg, device=device, net=net)
     if cfg.get("train"):
         solver.train_config = TrainConfig.from_dict(cfg["train"])
     weights = path / io.WEIGHTS_FILE
@@ -151,11 +279,13 @@ def load(run_dir: str | Path, device: str | torch.device = "auto") -> Solver:
         weights = path / io.CHECKPOINT_FILE
     if not weights.is_file():
         raise RunDirError(f"{str(path)!r} has no weights yet ({io.WEIGHTS_FILE}); train it first or resume training.")
-    tensors, _ = io.read_tensors(weights)
+    tensors, meta = io.read_tensors(weights)
     try:
         solver.load_weights(tensors)
     except RuntimeError as exc:
-        raise RunDirError(f"weights in {str(weights)!r} do not match config.json ({exc}).") from None
-    solver.net.to(solver.device)
-    solver.ema_net.to(solver.device)
+        raise RunDirError(f"weights in {str(weights)!r} do not match config.json "
+                          f"({str(exc).splitlines()[0]}).") from None
+    solver.history = list(meta.get("history", []))
+    solver.models.to(solver.device)
+    solver.ema_models.to(solver.device)
     return solver

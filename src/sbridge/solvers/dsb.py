@@ -20,16 +20,20 @@ Generation uses an Ornstein–Uhlenbeck reference ``f_ref(x) = -(sigma^2 / 2) x`
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from sbridge.errors import ConfigError
+from sbridge.processes import OU, LinearSDE
 from sbridge.sampling import euler_maruyama
-from sbridge.solvers.bridge import NET_KEYS, BridgeSolver
-from sbridge.training import Callback, Trainer
-from sbridge.validation import check_positive_int
+from sbridge.solvers.base import FitData
+from sbridge.solvers.bridge import CACHE_STREAM, BridgeSolver, RefreshingSource, stream_seed
+from sbridge.tensors import expand_as_batch, sum_event
+from sbridge.training import Batch, Phase, Terms, TrainConfig
+from sbridge.validation import check_choice, check_positive_int
 
 
 def symmetric_schedule(n_steps: int, ratio: float = 10.0) -> torch.Tensor:
@@ -43,8 +47,31 @@ def symmetric_schedule(n_steps: int, ratio: float = 10.0) -> torch.Tensor:
     return gammas / gammas.sum()
 
 
+class MeanMatching:
+    """Mean-matching loss of one IPF half-step (DSB Prop. 3) on cached transitions
+    ``batch = {"x", "t", "gamma", "target"}``: ``|| gamma (±f_ref(x) + net(x, t)) - target ||^2 / gamma``.
+
+    ``direction="backward"`` fits ``B_{k+1}(X_{k+1}) - X_{k+1}`` (Eq. 12), ``"forward"`` fits ``F_k(X_k) - X_k``
+    (Eq. 13); the network is a residual on the reference drift (``+f_ref`` forward, ``-f_ref`` backward), and the
+    division by ``gamma`` makes every grid step weigh alike.
+    """
+
+    def __init__(self, reference: LinearSDE, direction: str, model: str) -> None:
+        self.reference, self.model = reference, model
+        self.direction = check_choice(direction, ("forward", "backward"), "direction")
+
+    def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
+                 generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        x, t, gamma, target = batch["x"], batch["t"], batch["gamma"], batch["target"]
+        ref = self.reference.drift(x, t)
+        drift = (ref if self.direction == "forward" else -ref) + models[self.model](x, t)
+        return (sum_event((expand_as_batch(gamma, x) * drift - target) ** 2) / gamma).mean(), {}
+
+
 class DSB(BridgeSolver):
-    """IPF bridge between data and ``N(0, I)`` or between two data sets. ``n_steps``: time steps of the grid.
+    """IPF bridge between data and ``N(0, I)`` or between two data sets. ``n_steps``: time steps of the grid;
+    ``iterations``: IPF iterations, each a backward then a forward half-step of ``steps // (2 iterations)`` training
+    steps; ``cache_size`` trajectories are simulated for each cache, refreshed every ``cache_refresh`` steps.
 
     The default grid has 40 steps: mean matching is exact only up to ``O(gamma)`` (the Gaussian approximation of
     the reversed kernel, §D.1), and on a 2-D Gaussian pair the transported mean error fell from 0.5 to 0.27 to
@@ -52,106 +79,81 @@ class DSB(BridgeSolver):
     """
 
     method = "dsb"
+    fit_options = ("iterations", "cache_size", "cache_refresh")
+    default_steps = 12_000
 
-    def __init__(self, dim: int, *, sigma: float = 1.0, n_steps: int = 40, hidden: int = 128, depth: int = 3,
-                 time_dim: int = 64, seed: int = 0, device: str | torch.device = "auto") -> None:
+    def __init__(self, dim: int | None = None, *, n_steps: int = 40, cache_size: int = 1000,
+                 cache_refresh: int = 250, **options: Any) -> None:
         self.n_steps = check_positive_int(n_steps, "n_steps")
         self.gammas = symmetric_schedule(self.n_steps)
         self.times = [0.0, *torch.cumsum(self.gammas, 0).tolist()]
         self.times[-1] = 1.0
-        super().__init__(dim, sigma=sigma, hidden=hidden, depth=depth, time_dim=time_dim, seed=seed, device=device)
+        self.cache_size = check_positive_int(cache_size, "cache_size")
+        self.cache_refresh = check_positive_int(cache_refresh, "cache_refresh")
+        super().__init__(dim, **options)
+
+    def set_option(self, key: str, value: Any) -> None:
+        if key in ("cache_size", "cache_refresh"):
+            value = check_positive_int(value, key)
+        super().set_option(key, value)
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "n_steps": self.n_steps}
+        return {**super().options(), "n_steps": self.n_steps, "cache_size": self.cache_size,
+                "cache_refresh": self.cache_refresh}
+
+    def _make_reference(self) -> LinearSDE:
+        """OU toward ``N(0, I)`` for generation, Brownian motion between two data sets (both with noise sigma)."""
+        return OU(self.sigma) if self.generative else super()._make_reference()
 
     # ---- drifts (residual on the reference) --------------------------------------------------------------------
-    def reference_drift(self, x: torch.Tensor) -> torch.Tensor:
-        """``f_ref``: OU toward ``N(0, I)`` for generation, zero (Brownian) between two data sets."""
-        return -0.5 * self.sigma**2 * x if self.generative else torch.zeros_like(x)
+    def forward_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        return self.reference.drift(x, t) + self.ema_models["fwd"](x, t)
 
-    def forward_drift(self, x: torch.Tensor, t: float, *, ema: bool = True) -> torch.Tensor:
-        net = (self.ema_net if ema else self.net)[NET_KEYS["forward"]]
-        return self.reference_drift(x) + net(x, t)
-
-    def backward_drift(self, x: torch.Tensor, t: float, *, ema: bool = True) -> torch.Tensor:
-        net = (self.ema_net if ema else self.net)[NET_KEYS["backward"]]
-        return -self.reference_drift(x) + net(x, t)
+    def backward_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        return -self.reference.drift(x, t) + self.ema_models["bwd"](x, t)
 
     @torch.no_grad()
-    def transport(self, x: Any, *, steps: int | None = None, reverse: bool = False, return_path: bool = False,
-                  seed: int | None = None) -> torch.Tensor:
+    def transport(self, x: Any, *, steps: int | None = None, **kwargs: Any) -> torch.Tensor:
         """Push samples along the learned kernels on the training grid (``steps`` must be None or ``n_steps``:
         the drifts are only trained at the grid times)."""
         if steps is not None and steps != self.n_steps:
             raise ConfigError(f"DSB transports on its training grid of n_steps={self.n_steps} steps; pass "
                               f"steps={self.n_steps} or leave it out.")
-        return super().transport(x, steps=self.n_steps, reverse=reverse, return_path=return_path, seed=seed)
+        return super().transport(x, steps=self.n_steps, **kwargs)
 
     def _grid(self, steps: int | None, reverse: bool) -> list[float]:
         return self.times[::-1] if reverse else self.times
 
     # ---- training ----------------------------------------------------------------------------------------------
-    def fit(self, x: Any, prior: Any = None, *, iterations: int = 6, steps: int = 12_000, batch_size: int = 512,
-            lr: float = 1e-3, cache_size: int = 1000, cache_refresh: int = 250, out: str | Path | None = None,
-            resume: bool = False, quiet: bool = False, callbacks: tuple[Callback, ...] = (),
-            run_info: dict[str, Any] | None = None, **train_options: Any) -> DSB:
-        """Run ``iterations`` IPF iterations, each a backward then a forward half-step of
-        ``steps // (2 iterations)`` training steps. Returns ``self``; ``self.history`` holds, per iteration, the
-        energy distance of each transported end to its target."""
-        iterations = check_positive_int(iterations, "iterations")
-        per_half = check_positive_int(steps, "steps") // (2 * iterations)
+    def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
+        per_half = config.steps // (2 * self.iterations)
         if per_half < 1:
-            raise ConfigError(f"steps ({steps}) must be at least 2 x iterations ({2 * iterations}).")
-        cache_size, cache_refresh = check_positive_int(cache_size, "cache_size"), check_positive_int(cache_refresh,
-                                                                                                    "cache_refresh")
-        state = self._start_fit(x, prior, phase_steps=per_half, batch_size=batch_size, lr=lr, quiet=quiet, out=out,
-                                resume=resume, run_info=run_info, train_options=train_options)
-        x0, x1, cfg, gen = state.x0, state.x1, state.config, state.generator
-        for n in range(state.start, iterations):
-            for direction in ("backward", "forward"):
-                key = NET_KEYS[direction]
-                loss = self._mean_matching_loss(direction, x0, x1, batch_size, cache_size, cache_refresh)
-                trainer = Trainer(self.net[key], self.ema_net[key], loss, cfg, generator=gen, callbacks=callbacks,
-                                  prefix=f"ipf{n + 1}_{direction}_")
-                trainer.run()
-                self.last_loss = trainer.last_loss
-            row = {**self._monitor(n + 1, x0, x1, self.n_steps), "loss": self.last_loss}
-            self._end_iteration(state, n + 1, row)
-        if state.run_dir is not None:
-            self.save(state.run_dir)
-        return self
-
-    def _mean_matching_loss(self, direction: str, x0: torch.Tensor, x1: torch.Tensor, batch_size: int,
-                            cache_size: int, cache_refresh: int):
-        """Loss of one half-step: regress the trained direction's mean map on the other direction's cached
-        trajectories (Prop. 3, Eq. 12 for ``backward``, Eq. 13 for ``forward``), normalised by ``gamma``."""
-        net = self.net[NET_KEYS[direction]]
-        cache: dict[str, torch.Tensor] = {}
-        calls = [0]
-
-        def loss(generator: torch.Generator) -> torch.Tensor:
-            if calls[0] % cache_refresh == 0:
-                cache.update(self._simulate_cache(direction, x0, x1, cache_size, generator))
-            calls[0] += 1
-            idx = torch.randint(cache["x"].shape[0], (batch_size,), generator=generator, device=x0.device)
-            x, t, gamma, target = cache["x"][idx], cache["t"][idx], cache["gamma"][idx], cache["target"][idx]
-            ref = self.reference_drift(x)
-            drift = (ref if direction == "forward" else -ref) + net(x, t)
-            return (((gamma[:, None] * drift - target) ** 2).sum(dim=1) / gamma).mean()
-
-        return loss
+            raise ConfigError(f"steps ({config.steps}) must be at least 2 x iterations ({2 * self.iterations}).")
+        x0, x1 = data.x0, data.x1
+        phases = []
+        for n in range(self.iterations):
+            for half, direction in enumerate(("backward", "forward")):
+                model = "bwd" if direction == "backward" else "fwd"
+                seed = stream_seed(self.seed, CACHE_STREAM, n, half)
+                # built lazily at its first batch, i.e. when the phase starts and the other direction is final
+                source = RefreshingSource(lambda gen, direction=direction: self._simulate_cache(direction, x0, x1, gen),
+                                          self.cache_refresh, seed, self.device)
+                on_end = (lambda n=n: self._monitor(n + 1, x0, x1, self.n_steps)) if direction == "forward" else None
+                phases.append(Phase(f"ipf{n + 1}_{direction}", per_half, MeanMatching(self.reference, direction, model),
+                                    source=source, train=(model,), on_end=on_end))
+        return phases
 
     @torch.no_grad()
-    def _simulate_cache(self, direction: str, x0: torch.Tensor, x1: torch.Tensor, m: int,
+    def _simulate_cache(self, direction: str, x0: torch.Tensor, x1: torch.Tensor,
                         generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Trajectories of the *other* direction's EMA kernels and the mean-matching targets at each step."""
-        device = x0.device
+        device, m = x0.device, self.cache_size
         gammas = self.gammas.to(device=device, dtype=x0.dtype)
+        xs, ts, gs, targets = [], [], [], []
         if direction == "backward":  # forward trajectories from the data, targets F_k(X_k) - F_k(X_{k+1})
             start = x0[torch.randint(x0.shape[0], (m,), generator=generator, device=device)]
             path, _ = euler_maruyama(self.forward_drift, lambda t: self.sigma, start, self.times, generator=generator,
                                      return_path=True, noise_last_step=True)
-            xs, ts, gs, targets = [], [], [], []
             for k in range(self.n_steps):
                 g, tk = gammas[k], self.times[k]
                 fk, fk1 = self.forward_drift(path[k], tk), self.forward_drift(path[k + 1], tk)
@@ -166,7 +168,6 @@ class DSB(BridgeSolver):
             path, _ = euler_maruyama(lambda y, t: -self.backward_drift(y, t), lambda t: self.sigma, start,
                                      self.times[::-1], generator=generator, return_path=True, noise_last_step=True)
             path = path.flip(0)  # index by grid position: path[k] is X_k
-            xs, ts, gs, targets = [], [], [], []
             for k in range(self.n_steps):
                 g, tk1 = gammas[k], self.times[k + 1]
                 bk1, bk = self.backward_drift(path[k + 1], tk1), self.backward_drift(path[k], tk1)

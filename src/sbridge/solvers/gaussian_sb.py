@@ -13,11 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from sbridge.errors import ConfigError
 from sbridge.gaussian import GaussianBridge
 from sbridge.solvers.bridge import BridgeSolver
 
 
-class _Moments(nn.Module):
+class Moments(nn.Module):
     """Buffers holding the fitted means and covariances, so that save/load goes through safetensors."""
 
     def __init__(self, dim: int) -> None:
@@ -29,33 +30,56 @@ class _Moments(nn.Module):
 
 class GaussianSB(BridgeSolver):
     """Exact Gaussian Schrödinger bridge fitted from sample moments. ``sigma``: reference noise (sigma^2 per unit
-    time; POT's ``reg = 2 sigma^2``)."""
+    time; POT's ``reg = 2 sigma^2``). Vectors only: the covariances are full ``(d, d)`` matrices."""
 
     method = "gaussian_sb"
+    model_names = ("moments",)
+    fit_options = ()
 
-    def __init__(self, dim: int, *, sigma: float = 1.0, seed: int = 0, device: str | torch.device = "auto") -> None:
+    def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, sigma: float = 1.0,
+                 seed: int = 0, device: str | torch.device = "auto", net: Any = None,
+                 cond: dict[str, Any] | None = None) -> None:
         self._bridge: GaussianBridge | None = None
-        super().__init__(dim, sigma=sigma, seed=seed, device=device)
+        super().__init__(dim, shape=shape, sigma=sigma, iterations=1, net=net, cond=cond, seed=seed, device=device)
+        if len(self.event_shape) != 1:
+            raise ConfigError(f"GaussianSB works on vectors (n, d); got event shape {self.event_shape}: flatten the "
+                              "data first.")
 
     def options(self) -> dict[str, Any]:
         return {"sigma": self.sigma}
 
-    def _build(self) -> nn.Module:
-        return _Moments(self.dim)
+    def _build_models(self) -> dict[str, nn.Module]:
+        return {"moments": Moments(self.dim)}
+
+    @property
+    def moments(self) -> Moments:
+        """The fitted moments ``mean0, cov0`` (data end) and ``mean1, cov1`` (prior end)."""
+        return self.ema_models["moments"]
 
     def fit(self, x: Any, prior: Any = None, *, out: str | Path | None = None, run_info: dict[str, Any] | None = None,
-            **_: Any) -> GaussianSB:
-        """Estimate ``(a, A)`` from ``x`` and ``(b, B)`` from ``prior`` (``N(0, I)`` exactly when ``prior`` is None)."""
-        x0, x1 = self._endpoints(x, prior)
-        for net in (self.net, self.ema_net):
-            net.mean0.copy_(x0.double().mean(0))
-            net.cov0.copy_(torch.cov(x0.double().T).reshape(self.dim, self.dim))
+            **options: Any) -> GaussianSB:
+        """Estimate ``(a, A)`` from ``x`` and ``(b, B)`` from ``prior`` (``N(0, I)`` exactly when ``prior`` is None).
+
+        The fit is closed-form: training options are not used, and any other keyword is an error.
+        """
+        if options.pop("resume", False):
+            raise ConfigError("GaussianSB is fitted in closed form and has nothing to resume; drop --resume.")
+        ignored = {"steps", "batch_size", "lr", "lr_schedule", "ema_decay", "grad_clip", "checkpoint_every",
+                   "eval_every", "log_every", "quiet", "callbacks", "evaluate", "iterations"}
+        unknown = sorted(set(options) - ignored)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown} for GaussianSB.fit; it takes the data, prior=, out=.")
+        data = self._prepare(x, prior, None)
+        x0, x1 = data.x0.double(), data.x1.double()
+        for m in (self.models["moments"], self.ema_models["moments"]):
+            m.mean0.copy_(x0.mean(0))
+            m.cov0.copy_(torch.cov(x0.T).reshape(self.dim, self.dim))
             if self.generative:
-                net.mean1.zero_()
-                net.cov1.copy_(torch.eye(self.dim, dtype=torch.float64))
+                m.mean1.zero_()
+                m.cov1.copy_(torch.eye(self.dim, dtype=torch.float64))
             else:
-                net.mean1.copy_(x1.double().mean(0))
-                net.cov1.copy_(torch.cov(x1.double().T).reshape(self.dim, self.dim))
+                m.mean1.copy_(x1.mean(0))
+                m.cov1.copy_(torch.cov(x1.T).reshape(self.dim, self.dim))
         self._bridge = None
         if out is not None:
             self._prepare_run_dir(Path(out), False, run_info)
@@ -66,14 +90,14 @@ class GaussianSB(BridgeSolver):
     def bridge(self) -> GaussianBridge:
         """The closed-form bridge between the fitted moments (built on first use)."""
         if self._bridge is None:
-            m = self.ema_net
+            m = self.moments
             self._bridge = GaussianBridge(m.mean0.cpu(), m.cov0.cpu(), m.mean1.cpu(), m.cov1.cpu(), sigma=self.sigma)
         return self._bridge
 
     def forward_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """``f(t, x) = (b - a) + S_t^T Sigma_t^{-1} (x - mu_t)`` (math.md §G.4)."""
-        return self.bridge.drift(t, x.cpu().double()).to(x)
+        return self.bridge.drift(x.cpu().double(), t).to(x)
 
     def backward_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """Reverse-time drift ``sigma^2 grad log p_t - f`` (math.md §1.1, §G.4)."""
-        return (-self.bridge.backward_drift(t, x.cpu().double())).to(x)
+        return self.bridge.backward_drift(x.cpu().double(), t).to(x)

@@ -1,8 +1,8 @@
 """Score-based generative model (SGM): the baseline and the first IPF iteration of DSB (math.md §D.1–D.2, §A.3).
 
-The network predicts the noise ``eps`` in ``X_t = alpha(t) X_0 + std(t) eps``; the score is ``-eps_theta / std``.
-Minimising ``E ||eps_theta(X_t, t) - eps||^2`` is denoising score matching with weight ``lambda(t) = std(t)^2``
-(Vincent 2011; Ho et al. 2020), simulation-free because ``X_t | X_0`` is known in closed form.
+The network predicts the noise ``eps`` in ``X_t = M_t X_0 + L_t eps``; the score is ``-L_t^{-T} eps_theta``
+(``-eps_theta / std`` for an isotropic reference). Training is one phase of :class:`~sbridge.losses.
+DenoisingScoreMatching`, simulation-free because ``X_t | X_0`` is known in closed form.
 """
 
 from __future__ import annotations
@@ -13,86 +13,150 @@ import torch
 from torch import nn
 
 from sbridge.device import make_generator
-from sbridge.networks import TimeMLP
-from sbridge.processes import Process, make_process
+from sbridge.losses import DenoisingScoreMatching
+from sbridge.processes import LinearSDE, make_process
 from sbridge.sampling import ODE_METHODS, euler_maruyama, integrate_ode, time_grid
-from sbridge.solvers.base import Solver
-from sbridge.validation import check_choice, check_positive_int
+from sbridge.solvers.base import FitData, Solver
+from sbridge.training import Phase, TrainConfig
+from sbridge.validation import check_choice, check_positive_int, check_probability
 
 
 class SGM(Solver):
-    """Score-based diffusion with a VP, VE or Brownian reference.
+    """Score-based diffusion with any reference process of :mod:`sbridge.processes`.
 
-    ``process``: ``"vp"`` (default), ``"ve"``, ``"brownian"`` or a dict of the process parameters
-    (e.g. ``{"name": "ve", "sigma_max": 20}``); ``hidden``/``depth``/``time_dim`` size the :class:`TimeMLP`.
+    ``process``: ``"vp"`` (default), ``"ve"``, ``"brownian"``, ``"ou"`` or a dict of the process parameters (e.g.
+    ``{"name": "ve", "sigma_max": 20}``), or a process object. ``hidden``/``depth``/``time_dim`` size the default
+    time MLP (shorthand for ``net={"name": "mlp", ...}``). ``cond_drop``: probability of dropping the condition in
+    training, which enables classifier-free guidance at sampling (``sample(..., guidance=w)``).
     """
 
     method = "sgm"
 
-    def __init__(self, dim: int, *, process: str | dict[str, Any] | Process = "vp", hidden: int = 128,
-                 depth: int = 3, time_dim: int = 64, seed: int = 0, device: str | torch.device = "auto") -> None:
+    def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None,
+                 process: str | dict[str, Any] | LinearSDE = "vp", hidden: int | None = None,
+                 depth: int | None = None, time_dim: int | None = None, cond: dict[str, Any] | None = None,
+                 cond_drop: float = 0.0, net: Any = None, seed: int = 0, device: str | torch.device = "auto") -> None:
         self.process = make_process(process)
-        self.hidden, self.depth, self.time_dim = hidden, depth, time_dim
-        super().__init__(dim, seed=seed, device=device)
+        self.cond_drop = check_probability(cond_drop, "cond_drop")
+        net = _mlp_shorthand(net, hidden, depth, time_dim)
+        super().__init__(dim, shape=shape, cond=cond, net=net, seed=seed, device=device)
+        self.process.to(self.device)
 
     def options(self) -> dict[str, Any]:
-        return {"process": self.process.config(), "hidden": self.hidden, "depth": self.depth,
-                "time_dim": self.time_dim}
+        return {"process": self.process.config(), "cond_drop": self.cond_drop}
 
-    def _build(self) -> nn.Module:
-        return TimeMLP(self.dim, hidden=self.hidden, depth=self.depth, time_dim=self.time_dim,
-                       time_scale=1000.0 / self.process.T)
+    def _build_models(self) -> dict[str, nn.Module]:
+        return {"score": self.network("score", time_scale=1000.0 / self.process.T)}
 
     # ---- training ----------------------------------------------------------------------------------------------
-    def _make_loss(self, data: torch.Tensor, batch_size: int):
-        proc, n = self.process, data.shape[0]
+    @property
+    def loss(self) -> DenoisingScoreMatching:
+        """The training objective as a public loss object (see :mod:`sbridge.losses`)."""
+        return DenoisingScoreMatching(self.process, "score", cond_drop=self.cond_drop if self.cond_spec else 0.0)
 
-        def loss(generator: torch.Generator) -> torch.Tensor:
-            idx = torch.randint(n, (batch_size,), generator=generator, device=data.device)
-            x0 = data[idx]
-            t = proc.t_min + (proc.T - proc.t_min) * torch.rand(batch_size, generator=generator, device=data.device)
-            xt, eps = proc.sample_marginal(x0, t, generator)
-            return ((self.net(xt, t) - eps) ** 2).sum(dim=1).mean()
+    def before_fit(self, data: FitData) -> None:
+        if data.x0 is not None:
+            self.process.fit_prior(data.x0)
 
-        return loss
+    def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
+        return [Phase("score", config.steps, self.loss, data.source(), ("score",))]
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.process.state_dict())
+
+    def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            self.process.load_state_dict(tensors)
+            self.process.to(self.device)
 
     # ---- model -------------------------------------------------------------------------------------------------
-    def score(self, x: torch.Tensor, t: float | torch.Tensor, *, ema: bool = True) -> torch.Tensor:
-        """Learned score ``grad log p_t(x) = -eps_theta(x, t) / std(t)``."""
-        net = self.ema_net if ema else self.net
-        return -net(x, t) / self.process.std(t, like=x)
+    def score(self, x: torch.Tensor, t: float | torch.Tensor, cond: torch.Tensor | None = None, *,
+              ema: bool = True, guidance: float = 0.0) -> torch.Tensor:
+        """Learned score ``-L_t^{-T} eps_theta(x, t, cond)``; with ``guidance = w > 0`` the classifier-free guided
+        noise ``(1 + w) eps(x, t, c) - w eps(x, t, none)`` (Ho & Salimans 2022)."""
+        net = (self.ema_models if ema else self.models)["score"]
+        eps = net(x, t, cond)
+        if guidance and cond is not None:
+            eps = (1 + guidance) * eps - guidance * net(x, t, None)
+        _, cov = self.process.marginal(x, t)
+        return cov.score_from_noise(eps)
 
-    def reverse_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
+    def reverse_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None,
+                      guidance: float = 0.0) -> torch.Tensor:
         """Drift of the reverse-time SDE in forward time, ``f - g^2 score`` (math.md §1.1)."""
-        g = self.process.g(t, x)
-        return self.process.drift(x, t) - g**2 * self.score(x, t)
+        return self.process.reverse_drift(x, t, self.score(x, t, cond, guidance=guidance))
 
-    def velocity(self, x: torch.Tensor, t: float) -> torch.Tensor:
+    def velocity(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None,
+                 guidance: float = 0.0) -> torch.Tensor:
         """Probability-flow ODE velocity ``f - g^2 score / 2`` (math.md §1.1)."""
-        g = self.process.g(t, x)
-        return self.process.drift(x, t) - 0.5 * g**2 * self.score(x, t)
+        return self.process.probability_flow(x, t, self.score(x, t, cond, guidance=guidance))
 
     # ---- sampling ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, *, steps: int = 100, ode: bool = False, method: str = "heun",
-               return_path: bool = False, seed: int | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, n: int, *, steps: int = 100, ode: bool = False, method: str = "heun", cond: Any = None,
+               guidance: float = 0.0, return_path: bool = False, seed: int | None = None,
+               x_T: torch.Tensor | None = None) -> torch.Tensor:
         """Draw ``n`` samples by integrating the reverse SDE (Euler–Maruyama) or, with ``ode=True``, the
         probability-flow ODE (``method`` in euler/heun or a torchdiffeq adaptive solver) from ``T`` to ``t_min``.
 
-        Returns ``(n, dim)``, or the path ``(steps + 1, n, dim)`` with ``return_path``; ``self.last_nfe`` holds the
-        number of network evaluations used.
+        ``cond``: one condition per sample (or a single one for all) for conditional models; ``guidance``: the
+        classifier-free guidance weight. Returns ``(n, *event_shape)``, or the path ``(steps + 1, n, ...)`` with
+        ``return_path``; ``self.last_nfe`` holds the number of network evaluations used.
         """
         n, steps = check_positive_int(n, "n"), check_positive_int(steps, "steps")
         gen = make_generator(self.seed + 1 if seed is None else seed, self.device)
+        c = self._sampling_condition(cond, n)
         if x_T is None:
-            x_T = self.process.prior_sample(n, self.dim, generator=gen, device=self.device)
-        self.ema_net.eval()
+            x_T = self.process.prior_sample((n, *self.event_shape), generator=gen, device=self.device)
+        self.ema_models.eval()
         times = time_grid(self.process.T, self.process.t_min, steps)
+        nets = 2 if guidance and c is not None else 1
         if ode:
             check_choice(method, ODE_METHODS, "ODE method")
-            out, nfe = integrate_ode(self.velocity, x_T, times, method=method, return_path=return_path)
+            out, nfe = integrate_ode(lambda x, t: self.velocity(x, t, c, guidance), x_T, times, method=method,
+                                     return_path=return_path)
         else:
-            out, nfe = euler_maruyama(self.reverse_drift, lambda t: float(self.process.g(t, x_T[:1]).squeeze()),
-                                      x_T, times, generator=gen, return_path=return_path)
-        self.last_nfe = nfe
+            out, nfe = euler_maruyama(lambda x, t: self.reverse_drift(x, t, c, guidance),
+                                      lambda t: self.process.g(t, x_T), x_T, times, generator=gen,
+                                      return_path=return_path)
+        self.last_nfe = nfe * nets
         return out
+
+    def _sampling_condition(self, cond: Any, n: int) -> torch.Tensor | None:
+        if cond is None:
+            return None if self.cond_spec is None else torch.full((n,), -1, device=self.device) \
+                if self.cond_spec["kind"] == "label" else torch.full((n, self.cond_spec["dim"]), float("nan"),
+                                                                     device=self.device)
+        c = torch.as_tensor(cond)
+        if c.ndim == 0 or (self.cond_spec is not None and self.cond_spec["kind"] == "vector" and c.ndim == 1):
+            c = c.unsqueeze(0).expand(n, *c.shape)
+        return self._condition(c, n)
+
+    def log_prob(self, x: Any, *, cond: Any = None, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+                 divergence: str = "auto", seed: int = 0) -> torch.Tensor:
+        """Exact log-likelihood (nats) of ``x`` under the probability-flow ODE (math.md §1.1; instantaneous change
+        of variables), integrated from ``t_min`` to ``T`` against the prior; shape ``(n,)``."""
+        from sbridge.likelihood import log_prob_ode
+
+        x = self._data(x, "points")
+        c = None if cond is None else self._condition(cond, x.shape[0])
+        self.ema_models.eval()
+        out = log_prob_ode(lambda y, t: self.velocity(y, t, c), x, t0=self.process.t_min, t1=self.process.T,
+                           prior_log_prob=self.process.prior_log_prob, method=method, rtol=rtol, atol=atol,
+                           divergence=divergence, seed=seed, return_nfe=True)
+        logp, self.last_nfe = out
+        return logp
+
+
+def _mlp_shorthand(net: Any, hidden: int | None, depth: int | None, time_dim: int | None) -> Any:
+    """Fold the ``hidden``/``depth``/``time_dim`` shorthand into an MLP network config."""
+    sizes = {k: v for k, v in (("hidden", hidden), ("depth", depth), ("time_dim", time_dim)) if v is not None}
+    if not sizes:
+        return net
+    if net is None or net == "mlp":
+        return {"name": "mlp", **sizes}
+    if isinstance(net, dict) and net.get("name") == "mlp":
+        return {**net, **sizes}
+    from sbridge.errors import ConfigError
+
+    raise ConfigError(f"hidden/depth/time_dim size the MLP; with net={net!r} set the network's own options instead.")

@@ -1,0 +1,240 @@
+"""Exact log-likelihood through the probability-flow ODE (instantaneous change of variables).
+
+A velocity field ``v(x, t)`` transports densities by the continuity equation, so along one of its trajectories
+``dx_t/dt = v(x_t, t)`` the log density obeys the instantaneous change of variables (Chen et al. 2018, *Neural ODEs*,
+Theorem 1; Grathwohl et al. 2019, *FFJORD*, §2):
+
+    d log p_t(x_t) / dt = -div v(x_t, t) = -tr(dv/dx (x_t, t)).
+
+Integrating from the data side ``t0`` to the prior side ``t1`` gives
+
+    log p_{t0}(x) = log p_{t1}(x_{t1}) + int_{t0}^{t1} div v(x_t, t) dt,        x_{t0} = x.
+
+For a score-based model ``v`` is the probability-flow velocity ``f - g^2 score / 2`` of math.md §1.1
+(:meth:`sbridge.processes.LinearSDE.probability_flow`), whose marginals are those of the forward SDE; with the exact
+score and the exact law of ``X_T`` as ``log p_{t1}`` the result is exact up to the ODE solver's error (Song et al.
+2021, *Score-Based Generative Modeling through SDEs*, §4.3 and App. D.2).
+
+The divergence is computed exactly (one vector-Jacobian product per coordinate) for small events, or estimated with
+Hutchinson's (1989) trace estimator ``tr(J) = E[e^T J e]`` with Rademacher noise ``e``, one vector-Jacobian product
+per noise, the noise held fixed along the whole trajectory as in FFJORD so the ODE stays deterministic.
+
+Everything here is evaluation-only: the solver runs without a graph to the model's parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from sbridge.errors import ConfigError, DataError
+from sbridge.tensors import flat, sum_event
+from sbridge.validation import check_choice, check_positive_int
+
+Field = Callable[[torch.Tensor, float], torch.Tensor]
+
+DIVERGENCE_METHODS = ("exact", "hutchinson")
+#: torchdiffeq's adaptive Runge–Kutta solvers: they accept ``step_t``, which makes a step end exactly at ``t1``.
+_RK_ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+# ============================================================================================ divergence
+def rademacher(shape: tuple[int, ...], *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Independent ``±1`` entries with probability 1/2 each (mean 0, covariance ``I``)."""
+    bits = torch.randint(0, 2, tuple(shape), generator=generator, device=device)
+    return (2 * bits - 1).to(dtype)
+
+
+def _vjp(value: torch.Tensor, x: torch.Tensor, cotangent: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """``cotangent^T dv/dx`` per sample (zeros when ``v`` does not depend on ``x``)."""
+    (grad,) = torch.autograd.grad(value, x, cotangent, retain_graph=True, create_graph=create_graph,
+                                  allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
+
+
+def divergence(fn: Field, x: torch.Tensor, t: float, *, method: str = "exact", noise: torch.Tensor | None = None,
+               create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Value and divergence ``div_x fn(x, t) = tr(d fn / dx)`` of a vector field, per sample.
+
+    ``x`` has shape ``(batch, *event)`` (any event shape) and ``fn(x, t)`` must return the same shape, acting on
+    each sample independently (no coupling across the batch, e.g. no batch norm in training mode), since one
+    vector-Jacobian product serves the whole batch.
+
+    * ``method="exact"``: ``sum_i e_i^T J e_i`` over the ``n`` flattened coordinates, one vector-Jacobian product
+      with the basis vector ``e_i`` each (``n`` backward passes, one forward pass).
+    * ``method="hutchinson"``: Hutchinson's (1989) unbiased estimator ``tr(J) = E[e^T J e]`` for ``E[e e^T] = I``,
+      one vector-Jacobian product per noise. ``noise`` has the shape of ``x`` (one noise per sample) or
+      ``(k, *x.shape)`` (the ``k`` estimates are averaged); drawn as Rademacher from the global generator when
+      ``None``. With Rademacher noise the estimate is exact when ``J`` is diagonal, and its variance is
+      ``2 sum_{i != j} ((J_ij + J_ji) / 2)^2`` otherwise.
+
+    Returns ``(value, div)`` of shapes ``(batch, *event)`` and ``(batch,)``, detached unless ``create_graph``
+    (``create_graph=False``, the default, is what the likelihood ODE uses: evaluation only). ``x`` itself is not
+    modified; grad mode is enabled inside, so this works under ``torch.no_grad()``.
+    """
+    method = check_choice(method, DIVERGENCE_METHODS, "divergence method")
+    with torch.enable_grad():
+        # with create_graph, a state that already carries a graph keeps it (training through the divergence)
+        xr = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
+        value = fn(xr, t)
+        if value.shape != x.shape:
+            raise DataError(f"the vector field returned shape {tuple(value.shape)} for input {tuple(x.shape)}; "
+                            "it must return the shape of its input.")
+        if not value.requires_grad:  # a field that ignores x (or is computed without grad): zero divergence
+            div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        elif method == "exact":
+            n = x[0].numel()
+            div = torch.zeros(x.shape[0], dtype=value.dtype, device=value.device)
+            for i in range(n):
+                # a fresh basis vector each time: with create_graph the double-backward graph may keep it
+                basis = torch.zeros(x.shape[0], n, dtype=value.dtype, device=value.device)
+                basis[:, i] = 1
+                div = div + flat(_vjp(value, xr, basis.reshape(x.shape), create_graph))[:, i]
+        else:
+            if noise is None:
+                noise = rademacher(tuple(x.shape), dtype=x.dtype, device=x.device)
+            noises = noise.unsqueeze(0) if noise.shape == x.shape else noise
+            if noises.shape[1:] != x.shape:
+                raise DataError(f"Hutchinson noise of shape {tuple(noise.shape)} does not match the data "
+                                f"{tuple(x.shape)}; pass x.shape or (k, *x.shape).")
+            noises = noises.to(value)
+            div = sum(sum_event(_vjp(value, xr, e, create_graph) * e) for e in noises) / noises.shape[0]
+    if create_graph:
+        return value, div
+    return value.detach(), div.detach()
+
+
+# ============================================================================================ log-likelihood
+class _AugmentedField:
+    """The ODE ``d(x, delta)/dt = (v(x, t), div v(x, t))`` for torchdiffeq, counting its evaluations."""
+
+    def __init__(self, velocity: Field, method: str, noise: torch.Tensor | None, t_lo: float, t_hi: float) -> None:
+        self.velocity, self.method, self.noise = velocity, method, noise
+        self.t_lo, self.t_hi = t_lo, t_hi
+        self.nfe = 0
+
+    def __call__(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.nfe += 1
+        # torchdiffeq's initial-step heuristic may probe one point past t1; keep the model inside [t0, t1]
+        s = min(max(float(t), self.t_lo), self.t_hi)
+        value, div = divergence(self.velocity, state[0], s, method=self.method, noise=self.noise)
+        return value, div.to(state[1].dtype)
+
+
+@torch.no_grad()
+def log_prob_ode(velocity: Field, x: torch.Tensor, *, t0: float, t1: float,
+                 prior_log_prob: Callable[[torch.Tensor], torch.Tensor], method: str = "dopri5",
+                 rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "auto", exact_max_dim: int = 16,
+                 hutchinson_samples: int = 1, seed: int = 0, return_nfe: bool = False,
+                 options: dict[str, Any] | None = None) -> torch.Tensor | tuple[torch.Tensor, int]:
+    """Log density ``log p_{t0}(x)`` in nats, shape ``(batch,)``, by the instantaneous change of variables.
+
+    Integrates the augmented state ``(x_t, delta_t)`` with torchdiffeq's ``odeint`` from ``t0`` (data side) to
+    ``t1`` (prior side),
+
+        dx_t/dt = v(x_t, t),      d delta_t/dt = div v(x_t, t),      x_{t0} = x,  delta_{t0} = 0,
+
+    and returns ``prior_log_prob(x_{t1}) + delta_{t1}`` (Chen et al. 2018, Theorem 1; Grathwohl et al. 2019:
+    ``d log p_t(x_t)/dt = -div v``). For a score model pass ``velocity = lambda x, t: proc.probability_flow(x, t,
+    score(x, t))`` (math.md §1.1), ``t0 = proc.t_min``, ``t1 = proc.T`` and ``prior_log_prob = proc.prior_log_prob``;
+    the result is then the model's density of ``X_{t_min}``, exact up to the ODE error and the gap between the prior
+    and the true law of ``X_T``.
+
+    * ``velocity(x, t)``: ``x`` of shape ``(batch, *event)``, ``t`` a float; called under ``torch.enable_grad()``
+      on a leaf copy of ``x`` with ``requires_grad=True``. Its outputs are detached, so no graph leaks between
+      steps. It must act on each sample independently.
+    * ``divergence``: ``"exact"``, ``"hutchinson"``, or ``"auto"`` = exact when a sample has at most
+      ``exact_max_dim`` scalars, else Hutchinson. Hutchinson uses ``hutchinson_samples`` Rademacher noises of the
+      shape of ``x``, drawn once from a ``torch.Generator`` seeded with ``seed`` and held fixed along the trajectory
+      (FFJORD), and averages their estimates; the result is then an unbiased estimate of the exact one up to ODE
+      error, and deterministic given ``seed``.
+    * ``method``, ``rtol``, ``atol``: torchdiffeq's solver and tolerances (applied to both ``x`` and ``delta``);
+      adaptive Runge–Kutta methods get ``step_t = [t1]`` so that no step evaluates the model beyond ``t1``, and the
+      time passed to the model is clamped to ``[t0, t1]`` (this only affects torchdiffeq's initial step-size probe).
+      ``options`` are extra torchdiffeq options (e.g. ``{"step_size": 0.01}`` for the fixed-grid methods).
+    * The computation runs in float64 when ``x`` is float64 (the model must then accept float64), else in ``x``'s
+      dtype.
+    * ``return_nfe``: also return the number of evaluations of the augmented field, i.e. forward passes of
+      ``velocity`` (each followed by ``n`` backward passes for the exact divergence, ``hutchinson_samples``
+      otherwise).
+    """
+    from torchdiffeq import odeint
+
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or not x.is_floating_point():
+        raise DataError("x must be a floating-point tensor of shape (batch, *event_shape).")
+    if float(t0) == float(t1):
+        raise ConfigError(f"t0 and t1 must differ, got t0 = t1 = {t0}.")
+    n = x[0].numel()
+    div_method = divergence  # the argument shadows the module's divergence(); _AugmentedField calls the function
+    if div_method == "auto":
+        div_method = "exact" if n <= check_positive_int(exact_max_dim, "exact_max_dim") else "hutchinson"
+    div_method = check_choice(div_method, DIVERGENCE_METHODS, "divergence")
+    noise = None
+    if div_method == "hutchinson":
+        k = check_positive_int(hutchinson_samples, "hutchinson_samples")
+        gen = torch.Generator(device=x.device)
+        gen.manual_seed(int(seed))
+        noise = rademacher((k, *x.shape), generator=gen, dtype=x.dtype, device=x.device)
+    x = x.detach()
+    ode = _AugmentedField(velocity, div_method, noise, min(t0, t1), max(t0, t1))
+    times = torch.tensor([float(t0), float(t1)], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                         device=x.device)
+    opts = dict(options or {})
+    if method in _RK_ADAPTIVE:
+        opts.setdefault("step_t", times[-1:])
+    state0 = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
+    xs, deltas = odeint(ode, state0, times, method=method, rtol=rtol, atol=atol, options=opts)
+    log_prob = prior_log_prob(xs[-1]).detach().to(x.dtype).reshape(x.shape[0]) + deltas[-1]
+    return (log_prob, ode.nfe) if return_nfe else log_prob
+
+
+# ============================================================================================ bits per dimension
+def nats_to_bits_per_dim(log_prob: torch.Tensor | float, n_dims: int, *,
+                         dequantization_levels: int | None = None) -> torch.Tensor:
+    """Bits per dimension ``-log p / (n_dims ln 2)`` of a log density ``log p`` in nats.
+
+    Without ``dequantization_levels`` this is the plain conversion, for ``log p`` in whatever scaling the data
+    had. With ``dequantization_levels = K`` the data are images with ``K`` intensity levels and ``log p`` must be
+    the log density of the uniformly dequantised data **scaled to [0, 1]**, ``y = (k + u) / K`` with integer
+    ``k in {0..K-1}`` and ``u ~ U(0, 1)^D`` (:func:`uniform_dequantize`). The density of ``k + u`` on the integer
+    scale ``[0, K]^D`` is ``p(y) / K^D``, so the returned value is the standard discrete bits/dim
+
+        bpd = -log p(y) / (D ln 2) + log2 K,
+
+    which averaged over ``u`` upper-bounds ``-log2 P(k) / D`` of the discrete model (Theis et al. 2016; Ho et al.
+    2019). A uniform density on ``[0, 1]^D`` gives exactly ``log2 K`` (8 for ``K = 256``). A model trained on data
+    scaled to ``[-1, 1]`` (``y' = 2 y - 1``) must first convert: ``log p(y) = log p'(y') + D ln 2``.
+    """
+    n_dims = check_positive_int(n_dims, "n_dims")
+    lp = torch.as_tensor(log_prob)
+    if not lp.is_floating_point():
+        lp = lp.to(torch.float64)
+    bpd = -lp / (n_dims * math.log(2.0))
+    if dequantization_levels is not None:
+        bpd = bpd + math.log2(check_positive_int(dequantization_levels, "dequantization_levels"))
+    return bpd
+
+
+def uniform_dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform dequantisation of data in ``[0, 1]`` quantised to ``levels = K`` values.
+
+    ``x`` holds ``k / (K - 1)`` for integers ``k in {0..K-1}`` (e.g. 8-bit images as ``ToTensor`` gives them,
+    ``k / 255``); returns ``y = (k + u) / K`` with ``u ~ U(0, 1)`` per scalar, so each level ``k`` becomes the cell
+    ``[k / K, (k + 1) / K)`` of ``[0, 1)`` — i.e. ``k / K`` plus ``U(0, 1 / K)`` noise. The log density of ``y`` is
+    what :func:`nats_to_bits_per_dim` with ``dequantization_levels = K`` expects (the convention of Song et al. 2021's
+    likelihood evaluation, ``(255 x + u) / 256``). ``k`` is recovered by rounding ``x (K - 1)``.
+    """
+    levels = check_positive_int(levels, "levels")
+    if levels < 2:
+        raise ConfigError(f"levels must be at least 2, got {levels}.")
+    if not x.is_floating_point():
+        raise DataError("x must be a floating-point tensor with values in [0, 1].")
+    if bool((x < 0).any() or (x > 1).any()):
+        raise DataError("uniform_dequantize expects data scaled to [0, 1]; rescale it first.")
+    k = torch.round(x * (levels - 1))
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (k + u) / levels
