@@ -127,19 +127,22 @@ class GeometricNoise(Schedule):
 SCHEDULES: dict[str, type[Schedule]] = {"constant": ConstantRate, "power": PowerRate, "geometric": GeometricNoise}
 
 
+def _from_spec(spec: dict[str, Any], registry: dict[str, type], what: str) -> Any:
+    """Build ``registry[spec["name"]](**rest)`` with one-sentence errors for a bad name or bad parameters."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"{what} must be a name or a dict with a 'name' key, got {spec!r}.")
+    params = dict(spec)
+    name = check_choice(params.pop("name"), tuple(registry), what)
+    try:
+        return registry[name](**params)
+    except TypeError:
+        raise ConfigError(f"invalid parameters {sorted(params)} for {what} {name!r}; "
+                          f"see sbridge.processes.{registry[name].__name__}.") from None
+
+
 def make_schedule(spec: dict[str, Any] | Schedule) -> Schedule:
     """Build a schedule from its config dict (``{"name": "power", "beta_max": 10}``) or return it unchanged."""
-    if isinstance(spec, Schedule):
-        return spec
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ConfigError(f"schedule must be a dict with a 'name' key, got {spec!r}.")
-    params = dict(spec)
-    name = check_choice(params.pop("name"), tuple(SCHEDULES), "schedule")
-    try:
-        return SCHEDULES[name](**params)
-    except TypeError:
-        raise ConfigError(f"invalid parameters {sorted(params)} for schedule {name!r}; "
-                          f"see sbridge.processes.{SCHEDULES[name].__name__}.") from None
+    return spec if isinstance(spec, Schedule) else _from_spec(spec, SCHEDULES, "schedule")
 
 
 # ============================================================================================ covariance operators
@@ -287,6 +290,9 @@ class DriftMatrix(nn.Module):
         if symmetric is None:
             symmetric = self.kind != "full" or (not learnable and bool(torch.allclose(tensor, tensor.T)))
         self.symmetric = bool(symmetric)
+        #: Whether exp(-B D / 2) can overflow (a learned D, or negative fixed rates): only then is the variance
+        #: checked, which costs a host synchronisation.
+        self.may_overflow = self.learnable or bool((tensor < 0).any())
 
     def matrix(self) -> torch.Tensor:
         """The current value of ``D`` (a number, an event-shaped diagonal or an ``(n, n)`` matrix)."""
@@ -424,7 +430,7 @@ class LinearSDE(nn.Module):
             lam = self.D.matrix().to(like)
             Bx = expand_as_batch(B, like)
             var = Bx * _phi1(lam * Bx)
-            if kind == "diagonal" and not bool(torch.isfinite(var).all() and (var > 0).all()):
+            if self.D.may_overflow and not bool(torch.isfinite(var).all() and (var > 0).all()):
                 raise NotPositiveDefiniteError("the covariance of X_t | X_0 is not positive and finite for the "
                                                "current diagonal drift D; keep D's entries above -1 / B(T).")
             return torch.exp(-0.5 * lam * Bx), DiagonalCovariance(var)
@@ -445,6 +451,10 @@ class LinearSDE(nn.Module):
         if B.ndim == 0:
             M, cov = M.reshape(n, n), cov.reshape(n, n)
         return M, DenseCovariance(cov, "the covariance of X_t | X_0")
+
+    def covariance(self, t: float | torch.Tensor, like: torch.Tensor) -> Covariance:
+        """The covariance operator ``Sigma_t`` of ``X_t | X_0`` for the batch ``like`` (without computing a mean)."""
+        return self._transition(as_time(t, like), like)[1]
 
     def marginal(self, x0: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, Covariance]:
         """Mean ``M_t x0`` and covariance operator ``Sigma_t`` of ``X_t | X_0 = x0`` (math.md §C.2)."""
@@ -646,14 +656,4 @@ def make_process(spec: str | dict[str, Any] | LinearSDE) -> LinearSDE:
     ``config()``), or return it unchanged."""
     if isinstance(spec, LinearSDE):
         return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ConfigError(f"process must be a name or a dict with a 'name' key, got {spec!r}.")
-    params = dict(spec)
-    name = check_choice(params.pop("name"), tuple(PROCESSES), "process")
-    try:
-        return PROCESSES[name](**params)
-    except TypeError:
-        raise ConfigError(f"invalid parameters {sorted(params)} for process {name!r}; "
-                          f"see sbridge.processes.{PROCESSES[name].__name__}.") from None
+    return _from_spec({"name": spec} if isinstance(spec, str) else spec, PROCESSES, "process")

@@ -205,6 +205,7 @@ class Trainer:
         self.phase_step = 0
         self.last_loss = math.nan
         self.optimizer: torch.optim.Optimizer | None = None
+        self._params: list[nn.Parameter] = []  # the current phase's trained parameters
         self._resumed_optimizer: tuple[dict[str, Any], dict[int, dict[str, torch.Tensor]]] | None = None
         self._last_checkpoint_step: int | None = None
         #: The current phase has run its ``on_end`` (a checkpoint written at a phase's end records this, so a
@@ -304,8 +305,8 @@ class Trainer:
             io.append_jsonl(self.run_dir / io.METRICS_FILE, row)
 
     def _start_phase(self, phase: Phase) -> Source:
-        params = [p for name in phase.train for p in self.models[name].parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=self.lr_at(phase, 0))
+        self._params = [p for name in phase.train for p in self.models[name].parameters()]
+        self.optimizer = torch.optim.Adam(self._params, lr=self.lr_at(phase, 0))
         if self._resumed_optimizer is not None:
             groups, state = self._resumed_optimizer
             self.optimizer.load_state_dict({"state": state, "param_groups": groups})
@@ -328,8 +329,7 @@ class Trainer:
             group["lr"] = self.lr_at(phase, self.phase_step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
         self.optimizer.step()
         decay = self.ema_decay(self.phase_step)
         for name in phase.train:

@@ -78,8 +78,7 @@ class SGM(Solver):
         eps = net(x, t, cond)
         if guidance and cond is not None:
             eps = (1 + guidance) * eps - guidance * net(x, t, None)
-        _, cov = self.process.marginal(x, t)
-        return cov.score_from_noise(eps)
+        return self.process.covariance(t, x).score_from_noise(eps)
 
     def reverse_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None,
                       guidance: float = 0.0) -> torch.Tensor:
@@ -123,14 +122,17 @@ class SGM(Solver):
         return out
 
     def _sampling_condition(self, cond: Any, n: int) -> torch.Tensor | None:
+        """Conditions for ``n`` samples: ``None`` for an unconditional model, "no condition" rows when ``cond`` is
+        omitted, one condition repeated for all, or one per sample."""
+        if self.cond_spec is None and cond is None:
+            return None
         if cond is None:
-            return None if self.cond_spec is None else torch.full((n,), -1, device=self.device) \
-                if self.cond_spec["kind"] == "label" else torch.full((n, self.cond_spec["dim"]), float("nan"),
-                                                                     device=self.device)
+            label = self.cond_spec["kind"] == "label"
+            return torch.full((n,) if label else (n, self.cond_spec["dim"]), -1 if label else float("nan"),
+                              device=self.device)
         c = torch.as_tensor(cond)
-        if c.ndim == 0 or (self.cond_spec is not None and self.cond_spec["kind"] == "vector" and c.ndim == 1):
-            c = c.unsqueeze(0).expand(n, *c.shape)
-        return self._condition(c, n)
+        single = c.ndim == 0 or (self.cond_spec is not None and self.cond_spec["kind"] == "vector" and c.ndim == 1)
+        return self._condition(c.unsqueeze(0).expand(n, *c.shape) if single else c, n)
 
     def log_prob(self, x: Any, *, cond: Any = None, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                  divergence: str = "auto", seed: int = 0) -> torch.Tensor:
