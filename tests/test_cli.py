@@ -189,3 +189,32 @@ def test_generative_dsb_run_samples_on_its_own_grid(tmp_path: Path, capsys: pyte
     assert code == 0 and "40 network evaluations" in stdout  # the default 40-step DSB grid, one drift per step
     code, _, err = run(capsys, "sample", out, "--n", 50, "--steps", 7)
     assert code == 2 and "n_steps=40" in err
+
+
+def test_evaluate_nll_of_the_exact_gaussian_bridge_is_the_gaussian_entropy(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # GaussianSB fitted to N(0, I_2) data: the exact NLL of fresh N(0, I) points is the entropy 0.5 log(2 pi e)
+    # nats/dim, up to the fit's sampling error (n = 20000) and 4 standard errors of the 1000-point mean.
+    out = tmp_path / "g"
+    assert run(capsys, "train", "--method", "gaussian_sb", "--data", "gaussian", "--out", out, "--quiet")[0] == 0
+    code, stdout, _ = run(capsys, "evaluate", out, "--n", 500, "--nll", "--json")
+    assert code == 0
+    nll = json.loads(stdout)["nll"]
+    entropy = 0.5 * np.log(2 * np.pi * np.e)
+    assert nll["n"] == 1000 and abs(nll["nats_per_dim"] - entropy) < 4 * nll["se"] + 0.01, nll
+    assert abs(nll["bits_per_dim"] - nll["nats_per_dim"] / np.log(2)) < 1e-9
+
+
+def test_sampler_grid_and_nll_errors(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(capsys, "sample", trained_run, "--n", 100, "--steps", 10, "--ode", "--grid", "edm",
+                          "--out", tmp_path / "s.npy")
+    assert code == 0 and np.isfinite(np.load(tmp_path / "s.npy")).all()
+    code, _, err = run(capsys, "sample", trained_run, "--n", 10, "--grid", "cosine")
+    assert code == 2 and "unknown time grid 'cosine'" in err and "Traceback" not in err
+    bridge = tmp_path / "b"
+    assert main(["train", "--method", "gaussian_sb", "--data", "moons", "--prior", "circles", "--out", str(bridge),
+                 "--quiet"]) == 0
+    code, _, err = run(capsys, "evaluate", bridge, "--n", 100, "--nll")
+    assert code == 2 and "generative run" in err
+    code, _, err = run(capsys, "evaluate", bridge, "--n", 100, "--grid", "edm")
+    assert code == 2 and "own time grid" in err

@@ -171,6 +171,25 @@ def test_sgm_log_prob_with_the_exact_score_is_the_analytic_density() -> None:
     assert model.last_nfe > 0
 
 
+def test_sgm_sample_on_the_edm_grid_beats_the_uniform_grid_on_sharp_data() -> None:
+    # Exact score of N(mu, 0.1^2 I), 10 Euler steps of the probability flow: the EDM grid (steps crowded at low noise,
+    # where this flow is stiff) ends closer to the exact p_{t_min} than the uniform grid, in mean and std. Measured:
+    # error 0.066 uniform, 0.041 EDM (ratio 1.6; Monte-Carlo error ~1e-3).
+    proc, mu, s = VP(), torch.tensor([1.0, -0.5], dtype=torch.float64), 0.1
+    model = SGM(2, process=proc, net=_ExactScoreNet(proc, mu, s))
+    model.models.double()
+    model.ema_models = model.models
+    x_T = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t0 = torch.tensor(proc.t_min, dtype=torch.float64)
+    a, sd = float(proc.log_alpha(t0).exp()), math.sqrt(float(proc.log_alpha(t0).exp()) ** 2 * s**2
+                                                        + float(proc.variance(t0)))
+    errors = {}
+    for grid in ("uniform", "edm"):
+        y = model.sample(20_000, steps=10, ode=True, method="euler", grid=grid, x_T=x_T)
+        errors[grid] = float((y.mean(0) - a * mu).abs().max() + (y.std(0) - sd).abs().max())
+    assert errors["uniform"] > 1.3 * errors["edm"], errors
+
+
 def test_gaussian_sb_log_prob_is_the_density_of_its_fitted_gaussian() -> None:
     # Generative GaussianSB between N(a, A) (fitted) and N(0, I): its probability flow maps N(0, I) onto N(a, A), so
     # log_prob is the fitted Gaussian density, to the ODE's tolerance.
@@ -204,3 +223,26 @@ def test_bridges_sample_by_the_probability_flow_too() -> None:
     se = torch.tensor([1.5, 0.7], dtype=torch.float64) / math.sqrt(5000)
     assert bool(((y.mean(0) - model.moments.mean1).abs() < 4 * se + 1e-3).all())
     assert bool(((y.std(0) - model.moments.cov1.diagonal().sqrt()).abs() < 4 * se + 1e-2).all())
+
+
+@pytest.mark.parametrize("make", [lambda: DSBM(2, cond={"kind": "label", "classes": 4}, hidden=64, iterations=2,
+                                               sim_steps=30, seed=0),
+                                  lambda: DSB(2, cond={"kind": "label", "classes": 4}, hidden=64, iterations=2,
+                                              n_steps=20, cache_refresh=100, seed=0)])
+def test_conditional_bridges_put_each_label_on_its_mode(make) -> None:
+    # The labelled four-mode mixture of the SGM test, bridged to N(0, I): at least 95 % of the points sampled (SDE)
+    # and transported back (ODE) for a label fall nearest its own mode.
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[2.0, 2.0], [-2.0, 2.0], [-2.0, -2.0], [2.0, -2.0]])
+    labels = torch.randint(4, (4000,), generator=g)
+    x = centres[labels] + 0.15 * torch.randn(4000, 2, generator=g)
+    model = make().fit(x, cond=labels, steps=2000, batch_size=256, lr=2e-3, quiet=True)
+    for k in range(4):
+        for ode in (False, True):
+            s = model.sample(200, steps=20, ode=ode, cond=k)
+            nearest = torch.cdist(s, centres).argmin(1)
+            assert float((nearest == k).float().mean()) >= 0.95, (k, ode)
+    with pytest.raises(ConfigError, match="conditional"):
+        model.sample(10)
+    with pytest.raises(ConfigError, match="two data sets"):
+        make().fit(x, prior=x, cond=labels, steps=2, quiet=True)

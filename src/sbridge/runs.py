@@ -6,6 +6,8 @@ A run directory holds ``config.json`` (solver, training and data settings), ``mo
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -193,10 +195,14 @@ def _reference_and_floor(spec: dict[str, Any], n: int) -> tuple[torch.Tensor, to
 
 
 def _generate(solver: Solver, run_dir: Path, n: int, steps: int | None, ode: bool, method: str, seed: int | None,
-              return_path: bool = False) -> torch.Tensor:
+              return_path: bool = False, grid: str = "uniform") -> torch.Tensor:
     """Model samples of the data end (generative runs) or of the second data set: fresh points of the first data
     set transported forward (bridges between two data sets)."""
-    kwargs = {"steps": steps} if steps is not None else {}
+    kwargs: dict[str, Any] = {"steps": steps} if steps is not None else {}
+    if grid != "uniform":
+        if "grid" not in inspect.signature(solver.sample).parameters:
+            raise ConfigError(f"{solver.method} samples on its own time grid; drop --grid {grid}.")
+        kwargs["grid"] = grid
     prior = prior_spec(run_dir)
     if prior is None:
         return solver.sample(n, ode=ode, method=method, seed=seed, return_path=return_path, **kwargs)
@@ -205,27 +211,35 @@ def _generate(solver: Solver, run_dir: Path, n: int, steps: int | None, ode: boo
 
 
 def sample(run_dir: str | Path, n: int, *, steps: int | None = None, ode: bool = False, method: str = "heun",
-           seed: int | None = None, device: str = "auto", return_path: bool = False) -> tuple[torch.Tensor, int]:
+           grid: str = "uniform", seed: int | None = None, device: str = "auto",
+           return_path: bool = False) -> tuple[torch.Tensor, int]:
     """Load a run and draw ``n`` samples (see :func:`_generate`); returns ``(samples, nfe)``."""
     path = io.require_run_dir(run_dir)
     solver = load(path, device=device)
-    x = _generate(solver, path, n, steps, ode, method, seed, return_path)
+    x = _generate(solver, path, n, steps, ode, method, seed, return_path, grid)
     return x.cpu(), int(solver.last_nfe or 0)
 
 
 def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int | None = None, ode: bool = False,
-             method: str = "heun", seed: int | None = None, device: str = "auto",
-             metric_names: list[str] | None = None) -> dict[str, Any]:
+             method: str = "heun", grid: str = "uniform", seed: int | None = None, device: str = "auto",
+             metric_names: list[str] | None = None, nll: bool = False, nll_n: int = 1_000,
+             dequantize: int | None = None) -> dict[str, Any]:
     """Score ``n`` model samples against fresh data, each metric beside its noise floor.
 
     For a bridge between two data sets the samples are fresh points of the first set transported forward, scored
     against fresh points of the second; the result also holds the mean squared displacement of the transport
     beside that of a random pairing (an optimal-transport-like bridge moves points much less).
+
+    ``nll=True`` adds the exact negative log-likelihood of ``nll_n`` fresh data points
+    (:func:`negative_log_likelihood`).
     """
     path = io.require_run_dir(run_dir)
     prior = prior_spec(path)
     target = prior if prior is not None else data_spec(path)
-    samples, nfe = sample(path, n, steps=steps, ode=ode, method=method, seed=seed, device=device)
+    if nll and prior is not None:
+        raise ConfigError("--nll needs a generative run (data to noise); a bridge between two data sets has no "
+                          "likelihood of its own.")
+    samples, nfe = sample(path, n, steps=steps, ode=ode, method=method, grid=grid, seed=seed, device=device)
     reference, floor = _reference_and_floor(target, n)
     samples = samples[: reference.shape[0]]
     result = {"run": str(path), "data": target["name"], "n": int(samples.shape[0]), "steps": steps, "ode": ode,
@@ -237,7 +251,32 @@ def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int | None = None, o
         result["source"] = data_spec(path)["name"]
         result["displacement"] = {"transport": float(((samples - source) ** 2).sum(1).mean()),
                                   "random_pairing": float(((reference[: source.shape[0]] - source) ** 2).sum(1).mean())}
+    if nll:
+        points, _ = _reference_and_floor(target, check_positive_int(nll_n, "nll_n"))
+        result["nll"] = negative_log_likelihood(load(path, device=device), points, dequantize=dequantize)
     return result
+
+
+def negative_log_likelihood(solver: Solver, x: torch.Tensor, *, dequantize: int | None = None,
+                            seed: int = 0) -> dict[str, Any]:
+    """Exact NLL of the points ``x`` under ``solver.log_prob`` (probability-flow ODE, dopri5 at 1e-5): the mean in
+    nats per dimension with its standard error over points, and in bits per dimension. With ``dequantize = K`` the
+    points are images in ``[0, 1]`` with ``K`` levels: they are uniformly dequantised first and bits/dim is the
+    discrete value (:func:`sbridge.likelihood.nats_to_bits_per_dim`)."""
+    from sbridge.likelihood import nats_to_bits_per_dim, uniform_dequantize
+
+    if not has_likelihood(solver):
+        raise ConfigError(f"{solver.method} has no likelihood; drop --nll.")
+    x = x.to(solver.device)
+    if dequantize is not None:
+        x = uniform_dequantize(x, dequantize, generator=torch.Generator(device=x.device).manual_seed(seed))
+    logp = solver.log_prob(x, seed=seed).double().cpu()
+    d = solver.dim
+    nats = -logp / d
+    return {"n": int(x.shape[0]), "nats_per_dim": float(nats.mean()),
+            "se": float(nats.std() / math.sqrt(max(nats.shape[0] - 1, 1))),
+            "bits_per_dim": float(nats_to_bits_per_dim(logp, d, dequantization_levels=dequantize).mean()),
+            "dequantized": dequantize, "nfe": int(solver.last_nfe or 0)}
 
 
 def plot(run_dir: str | Path, *, n: int = 4_000, steps: int | None = None, ode: bool = False,

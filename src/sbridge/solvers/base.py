@@ -156,6 +156,19 @@ class Solver:
                               "cond={'kind': 'label', 'classes': K} or {'kind': 'vector', 'dim': k}.")
         return as_condition(cond, n, self.cond_spec).to(self.device)
 
+    def _sampling_condition(self, cond: Any, n: int) -> torch.Tensor | None:
+        """Conditions for ``n`` samples: ``None`` for an unconditional model, "no condition" rows when ``cond`` is
+        omitted, one condition repeated for all, or one per sample."""
+        if self.cond_spec is None and cond is None:
+            return None
+        if cond is None:
+            label = self.cond_spec["kind"] == "label"
+            return torch.full((n,) if label else (n, self.cond_spec["dim"]), -1 if label else float("nan"),
+                              device=self.device)
+        c = torch.as_tensor(cond)
+        single = c.ndim == 0 or (self.cond_spec is not None and self.cond_spec["kind"] == "vector" and c.ndim == 1)
+        return self._condition(c.unsqueeze(0).expand(n, *c.shape) if single else c, n)
+
     # ---- training ----------------------------------------------------------------------------------------------
     def fit(self, x: Any, prior: Any = None, *, cond: Any = None, out: str | Path | None = None,
             resume: bool = False, callbacks: tuple[Callback, ...] = (), evaluate: Any = None,

@@ -84,12 +84,11 @@ class BridgeSolver(Solver):
                  iterations: int | None = None, hidden: int | None = None, depth: int | None = None,
                  time_dim: int | None = None, net: Any = None, cond: dict[str, Any] | None = None, seed: int = 0,
                  device: str | torch.device = "auto") -> None:
-        if cond is not None:
-            raise ConfigError(f"{type(self).__name__} does not take conditions yet; build it without cond.")
         self.sigma = check_positive_float(sigma, "sigma")
         self.set_option("iterations", self.default_iterations if iterations is None else iterations)
         self.generative = True  # set by fit: False once fitted between two data sets
-        super().__init__(dim, shape=shape, net=_mlp_shorthand(net, hidden, depth, time_dim), seed=seed, device=device)
+        super().__init__(dim, shape=shape, cond=cond, net=_mlp_shorthand(net, hidden, depth, time_dim), seed=seed,
+                         device=device)
 
     def set_option(self, key: str, value: Any) -> None:
         if key == "iterations":
@@ -111,32 +110,35 @@ class BridgeSolver(Solver):
         return Brownian(self.sigma, T=1.0, prior="marginal")
 
     # ---- drifts ------------------------------------------------------------------------------------------------
-    def forward_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
+    def forward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Drift of the forward SDE ``dX = f(X, t) dt + sigma dW`` (x0 -> x1)."""
-        return self.ema_models["fwd"](x, t)
+        return self.ema_models["fwd"](x, t, cond)
 
-    def backward_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
+    def backward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Drift ``b(x, t)`` of the backward SDE in reverse time: ``Y_{s+ds} = Y_s + b(Y_s, 1 - s) ds + sigma dB``."""
-        return self.ema_models["bwd"](x, t)
+        return self.ema_models["bwd"](x, t, cond)
 
-    def velocity(self, x: torch.Tensor, t: float) -> torch.Tensor:
+    def velocity(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Probability-flow velocity ``(f - b) / 2``: Nelson's ``f + b = sigma^2 grad log p_t`` in
         ``f - sigma^2 grad log p_t / 2`` (math.md §1.1)."""
-        return 0.5 * (self.forward_drift(x, t) - self.backward_drift(x, t))
+        return 0.5 * (self.forward_drift(x, t, cond) - self.backward_drift(x, t, cond))
 
     # ---- inputs ------------------------------------------------------------------------------------------------
     def _prepare(self, x: Any, prior: Any, cond: Any) -> FitData:
-        if cond is not None:
-            raise ConfigError(f"{type(self).__name__} does not take conditions yet; fit it without cond.")
         x0 = self._data(x)
+        c = self._condition(cond, x0.shape[0])
         if prior is None:
             self.generative = True
             gen = make_generator(self.seed + PRIOR_STREAM, self.device)
             x1 = torch.randn(x0.shape, generator=gen, device=self.device)
         else:
+            if c is not None:
+                raise ConfigError("conditional bridges between two data sets are not supported yet (the second set "
+                                  "would need its own conditions); fit a conditional bridge from data to noise "
+                                  "(prior=None) or drop cond.")
             self.generative = False
             x1 = self._data(prior, "prior data")
-        return FitData(x0, x1)
+        return FitData(x0, x1, cond=c)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "generative": self.generative}
@@ -150,25 +152,33 @@ class BridgeSolver(Solver):
     # ---- transport and sampling --------------------------------------------------------------------------------
     @torch.no_grad()
     def transport(self, x: Any, *, steps: int | None = None, reverse: bool = False, ode: bool = False,
-                  method: str = "heun", return_path: bool = False, seed: int | None = None) -> torch.Tensor:
+                  method: str = "heun", cond: Any = None, return_path: bool = False,
+                  seed: int | None = None) -> torch.Tensor:
         """Push samples of one end to the other: ``x0 -> x1`` forward, or ``x1 -> x0`` with ``reverse=True``, by
         Euler–Maruyama (``steps`` steps, 100 by default, noise kept at every step) or, with ``ode=True``, the
-        probability-flow ODE (``method``: euler, heun or an adaptive torchdiffeq solver). Returns
-        ``(n, *event_shape)`` or the path ``(steps + 1, n, ...)``; ``self.last_nfe`` holds the network evaluations."""
+        probability-flow ODE (``method``: euler, heun or an adaptive torchdiffeq solver). ``cond``: the condition of
+        each point (or one for all) for a conditional bridge. Returns ``(n, *event_shape)`` or the path
+        ``(steps + 1, n, ...)``; ``self.last_nfe`` holds the network evaluations."""
         x = self._data(x, "points to transport")
+        c = self._bridge_condition(cond, x.shape[0])
         gen = make_generator(self.seed + TRANSPORT_STREAM if seed is None else seed, self.device)
         self.ema_models.eval()
         times = self._grid(steps, reverse)
         if ode:
             check_choice(method, ODE_METHODS, "ODE method")
-            out, nfe = integrate_ode(self.velocity, x, times, method=method, return_path=return_path)
+            out, nfe = integrate_ode(lambda y, t: self.velocity(y, t, c), x, times, method=method,
+                                     return_path=return_path)
             self.last_nfe = 2 * nfe
             return out
-        drift = (lambda y, t: -self.backward_drift(y, t)) if reverse else self.forward_drift
+        drift = (lambda y, t: -self.backward_drift(y, t, c)) if reverse else (lambda y, t: self.forward_drift(y, t, c))
         out, nfe = euler_maruyama(drift, lambda t: self.sigma, x, times, generator=gen, return_path=return_path,
                                   noise_last_step=True)
         self.last_nfe = nfe
         return out
+
+    def _bridge_condition(self, cond: Any, n: int) -> torch.Tensor | None:
+        """Conditions for ``n`` points; a conditional bridge has no "no condition" mode, so ``cond`` is required."""
+        return self._condition(None, n) if cond is None else self._sampling_condition(cond, n)
 
     def _grid(self, steps: int | None, reverse: bool) -> list[float]:
         """Times of the integration grid: ``steps`` (default 100) uniform steps from 0 to 1 (or 1 to 0)."""
@@ -182,17 +192,18 @@ class BridgeSolver(Solver):
 
     @torch.no_grad()
     def sample(self, n: int, *, steps: int | None = None, ode: bool = False, method: str = "heun",
-               return_path: bool = False, seed: int | None = None) -> torch.Tensor:
-        """Draw ``n`` points of the data end: the ``N(0, I)`` prior transported backward (generative bridges)."""
+               cond: Any = None, return_path: bool = False, seed: int | None = None) -> torch.Tensor:
+        """Draw ``n`` points of the data end: the ``N(0, I)`` prior transported backward (generative bridges);
+        ``cond``: one condition per sample, or one for all, for a conditional bridge."""
         self._require_generative()
         gen = make_generator(self.seed + SAMPLE_STREAM if seed is None else seed, self.device)
         z = torch.randn((check_positive_int(n, "n"), *self.event_shape), generator=gen, device=self.device)
         # the transport noise needs its own stream: reusing ``seed`` would make its first increment equal ``z``
         noise_seed = None if seed is None else seed + 1
-        return self.transport(z, steps=steps, reverse=True, ode=ode, method=method, return_path=return_path,
-                              seed=noise_seed)
+        return self.transport(z, steps=steps, reverse=True, ode=ode, method=method, cond=cond,
+                              return_path=return_path, seed=noise_seed)
 
-    def log_prob(self, x: Any, *, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+    def log_prob(self, x: Any, *, cond: Any = None, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                  divergence: str = "auto", seed: int = 0) -> torch.Tensor:
         """Exact log-likelihood (nats) of data points under the bridge's probability-flow ODE, integrated from 0 to
         1 against the ``N(0, I)`` prior (generative bridges); shape ``(n,)``."""
@@ -201,20 +212,23 @@ class BridgeSolver(Solver):
 
         self._require_generative()
         x = self._data(x, "points")
+        c = self._bridge_condition(cond, x.shape[0])
         self.ema_models.eval()
         unit = DiagonalCovariance(torch.ones((), device=self.device))
-        logp, self.last_nfe = log_prob_ode(self.velocity, x, t0=0.0, t1=1.0, prior_log_prob=unit.log_prob,
-                                           method=method, rtol=rtol, atol=atol, divergence=divergence, seed=seed,
-                                           return_nfe=True)
+        logp, self.last_nfe = log_prob_ode(lambda y, t: self.velocity(y, t, c), x, t0=0.0, t1=1.0,
+                                           prior_log_prob=unit.log_prob, method=method, rtol=rtol, atol=atol,
+                                           divergence=divergence, seed=seed, return_nfe=True)
         return logp
 
     # ---- monitoring --------------------------------------------------------------------------------------------
-    def _monitor(self, iteration: int, x0: torch.Tensor, x1: torch.Tensor, steps: int) -> dict[str, Any]:
+    def _monitor(self, iteration: int, data: FitData, steps: int) -> dict[str, Any]:
         """Energy distance of each transported end to its target on ``monitor_n`` points (math.md §D.5: IPF's
         marginal errors should shrink with the iterations)."""
+        x0, x1 = data.x0, data.x1
         n = min(self.monitor_n, x0.shape[0], x1.shape[0])
-        to_x1 = self.transport(x0[:n], steps=steps, seed=stream_seed(self.seed, MONITOR_STREAM, iteration, 0))
-        to_x0 = self.transport(x1[:n], steps=steps, reverse=True,
+        c = None if data.cond is None else data.cond[:n]
+        to_x1 = self.transport(x0[:n], steps=steps, cond=c, seed=stream_seed(self.seed, MONITOR_STREAM, iteration, 0))
+        to_x0 = self.transport(x1[:n], steps=steps, reverse=True, cond=c,
                                seed=stream_seed(self.seed, MONITOR_STREAM, iteration, 1))
         return {"iteration": iteration,
                 "energy_x1": metrics.energy_distance(to_x1.flatten(1).cpu(), x1[-n:].flatten(1).cpu()),

@@ -49,7 +49,8 @@ def symmetric_schedule(n_steps: int, ratio: float = 10.0) -> torch.Tensor:
 
 class MeanMatching:
     """Mean-matching loss of one IPF half-step (DSB Prop. 3) on cached transitions
-    ``batch = {"x", "t", "gamma", "target"}``: ``|| gamma (±f_ref(x) + net(x, t)) - target ||^2 / gamma``.
+    ``batch = {"x", "t", "gamma", "target"}`` (and ``"cond"``):
+    ``|| gamma (±f_ref(x) + net(x, t)) - target ||^2 / gamma``.
 
     ``direction="backward"`` fits ``B_{k+1}(X_{k+1}) - X_{k+1}`` (Eq. 12), ``"forward"`` fits ``F_k(X_k) - X_k``
     (Eq. 13); the network is a residual on the reference drift (``+f_ref`` forward, ``-f_ref`` backward), and the
@@ -64,7 +65,7 @@ class MeanMatching:
                  generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
         x, t, gamma, target = batch["x"], batch["t"], batch["gamma"], batch["target"]
         ref = self.reference.drift(x, t)
-        drift = (ref if self.direction == "forward" else -ref) + models[self.model](x, t)
+        drift = (ref if self.direction == "forward" else -ref) + models[self.model](x, t, batch.get("cond"))
         return (sum_event((expand_as_batch(gamma, x) * drift - target) ** 2) / gamma).mean(), {}
 
 
@@ -106,11 +107,11 @@ class DSB(BridgeSolver):
         return OU(self.sigma) if self.generative else super()._make_reference()
 
     # ---- drifts (residual on the reference) --------------------------------------------------------------------
-    def forward_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        return self.reference.drift(x, t) + self.ema_models["fwd"](x, t)
+    def forward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.reference.drift(x, t) + self.ema_models["fwd"](x, t, cond)
 
-    def backward_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        return -self.reference.drift(x, t) + self.ema_models["bwd"](x, t)
+    def backward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return -self.reference.drift(x, t) + self.ema_models["bwd"](x, t, cond)
 
     @torch.no_grad()
     def transport(self, x: Any, *, steps: int | None = None, **kwargs: Any) -> torch.Tensor:
@@ -129,50 +130,55 @@ class DSB(BridgeSolver):
         per_half = config.steps // (2 * self.iterations)
         if per_half < 1:
             raise ConfigError(f"steps ({config.steps}) must be at least 2 x iterations ({2 * self.iterations}).")
-        x0, x1 = data.x0, data.x1
         phases = []
         for n in range(self.iterations):
             for half, direction in enumerate(("backward", "forward")):
                 model = "bwd" if direction == "backward" else "fwd"
                 seed = stream_seed(self.seed, CACHE_STREAM, n, half)
                 # built lazily at its first batch, i.e. when the phase starts and the other direction is final
-                source = RefreshingSource(lambda gen, direction=direction: self._simulate_cache(direction, x0, x1, gen),
+                source = RefreshingSource(lambda gen, direction=direction: self._simulate_cache(direction, data, gen),
                                           self.cache_refresh, seed, self.device)
-                on_end = (lambda n=n: self._monitor(n + 1, x0, x1, self.n_steps)) if direction == "forward" else None
+                on_end = (lambda n=n: self._monitor(n + 1, data, self.n_steps)) if direction == "forward" else None
                 phases.append(Phase(f"ipf{n + 1}_{direction}", per_half, MeanMatching(self.reference, direction, model),
                                     source=source, train=(model,), on_end=on_end))
         return phases
 
     @torch.no_grad()
-    def _simulate_cache(self, direction: str, x0: torch.Tensor, x1: torch.Tensor,
-                        generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Trajectories of the *other* direction's EMA kernels and the mean-matching targets at each step."""
+    def _simulate_cache(self, direction: str, data: FitData, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Trajectories of the *other* direction's EMA kernels and the mean-matching targets at each step (with the
+        condition of each trajectory's data point, for conditional generative bridges)."""
+        x0, x1 = data.x0, data.x1
         device, m = x0.device, self.cache_size
         gammas = self.gammas.to(device=device, dtype=x0.dtype)
         xs, ts, gs, targets = [], [], [], []
         if direction == "backward":  # forward trajectories from the data, targets F_k(X_k) - F_k(X_{k+1})
-            start = x0[torch.randint(x0.shape[0], (m,), generator=generator, device=device)]
-            path, _ = euler_maruyama(self.forward_drift, lambda t: self.sigma, start, self.times, generator=generator,
-                                     return_path=True, noise_last_step=True)
+            idx = torch.randint(x0.shape[0], (m,), generator=generator, device=device)
+            start, c = x0[idx], None if data.cond is None else data.cond[idx]
+            path, _ = euler_maruyama(lambda y, t: self.forward_drift(y, t, c), lambda t: self.sigma, start, self.times,
+                                     generator=generator, return_path=True, noise_last_step=True)
             for k in range(self.n_steps):
                 g, tk = gammas[k], self.times[k]
-                fk, fk1 = self.forward_drift(path[k], tk), self.forward_drift(path[k + 1], tk)
+                fk, fk1 = self.forward_drift(path[k], tk, c), self.forward_drift(path[k + 1], tk, c)
                 targets.append(path[k] - path[k + 1] + g * (fk - fk1))
                 xs.append(path[k + 1])
                 ts.append(torch.full((m,), self.times[k + 1], device=device))
                 gs.append(torch.full((m,), float(g), device=device))
         else:  # backward trajectories from the prior end, targets B_{k+1}(X_{k+1}) - B_{k+1}(X_k)
-            start = x1[torch.randint(x1.shape[0], (m,), generator=generator, device=device)]
+            idx = torch.randint(x1.shape[0], (m,), generator=generator, device=device)
+            start, c = x1[idx], None if data.cond is None else data.cond[idx]
             if self.generative:
                 start = torch.randn(start.shape, generator=generator, device=device)
-            path, _ = euler_maruyama(lambda y, t: -self.backward_drift(y, t), lambda t: self.sigma, start,
+            path, _ = euler_maruyama(lambda y, t: -self.backward_drift(y, t, c), lambda t: self.sigma, start,
                                      self.times[::-1], generator=generator, return_path=True, noise_last_step=True)
             path = path.flip(0)  # index by grid position: path[k] is X_k
             for k in range(self.n_steps):
                 g, tk1 = gammas[k], self.times[k + 1]
-                bk1, bk = self.backward_drift(path[k + 1], tk1), self.backward_drift(path[k], tk1)
+                bk1, bk = self.backward_drift(path[k + 1], tk1, c), self.backward_drift(path[k], tk1, c)
                 targets.append(path[k + 1] - path[k] + g * (bk1 - bk))
                 xs.append(path[k])
                 ts.append(torch.full((m,), self.times[k], device=device))
                 gs.append(torch.full((m,), float(g), device=device))
-        return {"x": torch.cat(xs), "t": torch.cat(ts), "gamma": torch.cat(gs), "target": torch.cat(targets)}
+        cache = {"x": torch.cat(xs), "t": torch.cat(ts), "gamma": torch.cat(gs), "target": torch.cat(targets)}
+        if c is not None:
+            cache["cond"] = c.repeat(self.n_steps, *([1] * (c.ndim - 1)))
+        return cache

@@ -34,7 +34,8 @@ from sbridge.validation import check_choice, check_positive_int
 
 
 class BridgeMatching:
-    """Bridge-matching loss of one direction on pairs ``batch = {"x0", "x1"}`` (DSBM, Shi et al. 2023, Eq. 8–9).
+    """Bridge-matching loss of one direction on pairs ``batch = {"x0", "x1"}`` (and ``"cond"``; DSBM, Shi et al.
+    2023, Eq. 8–9).
 
     ``direction="forward"`` trains ``models[model]`` as the forward drift, ``"backward"`` as the reverse-time
     backward drift; ``reference`` draws the pinned bridge ``X_t`` between the pairs.
@@ -46,14 +47,14 @@ class BridgeMatching:
 
     def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
                  generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
-        a, b = batch["x0"], batch["x1"]
+        a, b, cond = batch["x0"], batch["x1"], batch.get("cond")
         t = torch.rand(a.shape[0], generator=generator, device=a.device)
         xt = self.reference.bridge_sample(a, b, t, generator)
         tb = expand_as_batch(t, a)
         if self.direction == "forward":
-            residual = xt + (1 - tb) * models[self.model](xt, t) - b
+            residual = xt + (1 - tb) * models[self.model](xt, t, cond) - b
         else:
-            residual = xt + tb * models[self.model](xt, t) - a
+            residual = xt + tb * models[self.model](xt, t, cond) - a
         return sum_event(residual**2).mean(), {}
 
 
@@ -84,31 +85,35 @@ class DSBM(BridgeSolver):
         per_iteration = config.steps // self.iterations
         if per_iteration < 1:
             raise ConfigError(f"steps ({config.steps}) must be at least iterations ({self.iterations}).")
-        x0, x1 = data.x0, data.x1
         phases = []
         for k in range(self.iterations):
             direction = "forward" if k % 2 == 0 else "backward"
             model = "fwd" if direction == "forward" else "bwd"
             phases.append(Phase(
                 f"{direction}_{k + 1}", per_iteration, BridgeMatching(self.reference, direction, model),
-                source=lambda k=k: TensorSource(**dict(zip(("x0", "x1"), self.coupling(k, x0, x1), strict=True))),
+                source=lambda k=k: TensorSource(**dict(zip(("x0", "x1"), self.coupling(k, data.x0, data.x1, data.cond),
+                                                           strict=True)), cond=data.cond),
                 train=(model,),
-                on_end=lambda k=k, direction=direction: {**self._monitor(k + 1, x0, x1, self.sim_steps),
+                on_end=lambda k=k, direction=direction: {**self._monitor(k + 1, data, self.sim_steps),
                                                          "trained": direction}))
         return phases
 
-    def coupling(self, k: int, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def coupling(self, k: int, x0: torch.Tensor, x1: torch.Tensor,
+                 cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The coupling phase ``k`` trains on: independent for ``k = 0``, else the pairs simulated by the direction
-        trained in phase ``k - 1`` (forward from the ``X0`` data when it was the forward one)."""
+        trained in phase ``k - 1`` (forward from the ``X0`` data when it was the forward one). ``cond`` (conditional
+        generative bridges) belongs to the ``X0`` rows and is kept with each pair."""
         seed = stream_seed(self.seed, COUPLING_STREAM, k)
         if k == 0:
             gen = make_generator(seed, self.device)
             return x0, x1[torch.randint(x1.shape[0], (x0.shape[0],), generator=gen, device=self.device)]
         if (k - 1) % 2 == 0:
-            return x0, self._chunked_transport(x0, reverse=False, seed=seed)
-        return self._chunked_transport(x1, reverse=True, seed=seed), x1
+            return x0, self._chunked_transport(x0, cond, reverse=False, seed=seed)
+        return self._chunked_transport(x1, cond, reverse=True, seed=seed), x1
 
-    def _chunked_transport(self, x: torch.Tensor, *, reverse: bool, seed: int, chunk: int = 8192) -> torch.Tensor:
-        parts = [self.transport(x[i:i + chunk], steps=self.sim_steps, reverse=reverse, seed=seed + i)
+    def _chunked_transport(self, x: torch.Tensor, cond: torch.Tensor | None, *, reverse: bool, seed: int,
+                           chunk: int = 8192) -> torch.Tensor:
+        parts = [self.transport(x[i:i + chunk], steps=self.sim_steps, reverse=reverse, seed=seed + i,
+                                cond=None if cond is None else cond[i:i + chunk])
                  for i in range(0, x.shape[0], chunk)]
         return torch.cat(parts)

@@ -39,6 +39,9 @@ class GaussianSB(BridgeSolver):
     def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, sigma: float = 1.0,
                  seed: int = 0, device: str | torch.device = "auto", net: Any = None,
                  cond: dict[str, Any] | None = None) -> None:
+        if cond is not None:
+            raise ConfigError("GaussianSB is one closed-form bridge between two Gaussian fits and takes no condition; "
+                              "fit one GaussianSB per condition, or use dsbm/dsb for a conditional bridge.")
         self._bridge: GaussianBridge | None = None
         super().__init__(dim, shape=shape, sigma=sigma, iterations=1, net=net, cond=cond, seed=seed, device=device)
         if len(self.event_shape) != 1:
@@ -94,10 +97,10 @@ class GaussianSB(BridgeSolver):
             self._bridge = GaussianBridge(m.mean0.cpu(), m.cov0.cpu(), m.mean1.cpu(), m.cov1.cpu(), sigma=self.sigma)
         return self._bridge
 
-    def forward_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
+    def forward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """``f(t, x) = (b - a) + S_t^T Sigma_t^{-1} (x - mu_t)`` (math.md §G.4)."""
         return self.bridge.drift(x.cpu().double(), t).to(x)
 
-    def backward_drift(self, x: torch.Tensor, t: float) -> torch.Tensor:
+    def backward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Reverse-time drift ``sigma^2 grad log p_t - f`` (math.md §1.1, §G.4)."""
         return self.bridge.backward_drift(x.cpu().double(), t).to(x)

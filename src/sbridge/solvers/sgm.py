@@ -15,7 +15,7 @@ from torch import nn
 from sbridge.device import make_generator
 from sbridge.losses import DenoisingScoreMatching
 from sbridge.processes import LinearSDE, make_process
-from sbridge.sampling import ODE_METHODS, euler_maruyama, integrate_ode, time_grid
+from sbridge.sampling import ODE_METHODS, euler_maruyama, integrate_ode, make_grid
 from sbridge.solvers.base import FitData, Solver
 from sbridge.training import Phase, TrainConfig
 from sbridge.validation import check_choice, check_positive_int, check_probability
@@ -92,11 +92,13 @@ class SGM(Solver):
 
     # ---- sampling ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, *, steps: int = 100, ode: bool = False, method: str = "heun", cond: Any = None,
-               guidance: float = 0.0, return_path: bool = False, seed: int | None = None,
+    def sample(self, n: int, *, steps: int = 100, ode: bool = False, method: str = "heun", grid: str = "uniform",
+               cond: Any = None, guidance: float = 0.0, return_path: bool = False, seed: int | None = None,
                x_T: torch.Tensor | None = None) -> torch.Tensor:
         """Draw ``n`` samples by integrating the reverse SDE (Euler–Maruyama) or, with ``ode=True``, the
-        probability-flow ODE (``method`` in euler/heun or a torchdiffeq adaptive solver) from ``T`` to ``t_min``.
+        probability-flow ODE (``method`` in euler/heun or a torchdiffeq adaptive solver) from ``T`` to ``t_min``,
+        on the time grid ``grid``: ``"uniform"``, ``"edm"`` (Karras et al. 2022, steps crowded at low noise) or
+        ``"logsnr"`` (uniform in log signal-to-noise ratio); see :func:`sbridge.sampling.make_grid`.
 
         ``cond``: one condition per sample (or a single one for all) for conditional models; ``guidance``: the
         classifier-free guidance weight. Returns ``(n, *event_shape)``, or the path ``(steps + 1, n, ...)`` with
@@ -108,7 +110,7 @@ class SGM(Solver):
         if x_T is None:
             x_T = self.process.prior_sample((n, *self.event_shape), generator=gen, device=self.device)
         self.ema_models.eval()
-        times = time_grid(self.process.T, self.process.t_min, steps)
+        times = make_grid(grid, self.process, steps)
         nets = 2 if guidance and c is not None else 1
         if ode:
             check_choice(method, ODE_METHODS, "ODE method")
@@ -120,19 +122,6 @@ class SGM(Solver):
                                       return_path=return_path)
         self.last_nfe = nfe * nets
         return out
-
-    def _sampling_condition(self, cond: Any, n: int) -> torch.Tensor | None:
-        """Conditions for ``n`` samples: ``None`` for an unconditional model, "no condition" rows when ``cond`` is
-        omitted, one condition repeated for all, or one per sample."""
-        if self.cond_spec is None and cond is None:
-            return None
-        if cond is None:
-            label = self.cond_spec["kind"] == "label"
-            return torch.full((n,) if label else (n, self.cond_spec["dim"]), -1 if label else float("nan"),
-                              device=self.device)
-        c = torch.as_tensor(cond)
-        single = c.ndim == 0 or (self.cond_spec is not None and self.cond_spec["kind"] == "vector" and c.ndim == 1)
-        return self._condition(c.unsqueeze(0).expand(n, *c.shape) if single else c, n)
 
     def log_prob(self, x: Any, *, cond: Any = None, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                  divergence: str = "auto", seed: int = 0) -> torch.Tensor:
