@@ -33,13 +33,16 @@ from sbridge.gaussian import GaussianBridge
 
 RESULTS = Path(__file__).parent / "results"
 SIGMA = 1.0
+#: Seed of every learned solver (``--solver-seed``): rerunning with another seed measures the seed-to-seed spread.
+SOLVER_SEED = 0
 
 
 def _net(dim: int) -> dict[str, int]:
     return {"hidden": 128 if dim <= 5 else 256, "depth": 3}
 
 
-def make_solver(method: str, dim: int, sigma: float, seed: int = 0) -> sbridge.BridgeSolver:
+def make_solver(method: str, dim: int, sigma: float, seed: int | None = None) -> sbridge.BridgeSolver:
+    seed = SOLVER_SEED if seed is None else seed
     if method == "gaussian_sb":
         return sbridge.GaussianSB(dim, sigma=sigma, seed=seed, device="cpu")
     cls = {"dsb": sbridge.DSB, "dsbm": sbridge.DSBM}[method]
@@ -189,6 +192,9 @@ def main() -> None:
     parser.add_argument("--methods", default="gaussian_sb,dsbm,dsb")
     parser.add_argument("--dsbm-steps", type=int, default=8000)
     parser.add_argument("--dsb-steps", type=int, default=12000)
+    parser.add_argument("--eot-dims", default="2,16")
+    parser.add_argument("--solver-seed", type=int, default=0,
+                        help="seed of the learned solvers; results go to bridges_seedN.* when it is not 0")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the script runs")
     parser.add_argument("--render", metavar="JSON", help="only rewrite the markdown table of a results file")
     args = parser.parse_args()
@@ -196,6 +202,8 @@ def main() -> None:
         result = json.loads(Path(args.render).read_text())
         Path(args.render).with_suffix(".md").write_text(markdown(result))
         return
+    global SOLVER_SEED
+    SOLVER_SEED = args.solver_seed
     budget = {"dsbm_iterations": 4, "dsbm_steps": args.dsbm_steps, "dsb_iterations": 6, "dsb_steps": args.dsb_steps}
     if args.quick:
         budget = {"dsbm_iterations": 2, "dsbm_steps": 40, "dsb_iterations": 1, "dsb_steps": 40}
@@ -204,19 +212,19 @@ def main() -> None:
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "command": "python benchmarks/bench_bridges.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "quick") + (
-            " --quick" if args.quick else ""),
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+            if k != "quick" and v is not None) + (" --quick" if args.quick else ""),
         "budget": budget,
     }
     if "gaussian" in parts:
         result["gaussian"] = gaussian_part([int(d) for d in args.dims.split(",")], methods, budget, n_eval)
     if "eot" in parts:
-        result["eot"] = eot_part([2, 16], [0.1, 1.0, 10.0], methods, budget, n_inputs=100 if args.quick else 500,
-                                 per_input=100 if args.quick else 500)
+        result["eot"] = eot_part([int(d) for d in args.eot_dims.split(",")], [0.1, 1.0, 10.0], methods, budget,
+                                 n_inputs=100 if args.quick else 500, per_input=100 if args.quick else 500)
     if "toy" in parts:
         result["toy"] = toy_part(methods, budget, n_eval)
     RESULTS.mkdir(exist_ok=True)
-    name = "bridges_quick" if args.quick else "bridges"
+    name = ("bridges_quick" if args.quick else "bridges") + (f"_seed{SOLVER_SEED}" if SOLVER_SEED else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
