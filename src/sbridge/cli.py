@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,18 @@ def _load_yaml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path!r} does not exist; pass the path of a YAML file.")
     try:
         cfg = yaml.safe_load(p.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path!r} is not a text file; pass a YAML file of option: value "
+                          "lines.") from None
     except yaml.YAMLError as exc:
         first_line = str(exc).splitlines()[0]
         raise ConfigError(f"config file {path!r} is not valid YAML ({first_line}); fix its syntax.") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping of option: value, not {type(cfg).__name__}.")
+    bad = [k for k in cfg if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"config file {path!r} has a key {bad[0]!r} that is not a name; option names are words "
+                          "such as steps or batch_size.")
     return {k.replace("-", "_"): v for k, v in cfg.items()}
 
 
@@ -68,6 +76,7 @@ TRAIN_HELP = {
     "n_data": "points drawn from a toy data set",
     "out": "run directory",
     "eval_every": "evaluate the EMA model every this many steps (0: never)",
+    "loss_growth": "when the loss grows 1000-fold over its lowest value: warn, stop or ignore",
 }
 
 
@@ -81,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = RunSpec()
     t.add_argument("--config", help="YAML file of options (keys as below, with underscores); flags override it")
     for f in fields(RunSpec):
-        if f.name in ("quiet", "resume", "solver", "prior"):
+        if f.name in ("quiet", "resume", "overwrite", "solver", "prior"):
             continue
         kind = type(getattr(defaults, f.name))
         t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=TRAIN_HELP.get(f.name, "")
@@ -95,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a solver option, e.g. --set cond_drop=0.1 or --set 'process={name: ve, sigma_max: 20}' "
                         "(the value is read as YAML; repeat for several)")
     t.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
-    t.add_argument("--resume", action="store_true", default=None, help="continue the run found in --out")
+    t.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run found in --out (same settings; only --steps and logging may change)")
+    t.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the run found in --out (without it a folder holding a run is refused)")
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     _add_sampling_args(s, 10_000)
@@ -125,7 +137,11 @@ def _train_spec(args: argparse.Namespace):
     from sbridge.runs import RunSpec
 
     cfg = _load_yaml(args.config) if args.config else {}
-    solver = dict(cfg.pop("solver", {}) or {})
+    solver = cfg.pop("solver", None) or {}
+    if not isinstance(solver, dict):
+        raise ConfigError(f"'solver' in the config file must be a mapping of solver options (e.g. solver: {{sigma: "
+                          f"0.5}}), got {solver!r}.")
+    solver = dict(solver)
     for key in ("process", "hidden", "depth", "sigma"):
         if key in cfg:
             solver[key] = cfg.pop(key)
@@ -149,8 +165,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = _train_spec(args)
     solver = runs.train(spec)
     target = f" -> {spec.prior}" if spec.prior else ""
-    loss = getattr(solver, "last_loss", None)
-    how = f"for {spec.steps} steps (final loss {loss:.4g})" if loss is not None else "from moments (closed form)"
+    done, loss = solver.steps_done, solver.last_loss
+    if done is None:
+        how = "in closed form (no training steps)"
+    else:
+        how = f"for {done} steps" + (f" (final loss {loss:.4g})" if loss is not None and loss == loss else "")
     print(f"trained {spec.method} on {spec.data}{target} {how}; run written to {spec.out}")
     return 0
 
@@ -160,11 +179,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from sbridge import runs
 
+    out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
+    if out.suffix.lower() != ".npy":
+        raise ConfigError(f"--out {str(out)!r} must name a .npy file (samples are saved with numpy.save); e.g. "
+                          f"--out {out.with_suffix('.npy')}.")
     x, nfe = runs.sample(args.run, args.n, steps=args.steps, ode=args.ode, method=args.ode_method, grid=args.grid,
                          seed=args.seed, device=args.device)
-    out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, x.numpy())
+    from sbridge import io
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object, so numpy does not append a second .npy
+            np.save(fh, x.numpy())
+
+    io.atomic_write(out, write)
     print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} to {out} ({nfe} network evaluations)")
     return 0
 
@@ -243,12 +271,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "plot": cmd_plot, "demo": cmd_demo}
 
 
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: Any = None) -> None:
+    """Print sbridge's own warnings as one line (others keep Python's format)."""
+    from sbridge.errors import SBridgeWarning
+
+    if issubclass(category, SBridgeWarning):
+        print(f"sbridge: warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
     except SBridgeError as exc:
         print(f"sbridge: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused (a folder that cannot be written, a full disk, ...)
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"sbridge: error: the file system refused{where} ({exc.strerror or exc}); choose a path you can write "
+              "to, or free some space.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sbridge: interrupted; the last checkpoint is kept, continue with --resume.", file=sys.stderr)

@@ -30,3 +30,11 @@ class TrainingDivergedError(SBridgeError):
 
 class NotPositiveDefiniteError(SBridgeError):
     """A covariance built from (possibly learned) process coefficients is not positive definite."""
+
+
+class SBridgeWarning(UserWarning):
+    """Something the user should know about a run that did not stop it; the CLI prints it as one line."""
+
+
+class LossGrowthWarning(SBridgeWarning):
+    """The training loss grew by orders of magnitude over its lowest value: the run is probably diverging."""

@@ -19,7 +19,7 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: str | Path, write: Any) -> None:
     """Write through ``write(tmp_path)`` to a temporary file in the same folder, fsync it, then rename over ``path``.
 
     A crash leaves either the old file or the new one, never a torn one.
@@ -41,26 +41,80 @@ def _atomic_write(path: Path, write: Any) -> None:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file written by sbridge; a damaged or unreadable file raises :class:`RunDirError` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+        raise RunDirError(f"{str(path)!r} could not be read ({reason}); restore it from a backup or retrain the run "
+                          "into a new --out folder.") from None
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """``config.json`` of a run, checked to be a mapping whose ``solver`` names a method and a sample shape."""
+    path = Path(run_dir) / CONFIG_FILE
+    cfg = read_json(path)
+    fix = "restore it from a backup or retrain the run into a new --out folder."
+    if not isinstance(cfg, dict):
+        raise RunDirError(f"{str(path)!r} holds a JSON {type(cfg).__name__}, not the mapping sbridge writes; {fix}")
+    solver = cfg.get("solver")
+    if solver is not None and not (isinstance(solver, dict) and isinstance(solver.get("method"), str)
+                                   and ("shape" in solver or "dim" in solver)):
+        raise RunDirError(f"{str(path)!r} has no valid 'solver' entry (method and sample shape); {fix}")
+    return cfg
 
 
 def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
     """Save tensors (moved to CPU, made contiguous) with JSON-encoded ``meta`` in the safetensors header, atomically."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     metadata = {"sbridge": json.dumps(meta or {})}
-    _atomic_write(Path(path), lambda tmp: save_file(cpu, tmp, metadata=metadata))
+    atomic_write(Path(path), lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
 def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load tensors and the JSON metadata saved by :func:`write_tensors` (CPU tensors)."""
+    """Load tensors and the JSON metadata saved by :func:`write_tensors` (CPU tensors). A file that is not a
+    complete safetensors file (truncated, random bytes, a pickle or ``torch.save`` file) raises
+    :class:`RunDirError` naming it; nothing in the file is ever executed."""
     path = str(path)
-    with safe_open(path, framework="pt") as fh:
-        meta = json.loads((fh.metadata() or {}).get("sbridge", "{}"))
-    return load_file(path), meta
+    try:
+        with safe_open(path, framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("sbridge", "{}"))
+        tensors = load_file(path)
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError / ValueError / JSON errors
+        damaged = "truncated, damaged or not a safetensors file"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else damaged
+        raise RunDirError(f"{path!r} could not be read ({reason}); delete it and retrain (or resume from the "
+                          "checkpoint if only the weights file is damaged).") from None
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{path!r} has metadata that sbridge did not write; delete it and retrain.")
+    return tensors, meta
+
+
+def check_layout(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: str | Path,
+                 prefixes: tuple[str, ...] = ("model", "ema")) -> None:
+    """Raise :class:`RunDirError` with the first difference between the tensors a model expects and those a file
+    holds, over the keys under ``prefixes`` (instead of PyTorch's many-line state-dict report)."""
+    keep = tuple(p + "." for p in prefixes)
+    want = {k: tuple(v.shape) for k, v in expected.items() if k.startswith(keep)}
+    have = {k: tuple(v.shape) for k, v in found.items() if k.startswith(keep)}
+    fix = "load it with the options it was trained with, or retrain into a new --out folder."
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise RunDirError(f"{str(path)!r} does not fit this model: it lacks tensor {missing[0]!r}{more} (written by "
+                          f"another method or network?); {fix}")
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        raise RunDirError(f"{str(path)!r} does not fit this model: it has an unexpected tensor {extra[0]!r}{more} "
+                          f"(written by another method or network?); {fix}")
+    for key in sorted(want):
+        if want[key] != have[key]:
+            raise RunDirError(f"{str(path)!r} does not fit this model: tensor {key!r} has shape {list(have[key])} in "
+                              f"the file but {list(want[key])} in the model built from config.json; {fix}")
 
 
 def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -91,14 +145,24 @@ def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines log; a line that does not parse to a mapping (the torn last line of a killed
+    process, or damage) is skipped, so a log never stops a plot or a resume."""
     p = Path(path)
     if not p.is_file():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in p.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def truncate_jsonl(path: str | Path, max_step: int, key: str = "step") -> None:
     """Drop rows whose ``key`` exceeds ``max_step`` (logged after the checkpoint a resumed run restarts from)."""
     rows = [r for r in read_jsonl(path) if r.get(key, 0) <= max_step]
     text = "".join(json.dumps(r) + "\n" for r in rows)
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ import torch
 
 from sbridge import io, metrics
 from sbridge.data import toy
+from sbridge.device import resolve_device
 from sbridge.errors import ConfigError, DataError, RunDirError
 from sbridge.solvers.base import SOLVERS, Solver, load
-from sbridge.validation import as_data_tensor, check_choice, check_positive_int
+from sbridge.training import TrainConfig
+from sbridge.validation import as_data_tensor, check_choice, check_positive_int, check_seed
 
 #: Offsets added to the training seed for the evaluation reference and noise-floor samples, so that neither
 #: overlaps the training data.
@@ -47,18 +50,41 @@ class RunSpec:
     checkpoint_every: int = 1_000
     eval_every: int = 0
     eval_n: int = 2_000
+    loss_growth: str = "warn"
     quiet: bool = False
     resume: bool = False
+    overwrite: bool = False
     solver: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        """Build and validate a spec: every value is checked (type and range) before any work is done, so a bad
+        option never leaves a half-made run folder behind."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"the configuration must be a mapping of option: value, got {type(d).__name__}.")
+        bad_keys = [k for k in d if not isinstance(k, str)]
+        if bad_keys:
+            raise ConfigError(f"option name {bad_keys[0]!r} is not a name; options are words such as steps.")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown} in the configuration; valid keys are {sorted(known)}.")
+        for key, value in d.items():
+            _check_type(key, value, _FIELD_TYPES[key])
         spec = cls(**d)
         check_choice(spec.method, tuple(SOLVERS), "method")
+        check_seed(spec.seed)
+        check_positive_int(spec.eval_n, "eval_n")
+        if spec.resume and spec.overwrite:
+            raise ConfigError("--resume continues a run and --overwrite replaces it; pass only one of them.")
+        resolve_device(spec.device)
+        TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, lr_schedule=spec.lr_schedule,
+                    ema_decay=spec.ema_decay, grad_clip=spec.grad_clip, checkpoint_every=spec.checkpoint_every,
+                    eval_every=spec.eval_every, loss_growth=spec.loss_growth)  # validates the training options
+        bad_solver_keys = [k for k in spec.solver if not isinstance(k, str)]
+        if bad_solver_keys:
+            raise ConfigError(f"solver option name {bad_solver_keys[0]!r} is not a name; solver options are words "
+                              "such as sigma.")
         for name in (spec.data, spec.prior):
             if name is not None and not is_data_file(name):
                 check_choice(name, toy.DATASETS, "dataset")
@@ -75,25 +101,65 @@ class RunSpec:
         return spec
 
 
+#: The accepted value types of each RunSpec field (YAML and --set give untyped values: check them first).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "method": (str,), "data": (str,), "prior": (str, type(None)), "iterations": (int,), "n_data": (int,),
+    "steps": (int,), "seed": (int,), "out": (str,), "device": (str,), "batch_size": (int,), "lr": (int, float),
+    "lr_schedule": (str,), "ema_decay": (int, float), "grad_clip": (int, float), "checkpoint_every": (int,),
+    "eval_every": (int,), "eval_n": (int,), "loss_growth": (str,), "quiet": (bool,), "resume": (bool,),
+    "overwrite": (bool,), "solver": (dict,),
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a mapping",
+               type(None): "empty"}
+
+
+def _check_type(key: str, value: Any, types: tuple[type, ...]) -> None:
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        wanted = " or ".join(_TYPE_NAMES[t] for t in types if not (t is int and float in types))
+        raise ConfigError(f"option {key} must be {wanted}, got {value!r}.")
+
+
 DATA_FILE_SUFFIXES = (".npy", ".csv", ".txt")
 
 
 def is_data_file(name: str) -> bool:
-    """Whether ``--data`` names a file (``.npy``, or ``.csv``/``.txt`` with comma-separated rows) not a toy set."""
-    return str(name).lower().endswith(DATA_FILE_SUFFIXES)
+    """Whether ``--data`` names a file rather than a toy set: a supported suffix (``.npy``; ``.csv`` comma-separated;
+    ``.txt`` separated by whitespace), any other suffix (refused with the list), or a path that exists."""
+    name = str(name)
+    return name not in toy.DATASETS and (bool(Path(name).suffix) or "/" in name or Path(name).exists())
 
 
 def read_data_file(path: str | Path) -> torch.Tensor:
-    """Read an ``(n, d)`` array from ``.npy`` or comma-separated text; shape and finiteness are checked."""
+    """Read an ``(n, d)`` array from ``.npy``, comma-separated ``.csv`` or whitespace-separated ``.txt``; the type,
+    shape and finiteness are checked. Pickled ``.npy`` files are never loaded."""
     import numpy as np
 
     p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in DATA_FILE_SUFFIXES:
+        raise DataError(f"data file {str(p)!r} has an unsupported type {suffix or '(no suffix)'!r}; save it as .npy, "
+                        ".csv (comma-separated) or .txt (whitespace-separated), or name a toy data set.")
     if not p.is_file():
-        raise DataError(f"data file {str(p)!r} does not exist; pass a .npy or .csv file or a toy data set name.")
+        raise DataError(f"data file {str(p)!r} does not exist; pass a .npy, .csv or .txt file or a toy data set name.")
     try:
-        array = np.load(p, allow_pickle=False) if p.suffix.lower() == ".npy" else np.loadtxt(p, delimiter=",", ndmin=2)
-    except ValueError as exc:
-        raise DataError(f"data file {str(p)!r} could not be read ({exc}); save a numeric (n, d) array.") from None
+        if suffix == ".npy":
+            array = np.load(p, allow_pickle=False)
+        else:
+            with warnings.catch_warnings():  # an empty file: reported below as empty data, not as a numpy warning
+                warnings.simplefilter("ignore", UserWarning)
+                array = np.loadtxt(p, delimiter="," if suffix == ".csv" else None, ndmin=2)
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
+        if suffix == ".npy":
+            reason = "it is not a numeric .npy array: damaged, or holding Python objects"
+        else:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        sep = "" if suffix == ".npy" else (" with comma-separated rows" if suffix == ".csv" else
+                                           " with whitespace-separated rows")
+        raise DataError(f"data file {str(p)!r} could not be read ({reason}); save a numeric (n, d) array"
+                        f"{sep} (numpy.save for .npy).") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biufc":
+        raise DataError(f"data file {str(p)!r} does not hold numbers; save a numeric (n, d) array.")
     return as_data_tensor(array, name=f"data file {str(p)!r}")
 
 
@@ -114,13 +180,24 @@ def _data_info(name: str, n: int, seed: int) -> dict[str, Any]:
     return {"name": name, "n": n, "seed": seed}
 
 
+def _checked_data_spec(run_dir: Path, key: str) -> dict[str, Any] | None:
+    spec = io.read_run_config(run_dir).get(key)
+    valid = spec is None or (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+                             and isinstance(spec.get("seed"), int)
+                             and (isinstance(spec.get("path"), str) or isinstance(spec.get("n"), int)))
+    if not valid:
+        raise RunDirError(f"{str(run_dir / io.CONFIG_FILE)!r} has an invalid {key!r} entry; restore the file or "
+                          "retrain the run into a new --out folder.")
+    return spec
+
+
 def prior_spec(run_dir: Path) -> dict[str, Any] | None:
     """The second data set of a bridge run, or None for a generative run."""
-    return io.read_json(run_dir / io.CONFIG_FILE).get("prior")
+    return _checked_data_spec(run_dir, "prior")
 
 
 def data_spec(run_dir: Path) -> dict[str, Any]:
-    spec = io.read_json(run_dir / io.CONFIG_FILE).get("data")
+    spec = _checked_data_spec(run_dir, "data")
     if not spec:
         raise RunDirError(f"{str(run_dir)!r} does not record its data set, so it cannot be evaluated against it; "
                           "train it with 'sbridge train --data NAME'.")
@@ -144,9 +221,9 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
         raise ConfigError(f"invalid solver option for {spec.method!r} ({exc}); "
                           f"see help(sbridge.{cls.__name__}).") from None
     common = {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "lr_schedule": spec.lr_schedule,
-              "out": out, "resume": spec.resume, "quiet": spec.quiet, "ema_decay": spec.ema_decay,
-              "grad_clip": spec.grad_clip, "checkpoint_every": spec.checkpoint_every, "eval_every": spec.eval_every,
-              "callbacks": callbacks}
+              "out": out, "resume": spec.resume, "overwrite": spec.overwrite, "quiet": spec.quiet,
+              "ema_decay": spec.ema_decay, "grad_clip": spec.grad_clip, "checkpoint_every": spec.checkpoint_every,
+              "eval_every": spec.eval_every, "loss_growth": spec.loss_growth, "callbacks": callbacks}
     prior_info = None if spec.prior is None else _data_info(spec.prior, spec.n_data, spec.seed + PRIOR_SEED_OFFSET)
     prior = None if prior_info is None else load_data(prior_info)
     run_info: dict[str, Any] = {"data": data_info, "prior": prior_info}

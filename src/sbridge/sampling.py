@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 
 from sbridge.errors import ConfigError
-from sbridge.validation import check_choice, check_positive_float, check_positive_int
+from sbridge.validation import check_choice, check_memory, check_positive_float, check_positive_int
 
 #: A sampler state: one tensor, or a tuple of tensors integrated together (e.g. ``(x, logp)``).
 State = torch.Tensor | tuple[torch.Tensor, ...]
@@ -70,6 +70,7 @@ class CountedField:
 def time_grid(t_start: float, t_end: float, steps: int) -> list[float]:
     """``steps + 1`` evenly spaced times from ``t_start`` to ``t_end`` (either order), with exact endpoints."""
     steps = check_positive_int(steps, "steps")
+    check_memory((steps + 1) * 32, f"a time grid of {steps:,} steps", "ask for fewer steps (--steps)")
     return [t_start + (t_end - t_start) * i / steps for i in range(steps)] + [float(t_end)]
 
 

@@ -23,6 +23,7 @@ import math
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,11 +34,16 @@ from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from sbridge import io
-from sbridge.errors import ConfigError, RunDirError, TrainingDivergedError
+from sbridge.errors import ConfigError, LossGrowthWarning, RunDirError, TrainingDivergedError
 from sbridge.validation import check_choice, check_positive_float, check_positive_int
 
 #: ``constant``, or ``cosine``: cosine decay from ``lr`` to ``lr / 100`` over each phase (Loshchilov & Hutter 2017).
 LR_SCHEDULES = ("constant", "cosine")
+#: What the trainer does when a logged loss exceeds ``LOSS_GROWTH_FACTOR`` times the lowest logged loss of its phase
+#: (and its first one): ``warn`` (a warning and a ``metrics.jsonl`` row), ``stop`` (stop as for a NaN loss) or
+#: ``ignore``.
+LOSS_GROWTH_ACTIONS = ("warn", "stop", "ignore")
+LOSS_GROWTH_FACTOR = 1000.0
 
 
 @dataclass
@@ -54,6 +60,7 @@ class TrainConfig:
     eval_every: int = 0
     log_every: int = 50
     quiet: bool = False
+    loss_growth: str = "warn"
 
     def __post_init__(self) -> None:
         self.steps = check_positive_int(self.steps, "steps")
@@ -63,6 +70,7 @@ class TrainConfig:
         self.checkpoint_every = check_positive_int(self.checkpoint_every, "checkpoint_every")
         self.log_every = check_positive_int(self.log_every, "log_every")
         check_choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
+        check_choice(self.loss_growth, LOSS_GROWTH_ACTIONS, "loss_growth")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise ConfigError("eval_every must be a non-negative integer (0 disables evaluation), "
                               f"got {self.eval_every!r}.")
@@ -208,6 +216,8 @@ class Trainer:
         self._params: list[nn.Parameter] = []  # the current phase's trained parameters
         self._resumed_optimizer: tuple[dict[str, Any], dict[int, dict[str, torch.Tensor]]] | None = None
         self._last_checkpoint_step: int | None = None
+        self._loss_watch: tuple[float, float] | None = None  # (first, lowest) logged loss of the current phase
+        self._warned_growth = False
         #: The current phase has run its ``on_end`` (a checkpoint written at a phase's end records this, so a
         #: resumed fit neither repeats it nor, when the phase was given more steps, keeps its stale row).
         self._phase_ended = False
@@ -286,15 +296,19 @@ class Trainer:
         path = self.checkpoint_path
         if path is None or not path.is_file():
             return False
+        tensors, meta = io.read_tensors(path)
+        expected = {**io.prefixed("model", self.models.state_dict()),
+                    **io.prefixed("ema", self.ema_models.state_dict())}
+        io.check_layout(expected, tensors, path)
         try:
-            tensors, meta = io.read_tensors(path)
             self.load_state(tensors, meta)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise RunDirError(f"checkpoint {str(path)!r} does not match this model ({str(exc).splitlines()[0]}); "
                               "resume with the same method and options, or start a new --out folder.") from None
         if self.phase_index >= len(self.phases) or self.phase_step > self.phases[self.phase_index].steps:
-            raise RunDirError(f"checkpoint {str(path)!r} is past the end of this fit (phase {self.phase_index}, step "
-                              f"{self.phase_step}); resume with at least as many steps as the run already made.")
+            made = meta.get("step", "more")
+            raise RunDirError(f"{str(path)!r} has already made {made} training steps, past the end of a fit of "
+                              f"{self.total_steps} steps; resume with --steps {made} or more.")
         io.truncate_jsonl(self.run_dir / io.METRICS_FILE, self.step)
         self._last_checkpoint_step = self.step
         return True
@@ -343,15 +357,39 @@ class Trainer:
         self._resumed_optimizer = None
         self._phase_ended = False
 
-    def _diverged(self, value: float) -> TrainingDivergedError:
+    def _track_loss(self, value: float) -> None:
+        """Keep the first and the lowest loss of the current phase."""
+        first, lowest = self._loss_watch if self._loss_watch is not None else (value, value)
+        self._loss_watch = (first, min(lowest, value))
+
+    def _watch_growth(self, step: int, mean: float) -> None:
+        """Warn (or stop) once a logged mean loss exceeds ``LOSS_GROWTH_FACTOR`` x the lowest loss of its phase and
+        its first one: a run that explodes to 1e29 without a NaN is caught."""
+        if self.config.loss_growth == "ignore" or self._loss_watch is None:
+            return
+        first, lowest = self._loss_watch
+        if mean > first and lowest > 0 and mean > LOSS_GROWTH_FACTOR * lowest:
+            if self.config.loss_growth == "stop":
+                raise self._diverged(mean, grew_from=lowest)
+            if not self._warned_growth:
+                self._warned_growth = True
+                msg = (f"the loss grew from {lowest:.3g} to {mean:.3g} by step {step}; the run is probably diverging: "
+                       "lower the learning rate (--lr), or stop on this with loss_growth='stop'.")
+                warnings.warn(msg, LossGrowthWarning, stacklevel=2)
+                self._log({"step": step, "warning": msg})
+
+    def _diverged(self, value: float, grew_from: float | None = None) -> TrainingDivergedError:
         if self.checkpoint_path is not None and self._last_checkpoint_step is not None:
             where = f"the last good checkpoint (step {self._last_checkpoint_step}) is kept in {self.checkpoint_path}"
         elif self.checkpoint_path is not None:
             where = "no checkpoint had been written yet, so nothing is saved"
         else:
             where = "the weights from the last good step are kept in memory"
-        return TrainingDivergedError(f"training stopped at step {self.step + 1}: the loss became {value}; {where}; "
-                                     "lower the learning rate (--lr) or check the data scale.")
+        what = f"became {value}" if grew_from is None else f"grew from {grew_from:.3g} to {value:.3g}"
+        at = self.step + 1 if grew_from is None else self.step
+        again = " and start again with --overwrite" if self.run_dir is not None else ""
+        return TrainingDivergedError(f"training stopped at step {at}: the loss {what}; {where}; lower the learning "
+                                     f"rate (--lr){again}, or check the data scale.")
 
     def run(self) -> None:
         """Run the phases from the current position; on KeyboardInterrupt, checkpoint and re-raise.
@@ -381,6 +419,7 @@ class Trainer:
                     self._phase_ended = False
                 bar.set_description(phase.name)
                 source = self._start_phase(phase)
+                self._loss_watch = None
                 running: list[float] = []
                 running_terms: dict[str, list[torch.Tensor]] = {}
                 while self.phase_step < phase.steps:
@@ -393,6 +432,7 @@ class Trainer:
                         raise self._diverged(value)
                     self.phase_step += 1
                     self.last_loss = value
+                    self._track_loss(value)
                     running.append(value)
                     for key, term in terms.items():
                         running_terms.setdefault(key, []).append(term)
@@ -408,6 +448,7 @@ class Trainer:
                         running_terms.clear()
                         bar.set_postfix(loss=f"{mean:.4g}")
                         self._log(row)
+                        self._watch_growth(step, mean)
                     if cfg.eval_every and self.evaluate is not None and step % cfg.eval_every == 0:
                         self._log({"step": step, "phase": phase.name, "eval": self.evaluate(step)})
                     if step % cfg.checkpoint_every == 0 and self.phase_step < phase.steps:

@@ -17,6 +17,9 @@ def as_data_tensor(x: Any, *, name: str = "data", dim: int | None = None, event_
     Accepts torch tensors, numpy arrays and nested sequences of any rank >= 2: vectors ``(n, d)``, images
     ``(n, C, H, W)``, sequences ``(n, L, d)``. ``dim`` (vectors) or ``event_shape`` checks the shape of one sample.
     """
+    if (isinstance(x, torch.Tensor) and x.is_complex()) or (isinstance(x, np.ndarray) and np.iscomplexobj(x)):
+        raise DataError(f"{name} holds complex numbers; pass real values (e.g. stack the real and imaginary parts "
+                        "as separate features).")
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
@@ -106,6 +109,19 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+#: Seeds are stored in 64-bit generators; the run's derived seeds add small offsets, so this is the largest seed.
+MAX_SEED = 2**62
+
+
+def check_seed(value: Any, name: str = "seed", maximum: int = MAX_SEED) -> int:
+    """Return ``value`` as an int in ``[0, maximum]`` (user seeds: ``2^62``, leaving room for the offsets of derived
+    streams below the ``2^64`` a torch generator takes) or raise :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) <= maximum:
+        bound = {MAX_SEED: "2^62", 2**64 - 1: "2^64 - 1"}.get(maximum, str(maximum))
+        raise ConfigError(f"{name} must be an integer from 0 to {bound}, got {value!r}.")
+    return int(value)
+
+
 def check_positive_float(value: Any, name: str) -> float:
     """Return ``value`` as a positive finite float or raise :class:`ConfigError`."""
     try:
@@ -133,3 +149,47 @@ def check_probability(value: Any, name: str) -> float:
     if isinstance(value, bool) or not 0.0 <= v < 1.0:
         raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}.")
     return v
+
+
+# ============================================================================================ request sizes
+#: Bytes of one Python float in a list (the float object and its pointer): the cost of a time grid per step.
+_LIST_FLOAT_BYTES = 32
+
+
+def physical_memory() -> int | None:
+    """Total physical memory of this machine in bytes, or ``None`` where the OS does not say."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB"
+
+
+def check_memory(nbytes: float, what: str, fix: str) -> None:
+    """Refuse, before allocating anything, a request whose lower-bound memory ``nbytes`` exceeds this machine's
+    physical memory: one sentence with both figures and the ``fix``."""
+    total = physical_memory()
+    if total is not None and nbytes > total:
+        raise ConfigError(f"{what} needs at least {_gib(nbytes)} of memory but this machine has {_gib(total)}; {fix}.")
+
+
+def check_sample_request(n: int, steps: int, event_shape: tuple[int, ...], return_path: bool = False) -> None:
+    """Memory lower bound of drawing ``n`` samples in ``steps`` steps: the state, its noise and drift (and the whole
+    path with ``return_path``), float32, plus the time grid."""
+    numel = int(torch.Size(event_shape).numel())
+    states = (steps + 1 if return_path else 0) + 3
+    check_memory(n * numel * 4 * states + (steps + 1) * _LIST_FLOAT_BYTES,
+                 f"sampling {n:,} points of shape {tuple(event_shape)} in {steps:,} steps",
+                 "ask for fewer points (--n) or steps (--steps), or draw them in several calls")
+
+
+def check_batch_memory(batch_size: int, event_shape: tuple[int, ...]) -> None:
+    """Memory lower bound of one training minibatch: the batch, its noise, the noised batch and the target."""
+    numel = int(torch.Size(event_shape).numel())
+    check_memory(batch_size * numel * 4 * 4, f"a minibatch of {batch_size:,} samples of shape {tuple(event_shape)}",
+                 "lower --batch-size")

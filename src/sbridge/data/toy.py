@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sbridge.errors import ConfigError
-from sbridge.validation import check_choice, check_positive_int
+from sbridge.validation import check_choice, check_memory, check_positive_int, check_seed
 
 DATASETS: tuple[str, ...] = (
     "checkerboard", "8gaussians", "moons", "swissroll", "spiral", "pinwheel", "circles", "scurve", "gaussian",
@@ -171,13 +171,6 @@ def _scale_factors(scale: float | Sequence[float], d: int) -> np.ndarray:
     return factors
 
 
-def _check_seed(seed: Any) -> int:
-    """Return ``seed`` as a non-negative int or raise :class:`ConfigError`."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}.")
-    return int(seed)
-
-
 def sample(name: str, n: int, seed: int = 0, *, scale: float | Sequence[float] | None = None,
            mean: Any = None, cov: Any = None, dim: int | None = None) -> torch.Tensor:
     """Draw ``n`` points from the toy dataset ``name`` as a float32 tensor of shape ``(n, d)``.
@@ -189,7 +182,8 @@ def sample(name: str, n: int, seed: int = 0, *, scale: float | Sequence[float] |
     """
     check_choice(name, DATASETS, "dataset")
     n = check_positive_int(n, "n")
-    rng = np.random.default_rng(_check_seed(seed))
+    check_memory(3 * n * 2 * 8, f"drawing {n:,} points of {name!r}", "ask for fewer points (--n-data, --n)")
+    rng = np.random.default_rng(check_seed(seed))
     if name == "gaussian":
         points = _gaussian(rng, n, *_gaussian_params(mean, cov, dim))
     else:

@@ -13,6 +13,7 @@ Everything about runs, checkpoints and weights lives here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sbridge import io
+from sbridge import io, rundir
 from sbridge.device import make_generator, resolve_device
 from sbridge.errors import ConfigError, RunDirError
 from sbridge.networks import check_condition_spec, make_network, network_config
 from sbridge.training import Callback, LoaderSource, Phase, Source, TensorSource, TrainConfig, Trainer
-from sbridge.validation import as_condition, as_data_tensor, check_event_shape
+from sbridge.validation import as_condition, as_data_tensor, check_batch_memory, check_event_shape, check_seed
 
 SOLVERS: dict[str, type[Solver]] = {}
 
@@ -74,9 +75,7 @@ class Solver:
         self.event_shape = check_event_shape(dim, shape)
         self.dim = int(torch.Size(self.event_shape).numel())
         self.cond_spec = check_condition_spec(cond)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}.")
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.device = resolve_device(device)
         self._custom_net = net if isinstance(net, (nn.Module, dict)) and not _is_config(net) else None
         self.net_config = None if self._custom_net is not None else network_config(net, self.event_shape)
@@ -87,6 +86,7 @@ class Solver:
         self.train_config: TrainConfig | None = None
         self.last_nfe: int | None = None
         self.last_loss: float | None = None
+        self.steps_done: int | None = None  # training steps the last fit ended at (after a resume: in total)
         self.history: list[dict[str, Any]] = []
 
     # ---- to implement ------------------------------------------------------------------------------------------
@@ -171,15 +171,17 @@ class Solver:
 
     # ---- training ----------------------------------------------------------------------------------------------
     def fit(self, x: Any, prior: Any = None, *, cond: Any = None, out: str | Path | None = None,
-            resume: bool = False, callbacks: tuple[Callback, ...] = (), evaluate: Any = None,
-            run_info: dict[str, Any] | None = None, **options: Any) -> Solver:
+            resume: bool = False, overwrite: bool = False, callbacks: tuple[Callback, ...] = (),
+            evaluate: Any = None, run_info: dict[str, Any] | None = None, **options: Any) -> Solver:
         """Train on data ``x`` of shape ``(n, *event_shape)`` (or a ``DataLoader``); returns ``self``.
 
         ``prior``: a second data set (bridge solvers). ``cond``: one condition per sample (conditional models).
-        ``out``: a run directory for checkpoints, metrics and the final weights; with ``resume=True`` training
-        continues from the checkpoint found there. ``evaluate(step) -> dict`` is logged every ``eval_every`` steps.
-        ``run_info`` is stored in the run's ``config.json`` beside the solver settings (e.g. the data spec).
-        Other keyword arguments: the solver's :attr:`fit_options` and :class:`~sbridge.training.TrainConfig` fields.
+        ``out``: a run directory for checkpoints, metrics and the final weights, locked while this fit writes it.
+        A folder that already holds a run is refused unless ``resume=True`` (continue from its checkpoint, with the
+        same settings: see :func:`sbridge.rundir.resume_differences`) or ``overwrite=True`` (replace it).
+        ``evaluate(step) -> dict`` is logged every ``eval_every`` steps. ``run_info`` is stored in the run's
+        ``config.json`` beside the solver settings (e.g. the data spec). Other keyword arguments: the solver's
+        :attr:`fit_options` and :class:`~sbridge.training.TrainConfig` fields.
         """
         train_keys = set(TrainConfig.__dataclass_fields__)
         for key in [k for k in options if k in self.fit_options]:
@@ -194,20 +196,24 @@ class Solver:
             raise ConfigError("resume=True needs the run directory to resume from; pass out=... (--out).")
         data = self._prepare(x, prior, cond)
         self.train_config = cfg
+        check_batch_memory(cfg.batch_size, self.event_shape)
         self.before_fit(data)
-        if run_dir is not None:
-            self._prepare_run_dir(run_dir, resume, run_info)
         self.history = []
         trainer = Trainer(self.models, self.ema_models, self.phases(data, cfg), cfg,
                           generator=make_generator(self.seed, self.device), run_dir=run_dir, evaluate=evaluate,
                           callbacks=callbacks, history=self.history, extra_state=self.extra_tensors,
                           load_extra_state=self.load_extra_tensors)
-        if resume:
-            trainer.resume()
-        trainer.run()
-        self.last_loss = trainer.last_loss
-        if run_dir is not None:
-            self.save(run_dir)
+        with rundir.locked(run_dir) if run_dir is not None else contextlib.nullcontext():
+            if run_dir is not None:
+                self._open_run_dir(run_dir, resume, overwrite, run_info)
+                if resume:
+                    trainer.resume()
+                self.write_config(run_dir, run_info)  # only once the run directory and the resume are accepted
+            trainer.run()
+            self.last_loss = trainer.last_loss
+            self.steps_done = trainer.step
+            if run_dir is not None:
+                self.save(run_dir)
         return self
 
     def set_option(self, key: str, value: Any) -> None:
@@ -217,19 +223,24 @@ class Solver:
     def before_fit(self, data: FitData) -> None:
         """Hook run once the data are validated, before training (e.g. fitting a data-dependent prior)."""
 
-    def _prepare_run_dir(self, run_dir: Path, resume: bool, run_info: dict[str, Any] | None) -> None:
-        cfg_path = run_dir / io.CONFIG_FILE
-        if cfg_path.is_file():
-            existing = io.read_json(cfg_path).get("solver")
-            if resume and existing != self.config():
-                diff = sorted(k for k in set(existing or {}) | set(self.config())
-                              if (existing or {}).get(k) != self.config().get(k))
-                raise RunDirError(f"{str(run_dir)!r} holds a run with different solver settings ({', '.join(diff)}); "
-                                  "resume with the same options or choose a new --out folder.")
-            if not resume and (run_dir / io.CHECKPOINT_FILE).exists():
-                raise RunDirError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose a new "
-                                  "--out folder.")
-        self.write_config(run_dir, run_info)
+    def _open_run_dir(self, run_dir: Path, resume: bool, overwrite: bool, run_info: dict[str, Any] | None) -> None:
+        """With the run's lock held: refuse to start over an existing run, and check that a resume continues the
+        run recorded there with the same settings."""
+        rundir.check_new_run(run_dir, resume=resume, overwrite=overwrite)
+        if not resume or not (run_dir / io.CONFIG_FILE).is_file():
+            return  # nothing recorded yet: a resume starts the run
+        recorded = io.read_run_config(run_dir)
+        requested = {"solver": self.config(), "train": self.train_config.to_dict() if self.train_config else None,
+                     **(run_info or {})}
+        diff = rundir.resume_differences(recorded, requested)
+        if diff:
+            shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+            raise RunDirError(f"{str(run_dir)!r} was trained with other settings ({shown}); resume with the recorded "
+                              "ones (only the number of steps and the logging options may change), or choose a new "
+                              "--out folder.")
+        if not (run_dir / io.CHECKPOINT_FILE).is_file() and (run_dir / io.WEIGHTS_FILE).is_file():
+            raise RunDirError(f"{str(run_dir)!r} holds final weights but no training checkpoint, so it cannot be "
+                              "resumed; pass --overwrite to retrain it or choose a new --out folder.")
 
     def write_config(self, run_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write ``config.json``: the solver config, the training config and any ``extra`` (e.g. the data spec)."""
@@ -248,10 +259,11 @@ class Solver:
         """Inverse of :meth:`extra_tensors`."""
 
     def save(self, run_dir: str | Path) -> Path:
-        """Write ``config.json`` and the weights ``model.safetensors`` into ``run_dir``."""
+        """Write ``config.json`` and the weights ``model.safetensors`` into ``run_dir`` (under the run's lock)."""
         run_dir = Path(run_dir)
-        self.write_config(run_dir)
-        io.write_tensors(run_dir / io.WEIGHTS_FILE, self.weight_tensors(), {"history": self.history})
+        with rundir.locked(run_dir):
+            self.write_config(run_dir)
+            io.write_tensors(run_dir / io.WEIGHTS_FILE, self.weight_tensors(), {"history": self.history})
         return run_dir
 
     def weight_tensors(self) -> dict[str, torch.Tensor]:
@@ -260,8 +272,10 @@ class Solver:
         return {**io.prefixed("model", self.models.state_dict()), **io.prefixed("ema", self.ema_models.state_dict()),
                 **io.prefixed("extra", self.extra_tensors())}
 
-    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Inverse of :meth:`weight_tensors` (also reads training checkpoints, which share the layout)."""
+    def load_weights(self, tensors: dict[str, torch.Tensor], path: str | Path = "the weights") -> None:
+        """Inverse of :meth:`weight_tensors` (also reads training checkpoints, which share the layout); a file of
+        another layout raises :class:`RunDirError` naming its first differing tensor."""
+        io.check_layout(self.weight_tensors(), tensors, path, prefixes=("model", "ema", "extra"))
         self.models.load_state_dict(io.unprefixed("model", tensors))
         self.ema_models.load_state_dict(io.unprefixed("ema", tensors))
         self.load_extra_tensors(io.unprefixed("extra", tensors))
@@ -278,26 +292,31 @@ def load(run_dir: str | Path, device: str | torch.device = "auto", net: Any = No
     ``net``: the module(s) of a run trained with a custom network.
     """
     path = io.require_run_dir(run_dir)
-    cfg = io.read_json(path / io.CONFIG_FILE)
+    cfg = io.read_run_config(path)
     solver_cfg = cfg.get("solver") or {}
     method = solver_cfg.get("method")
     if method not in SOLVERS:
         raise RunDirError(f"{str(path)!r} names an unknown method {method!r}; it was written by another version of "
                           "sbridge or edited by hand.")
-    solver = SOLVERS[method].from_config(solver_cfg, device=device, net=net)
+    try:
+        solver = SOLVERS[method].from_config(solver_cfg, device=device, net=net)
+    except (ConfigError, TypeError, ValueError, KeyError) as exc:
+        reason = str(exc).rstrip(".") if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+        raise RunDirError(f"{str(path / io.CONFIG_FILE)!r} holds solver settings sbridge cannot build ({reason}); "
+                          "restore it from a backup or retrain the run into a new --out folder.") from None
     if cfg.get("train"):
-        solver.train_config = TrainConfig.from_dict(cfg["train"])
+        try:
+            solver.train_config = TrainConfig.from_dict(cfg["train"])
+        except (ConfigError, TypeError) as exc:
+            raise RunDirError(f"{str(path / io.CONFIG_FILE)!r} holds invalid training settings ({exc}); restore it "
+                              "or retrain the run into a new --out folder.") from None
     weights = path / io.WEIGHTS_FILE
     if not weights.is_file():
         weights = path / io.CHECKPOINT_FILE
     if not weights.is_file():
         raise RunDirError(f"{str(path)!r} has no weights yet ({io.WEIGHTS_FILE}); train it first or resume training.")
     tensors, meta = io.read_tensors(weights)
-    try:
-        solver.load_weights(tensors)
-    except RuntimeError as exc:
-        raise RunDirError(f"weights in {str(weights)!r} do not match config.json "
-                          f"({str(exc).splitlines()[0]}).") from None
+    solver.load_weights(tensors, weights)
     solver.history = list(meta.get("history", []))
     solver.models.to(solver.device)
     solver.ema_models.to(solver.device)

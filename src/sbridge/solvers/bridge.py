@@ -25,7 +25,7 @@ from sbridge.sampling import ODE_METHODS, euler_maruyama, integrate_ode, time_gr
 from sbridge.solvers.base import FitData, Solver
 from sbridge.solvers.sgm import _mlp_shorthand
 from sbridge.training import TensorSource
-from sbridge.validation import check_choice, check_positive_float, check_positive_int
+from sbridge.validation import check_choice, check_positive_float, check_positive_int, check_sample_request, check_seed
 
 #: Seed streams of a bridge, offsets added to the solver's seed: the synthetic Gaussian prior end, the default
 #: transport noise, the prior draw of ``sample``, and the per-iteration monitoring / re-coupling simulations.
@@ -196,8 +196,11 @@ class BridgeSolver(Solver):
         """Draw ``n`` points of the data end: the ``N(0, I)`` prior transported backward (generative bridges);
         ``cond``: one condition per sample, or one for all, for a conditional bridge."""
         self._require_generative()
-        gen = make_generator(self.seed + SAMPLE_STREAM if seed is None else seed, self.device)
-        z = torch.randn((check_positive_int(n, "n"), *self.event_shape), generator=gen, device=self.device)
+        gen = make_generator(self.seed + SAMPLE_STREAM if seed is None else check_seed(seed), self.device)
+        n = check_positive_int(n, "n")
+        check_sample_request(n, 100 if steps is None else check_positive_int(steps, "steps"), self.event_shape,
+                             return_path)
+        z = torch.randn((n, *self.event_shape), generator=gen, device=self.device)
         # the transport noise needs its own stream: reusing ``seed`` would make its first increment equal ``z``
         noise_seed = None if seed is None else seed + 1
         return self.transport(z, steps=steps, reverse=True, ode=ode, method=method, cond=cond,

@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.errors import ConfigError
+from sbridge import rundir
+from sbridge.errors import ConfigError, DataError
 from sbridge.gaussian import GaussianBridge
 from sbridge.solvers.bridge import BridgeSolver
+from sbridge.training import TrainConfig
 
 
 class Moments(nn.Module):
@@ -59,20 +61,23 @@ class GaussianSB(BridgeSolver):
         """The fitted moments ``mean0, cov0`` (data end) and ``mean1, cov1`` (prior end)."""
         return self.ema_models["moments"]
 
-    def fit(self, x: Any, prior: Any = None, *, out: str | Path | None = None, run_info: dict[str, Any] | None = None,
-            **options: Any) -> GaussianSB:
+    def fit(self, x: Any, prior: Any = None, *, out: str | Path | None = None, overwrite: bool = False,
+            run_info: dict[str, Any] | None = None, **options: Any) -> GaussianSB:
         """Estimate ``(a, A)`` from ``x`` and ``(b, B)`` from ``prior`` (``N(0, I)`` exactly when ``prior`` is None).
 
         The fit is closed-form: training options are not used, and any other keyword is an error.
         """
         if options.pop("resume", False):
             raise ConfigError("GaussianSB is fitted in closed form and has nothing to resume; drop --resume.")
-        ignored = {"steps", "batch_size", "lr", "lr_schedule", "ema_decay", "grad_clip", "checkpoint_every",
-                   "eval_every", "log_every", "quiet", "callbacks", "evaluate", "iterations"}
+        ignored = set(TrainConfig.__dataclass_fields__) | {"callbacks", "evaluate", "iterations"}
         unknown = sorted(set(options) - ignored)
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown} for GaussianSB.fit; it takes the data, prior=, out=.")
         data = self._prepare(x, prior, None)
+        for name, points in (("the training data", data.x0), ("the prior data", data.x1)):
+            if points.shape[0] < 2:
+                raise DataError(f"GaussianSB estimates a covariance from each data set and needs at least 2 points; "
+                                f"{name} has {points.shape[0]}.")
         x0, x1 = data.x0.double(), data.x1.double()
         for m in (self.models["moments"], self.ema_models["moments"]):
             m.mean0.copy_(x0.mean(0))
@@ -85,8 +90,10 @@ class GaussianSB(BridgeSolver):
                 m.cov1.copy_(torch.cov(x1.T).reshape(self.dim, self.dim))
         self._bridge = None
         if out is not None:
-            self._prepare_run_dir(Path(out), False, run_info)
-            self.save(out)
+            with rundir.locked(out):
+                rundir.check_new_run(Path(out), resume=False, overwrite=overwrite)
+                self.write_config(out, run_info)
+                self.save(out)
         return self
 
     @property

@@ -18,7 +18,7 @@ from sbridge.processes import LinearSDE, make_process
 from sbridge.sampling import ODE_METHODS, euler_maruyama, integrate_ode, make_grid
 from sbridge.solvers.base import FitData, Solver
 from sbridge.training import Phase, TrainConfig
-from sbridge.validation import check_choice, check_positive_int, check_probability
+from sbridge.validation import check_choice, check_positive_int, check_probability, check_sample_request, check_seed
 
 
 class SGM(Solver):
@@ -105,7 +105,8 @@ class SGM(Solver):
         ``return_path``; ``self.last_nfe`` holds the number of network evaluations used.
         """
         n, steps = check_positive_int(n, "n"), check_positive_int(steps, "steps")
-        gen = make_generator(self.seed + 1 if seed is None else seed, self.device)
+        check_sample_request(n, steps, self.event_shape, return_path)
+        gen = make_generator(self.seed + 1 if seed is None else check_seed(seed), self.device)
         c = self._sampling_condition(cond, n)
         if x_T is None:
             x_T = self.process.prior_sample((n, *self.event_shape), generator=gen, device=self.device)
