@@ -236,7 +236,9 @@ def test_bad_data_files_are_refused_and_good_text_files_read(tmp_path: Path,
     (tmp_path / "data.dat").write_text("1 2\n3 4\n")
     np.savetxt(tmp_path / "spaces.txt", rng.normal(size=(200, 2)))
     np.save(tmp_path / "one.npy", np.ones((1, 2)))
-    expected = {"complex.npy": "complex", "bytes.npy": "not a numeric .npy", "data.dat": "unsupported type"}
+    (tmp_path / "huge.csv").write_text("1e100,1\n2,3\n")  # finite in float64, inf in float32 (found by fuzzing)
+    expected = {"complex.npy": "complex", "bytes.npy": "not a numeric .npy", "data.dat": "unsupported type",
+                "huge.csv": "beyond the range of float32"}
     for name, word in expected.items():
         code, _, err = cli(capsys, "train", "--data", tmp_path / name, "--out", tmp_path / f"r_{name}", *SMALL)
         assert code == 2 and word in err and "allow_pickle" not in err and "Traceback" not in err, err

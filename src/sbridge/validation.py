@@ -46,7 +46,11 @@ def as_data_tensor(x: Any, *, name: str = "data", dim: int | None = None, event_
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t.reshape(t.shape[0], -1))).any(dim=1).sum())
         raise DataError(f"{name} contains NaN or Inf in {bad} sample(s); remove or impute them before training.")
-    return t.to(dtype)
+    out = t.to(dtype)
+    if not bool(torch.isfinite(out).all()):
+        raise DataError(f"{name} has values beyond the range of {str(dtype).removeprefix('torch.')} (largest "
+                        f"|x| = {float(t.abs().max()):.3g}); rescale the data, e.g. standardise each feature.")
+    return out
 
 
 def check_event_shape(dim: Any, shape: Any) -> tuple[int, ...]:
