@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from dataclasses import fields
@@ -56,7 +57,8 @@ def _yaml_value(text: str) -> Any:
 
 def _add_sampling_args(p: argparse.ArgumentParser, n: int) -> None:
     p.add_argument("run", help="run directory written by 'sbridge train'")
-    p.add_argument("--n", type=int, default=n, help=f"number of samples (default {n})")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=n,
+                   help=f"number of samples (default {n}; under torchrun write --num-samples)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the solver's, 100 for SGM)")
     p.add_argument("--ode", action="store_true", help="probability-flow ODE instead of the reverse SDE")
     p.add_argument("--ode-method", default="heun", help="euler, heun (default) or an adaptive torchdiffeq method "
@@ -160,10 +162,15 @@ def _train_spec(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sbridge import runs
+    from sbridge import distributed, runs
 
     spec = _train_spec(args)
+    ctx = distributed.init_from_env(spec.device)
+    if ctx.active:
+        spec.device = str(distributed.local_device(spec.device))
     solver = runs.train(spec)
+    if not ctx.is_main:
+        return 0
     target = f" -> {spec.prior}" if spec.prior else ""
     done, loss = solver.steps_done, solver.last_loss
     if done is None:
@@ -183,8 +190,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".npy":
         raise ConfigError(f"--out {str(out)!r} must name a .npy file (samples are saved with numpy.save); e.g. "
                           f"--out {out.with_suffix('.npy')}.")
+    from sbridge import distributed
+
+    ctx = distributed.init_from_env(args.device)
     x, nfe = runs.sample(args.run, args.n, steps=args.steps, ode=args.ode, method=args.ode_method, grid=args.grid,
-                         seed=args.seed, device=args.device)
+                         seed=args.seed, device=distributed.local_device(args.device) if ctx.active else args.device)
+    if not ctx.is_main:
+        return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     from sbridge import io
 
@@ -284,12 +296,16 @@ def _show_warning(message: Any, category: type, filename: str, lineno: int, file
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0")) if os.environ.get("RANK", "0").isdigit() else 0
+    if rank and args.command not in ("train", "sample"):
+        return 0  # under torchrun, evaluate / plot / demo run on rank 0 only
+    who = f"sbridge (rank {rank})" if rank else "sbridge"
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return COMMANDS[args.command](args)
     except SBridgeError as exc:
-        print(f"sbridge: error: {exc}", file=sys.stderr)
+        print(f"{who}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the file system refused (a folder that cannot be written, a full disk, ...)
         where = f" {exc.filename!r}" if exc.filename else ""
@@ -299,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sbridge: interrupted; the last checkpoint is kept, continue with --resume.", file=sys.stderr)
         return 130
+    finally:
+        if "sbridge.distributed" in sys.modules:  # leave a process group joined under torchrun
+            sys.modules["sbridge.distributed"].shutdown()
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from sbridge import io, metrics
+from sbridge import distributed, io, metrics
 from sbridge.data import toy
-from sbridge.device import resolve_device
+from sbridge.device import resolve_device, stream_seed
 from sbridge.errors import ConfigError, DataError, RunDirError
 from sbridge.solvers.base import SOLVERS, Solver, load
 from sbridge.training import TrainConfig
@@ -170,6 +170,8 @@ def load_data(spec: dict[str, Any], n: int | None = None, seed_offset: int = 0) 
     return toy.sample(spec["name"], n or spec["n"], seed=spec["seed"] + seed_offset)
 
 
+#: Stream of the sampling seeds of processes other than rank 0 in a distributed ``sample``.
+SAMPLE_SHARD_STREAM = 15
 #: Seed offset of the second data set of a bridge, so that toy data and prior are independent draws.
 PRIOR_SEED_OFFSET = 500
 
@@ -272,9 +274,10 @@ def _reference_and_floor(spec: dict[str, Any], n: int) -> tuple[torch.Tensor, to
 
 
 def _generate(solver: Solver, run_dir: Path, n: int, steps: int | None, ode: bool, method: str, seed: int | None,
-              return_path: bool = False, grid: str = "uniform") -> torch.Tensor:
+              return_path: bool = False, grid: str = "uniform", rows: slice | None = None) -> torch.Tensor:
     """Model samples of the data end (generative runs) or of the second data set: fresh points of the first data
-    set transported forward (bridges between two data sets)."""
+    set transported forward (bridges between two data sets). ``rows``: only this part of the ``n`` (one process's
+    share of a distributed draw)."""
     kwargs: dict[str, Any] = {"steps": steps} if steps is not None else {}
     if grid != "uniform":
         if "grid" not in inspect.signature(solver.sample).parameters:
@@ -282,8 +285,11 @@ def _generate(solver: Solver, run_dir: Path, n: int, steps: int | None, ode: boo
         kwargs["grid"] = grid
     prior = prior_spec(run_dir)
     if prior is None:
-        return solver.sample(n, ode=ode, method=method, seed=seed, return_path=return_path, **kwargs)
+        count = n if rows is None else len(range(n)[rows])
+        return solver.sample(count, ode=ode, method=method, seed=seed, return_path=return_path, **kwargs)
     source, _ = _reference_and_floor(data_spec(run_dir), n)
+    if rows is not None:
+        source = source[rows]
     return solver.transport(source, seed=seed, return_path=return_path, ode=ode, method=method, **kwargs)
 
 
@@ -293,8 +299,18 @@ def sample(run_dir: str | Path, n: int, *, steps: int | None = None, ode: bool =
     """Load a run and draw ``n`` samples (see :func:`_generate`); returns ``(samples, nfe)``."""
     path = io.require_run_dir(run_dir)
     solver = load(path, device=device)
-    x = _generate(solver, path, n, steps, ode, method, seed, return_path, grid)
-    return x.cpu(), int(solver.last_nfe or 0)
+    ctx = distributed.context()
+    if not ctx.active or return_path:
+        x = _generate(solver, path, n, steps, ode, method, seed, return_path, grid)
+        return x.cpu(), int(solver.last_nfe or 0)
+    # distributed: each process draws a contiguous share with its own seed; the shares are gathered in rank order
+    n = check_positive_int(n, "n")
+    lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
+    base = check_seed(seed) if seed is not None else solver.seed + 1
+    local_seed = base if ctx.rank == 0 else stream_seed(base, SAMPLE_SHARD_STREAM, ctx.rank)
+    x = _generate(solver, path, n, steps, ode, method, local_seed, False, grid, rows=slice(lo, hi))
+    parts = distributed.all_gather_objects(x.cpu(), ctx)
+    return torch.cat(parts), int(solver.last_nfe or 0)
 
 
 def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int | None = None, ode: bool = False,

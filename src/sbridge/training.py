@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from sbridge import io
+from sbridge import distributed, io
+from sbridge.device import make_generator, stream_seed
 from sbridge.errors import ConfigError, LossGrowthWarning, RunDirError, TrainingDivergedError
 from sbridge.validation import check_choice, check_positive_float, check_positive_int
 
@@ -44,6 +45,10 @@ LR_SCHEDULES = ("constant", "cosine")
 #: ``ignore``.
 LOSS_GROWTH_ACTIONS = ("warn", "stop", "ignore")
 LOSS_GROWTH_FACTOR = 1000.0
+#: ``fp32``, or ``bf16``: the loss's forward pass under bfloat16 autocast (meant for GPUs; it runs on CPUs too).
+PRECISIONS = ("fp32", "bf16")
+#: Stream of the generators of shards other than shard 0 (see :class:`Trainer`).
+SHARD_STREAM = 14
 
 
 @dataclass
@@ -61,6 +66,8 @@ class TrainConfig:
     log_every: int = 50
     quiet: bool = False
     loss_growth: str = "warn"
+    shards: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.steps = check_positive_int(self.steps, "steps")
@@ -71,6 +78,9 @@ class TrainConfig:
         self.log_every = check_positive_int(self.log_every, "log_every")
         check_choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         check_choice(self.loss_growth, LOSS_GROWTH_ACTIONS, "loss_growth")
+        check_choice(self.precision, PRECISIONS, "precision")
+        if isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 0:
+            raise ConfigError(f"shards must be a non-negative integer (0: one per process), got {self.shards!r}.")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise ConfigError("eval_every must be a non-negative integer (0 disables evaluation), "
                               f"got {self.eval_every!r}.")
@@ -191,6 +201,13 @@ class Trainer:
     ``run_dir``: where checkpoints and ``metrics.jsonl`` go (``None`` keeps everything in memory).
     ``evaluate(step) -> dict``: called every ``config.eval_every`` steps; its result is logged.
     ``callbacks``: called as ``cb(step, loss)`` after every step (tests use them to interrupt a run).
+    ``seed``: derives the generators of shards other than shard 0 (which uses ``generator``).
+
+    Distributed (a process group of ``world > 1`` processes, see :mod:`sbridge.distributed`): the trained models
+    of each phase are wrapped in ``DistributedDataParallel``; the global batch ``batch_size`` is drawn in
+    ``config.shards`` shards (default: one per process) of ``batch_size / shards`` samples, each with its own
+    generator, a process handling its shards in turn with gradient accumulation; the loss, the NaN/Inf decision
+    and Ctrl-C are agreed by an all-reduce every step; rank 0 alone writes checkpoints and ``metrics.jsonl``.
     """
 
     def __init__(self, models: nn.ModuleDict, ema_models: nn.ModuleDict, phases: Sequence[Phase],
@@ -198,14 +215,30 @@ class Trainer:
                  evaluate: Callable[[int], dict[str, Any]] | None = None, callbacks: tuple[Callback, ...] = (),
                  extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
                  load_extra_state: Callable[[dict[str, torch.Tensor]], None] | None = None,
-                 history: list[dict[str, Any]] | None = None) -> None:
+                 history: list[dict[str, Any]] | None = None, seed: int = 0) -> None:
         self.models, self.ema_models, self.phases, self.config = models, ema_models, list(phases), config
         for phase in self.phases:
             unknown = set(phase.train) - set(models.keys())
             if unknown:
                 raise ConfigError(f"phase {phase.name!r} trains unknown model(s) {sorted(unknown)}.")
-        self.generator = generator
+        self.dist = distributed.context()
+        self.shards = config.shards or self.dist.world
+        if self.shards % self.dist.world:
+            raise ConfigError(f"shards ({self.shards}) must be a multiple of the number of processes "
+                              f"({self.dist.world}), so that every process handles the same number of shards.")
+        if config.batch_size % self.shards:
+            nearest = config.batch_size // self.shards * self.shards or self.shards
+            raise ConfigError(f"batch_size ({config.batch_size}) must be divisible by the number of shards "
+                              f"({self.shards}); e.g. use batch_size {nearest}.")
+        self.local_shards = distributed.shards_of(self.dist.rank, self.dist.world, self.shards)
+        self.device = generator.device
+        self.seed = seed
+        #: One generator per shard this process handles (shard 0's is ``generator``, the single-process stream).
+        self.generators = {s: generator if s == 0 else make_generator(stream_seed(seed, SHARD_STREAM, s), self.device)
+                           for s in self.local_shards}
+        self.generator = self.generators[self.local_shards[0]]
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.writes = self.run_dir is not None and self.dist.is_main
         self.evaluate, self.callbacks = evaluate, callbacks
         self.extra_state, self.load_extra_state = extra_state, load_extra_state
         self.history = history if history is not None else []
@@ -214,9 +247,10 @@ class Trainer:
         self.last_loss = math.nan
         self.optimizer: torch.optim.Optimizer | None = None
         self._params: list[nn.Parameter] = []  # the current phase's trained parameters
+        self._phase_models: Mapping[str, nn.Module] = models  # what the losses are handed (DDP-wrapped if needed)
         self._resumed_optimizer: tuple[dict[str, Any], dict[int, dict[str, torch.Tensor]]] | None = None
         self._last_checkpoint_step: int | None = None
-        self._loss_watch: tuple[float, float] | None = None  # (first, lowest) logged loss of the current phase
+        self._loss_watch: tuple[float, float] | None = None  # (first, lowest) loss of the current phase
         self._warned_growth = False
         #: The current phase has run its ``on_end`` (a checkpoint written at a phase's end records this, so a
         #: resumed fit neither repeats it nor, when the phase was given more steps, keeps its stale row).
@@ -247,12 +281,20 @@ class Trainer:
         return min(self.config.ema_decay, (1 + step) / (10 + step))
 
     # ---- state -------------------------------------------------------------------------------------------------
+    def _generator_states(self) -> dict[int, torch.Tensor]:
+        """Every shard's generator state (gathered from all processes: a collective)."""
+        mine = {s: g.get_state() for s, g in self.generators.items()}
+        merged: dict[int, torch.Tensor] = {}
+        for part in distributed.all_gather_objects(mine, self.dist):
+            merged.update(part)
+        return merged
+
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Everything needed to resume, as flat tensors plus JSON metadata."""
+        """Everything needed to resume, as flat tensors plus JSON metadata (a collective when distributed)."""
         tensors = {**io.prefixed("model", self.models.state_dict()), **io.prefixed("ema", self.ema_models.state_dict())}
         meta: dict[str, Any] = {"phase": self.phase_index, "phase_step": self.phase_step, "step": self.step,
                                 "phase_ended": self._phase_ended, "last_loss": self.last_loss,
-                                "history": self.history}
+                                "history": self.history, "shards": self.shards}
         if self.optimizer is not None:
             opt = self.optimizer.state_dict()
             for idx, state in opt["state"].items():
@@ -261,7 +303,8 @@ class Trainer:
             meta["param_groups"] = opt["param_groups"]
         if self.extra_state is not None:
             tensors.update(io.prefixed("extra", self.extra_state()))
-        tensors["rng"] = self.generator.get_state()
+        for s, state in self._generator_states().items():
+            tensors["rng" if s == 0 else f"rng.{s}"] = state
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -269,8 +312,14 @@ class Trainer:
         self.ema_models.load_state_dict(io.unprefixed("ema", tensors))
         if self.load_extra_state is not None:
             self.load_extra_state(io.unprefixed("extra", tensors))
-        self.generator.set_state(tensors["rng"])
         self.phase_index, self.phase_step = int(meta["phase"]), int(meta["phase_step"])
+        same_shards = int(meta.get("shards", 1)) == self.shards
+        for s, gen in self.generators.items():
+            key = "rng" if s == 0 else f"rng.{s}"
+            if same_shards and key in tensors:
+                gen.set_state(tensors[key])
+            else:  # resumed with another number of shards: a fresh stream for this shard from here on
+                gen.manual_seed(stream_seed(self.seed, SHARD_STREAM, s, self.step))
         self._phase_ended = bool(meta.get("phase_ended", False))
         self.last_loss = float(meta.get("last_loss", math.nan))
         self.history[:] = meta.get("history", [])
@@ -286,20 +335,33 @@ class Trainer:
         return self.run_dir / io.CHECKPOINT_FILE if self.run_dir is not None else None
 
     def save_checkpoint(self) -> None:
+        """Write the checkpoint (rank 0); every process must call it, since the generator states are gathered."""
         if self.checkpoint_path is not None:
             tensors, meta = self.state_tensors()
-            io.write_tensors(self.checkpoint_path, tensors, meta)
+            if self.writes:
+                io.write_tensors(self.checkpoint_path, tensors, meta)
             self._last_checkpoint_step = self.step
 
     def resume(self) -> bool:
-        """Load the checkpoint in ``run_dir`` if there is one; returns whether it did."""
+        """Load the checkpoint in ``run_dir`` if there is one (read by rank 0 and sent to every process); returns
+        whether it did."""
         path = self.checkpoint_path
-        if path is None or not path.is_file():
+        if path is None:
             return False
-        tensors, meta = io.read_tensors(path)
         expected = {**io.prefixed("model", self.models.state_dict()),
                     **io.prefixed("ema", self.ema_models.state_dict())}
-        io.check_layout(expected, tensors, path)
+
+        def read() -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+            if not path.is_file():
+                return None
+            tensors, meta = io.read_tensors(path)
+            io.check_layout(expected, tensors, path)
+            return tensors, meta
+
+        found = distributed.on_main(read, self.dist)
+        if found is None:
+            return False
+        tensors, meta = found
         try:
             self.load_state(tensors, meta)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
@@ -309,13 +371,14 @@ class Trainer:
             made = meta.get("step", "more")
             raise RunDirError(f"{str(path)!r} has already made {made} training steps, past the end of a fit of "
                               f"{self.total_steps} steps; resume with --steps {made} or more.")
-        io.truncate_jsonl(self.run_dir / io.METRICS_FILE, self.step)
+        if self.writes:
+            io.truncate_jsonl(self.run_dir / io.METRICS_FILE, self.step)
         self._last_checkpoint_step = self.step
         return True
 
     # ---- loop --------------------------------------------------------------------------------------------------
     def _log(self, row: dict[str, Any]) -> None:
-        if self.run_dir is not None:
+        if self.writes:
             io.append_jsonl(self.run_dir / io.METRICS_FILE, row)
 
     def _start_phase(self, phase: Phase) -> Source:
@@ -325,42 +388,66 @@ class Trainer:
             groups, state = self._resumed_optimizer
             self.optimizer.load_state_dict({"state": state, "param_groups": groups})
             self._resumed_optimizer = None
+        self._phase_models = self.models
+        if self.dist.active:  # gradients of the trained models are all-reduced (averaged) by DDP
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._phase_models = {name: DistributedDataParallel(module, device_ids=ids) if name in phase.train
+                                  else module for name, module in self.models.items()}
         source = phase.source() if callable(phase.source) and not hasattr(phase.source, "batch") else phase.source
         if self.phase_step and hasattr(source, "seek"):  # resuming mid-phase: a refreshing source skips ahead
             source.seek(self.phase_step)
         return source
 
-    def _train_step(self, phase: Phase, source: Source) -> tuple[float, Terms]:
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _train_step(self, phase: Phase, source: Source, interrupted: bool) -> tuple[float, Terms, bool]:
+        """One step over this process's shards; returns the loss agreed over all processes (mean over shards), the
+        named terms, and whether any process was interrupted. The update is applied only if the loss is finite."""
         assert self.optimizer is not None
         for name in phase.train:
             self.models[name].train()
-        batch = source.batch(self.config.batch_size, self.generator)
-        loss, terms = phase.loss(self.models, batch, self.generator)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            return value, terms
+        micro = self.config.batch_size // self.shards
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        terms_sum: dict[str, torch.Tensor] = {}
+        n_local = len(self.local_shards)
+        for i, s in enumerate(self.local_shards):
+            gen = self.generators[s]
+            with contextlib.ExitStack() as stack:
+                if self.dist.active and i < n_local - 1:  # accumulate locally; DDP syncs on the last shard
+                    for name in phase.train:
+                        stack.enter_context(self._phase_models[name].no_sync())
+                with self._autocast():
+                    loss, terms = phase.loss(self._phase_models, source.batch(micro, gen), gen)
+                (loss.float() / n_local).backward()
+            total = total + loss.detach().float() / n_local
+            for key, term in terms.items():
+                terms_sum[key] = terms_sum.get(key, 0) + term.detach().float() / n_local
+        keys = sorted(terms_sum)
+        if self.dist.active:  # one all-reduce agrees on the loss (a NaN anywhere is a NaN everywhere), terms, Ctrl-C
+            stats = torch.stack([total, *(terms_sum[k] for k in keys), torch.tensor(float(interrupted),
+                                                                                    device=self.device)])
+            distributed.all_reduce_(stats, self.dist)
+            total, stop = stats[0] / self.dist.world, bool(stats[-1] > 0)
+            terms_sum = {k: stats[1 + i] / self.dist.world for i, k in enumerate(keys)}
+        else:
+            stop = interrupted
+        value = float(total)
+        if stop or not math.isfinite(value):
+            return value, terms_sum, stop
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(phase, self.phase_step)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
         self.optimizer.step()
         decay = self.ema_decay(self.phase_step)
         for name in phase.train:
             update_ema(self.ema_models[name], self.models[name], decay)
-        return value, terms
-
-    def _next_phase(self) -> None:
-        self.phase_index += 1
-        self.phase_step = 0
-        self.optimizer = None
-        self._resumed_optimizer = None
-        self._phase_ended = False
-
-    def _track_loss(self, value: float) -> None:
-        """Keep the first and the lowest loss of the current phase."""
-        first, lowest = self._loss_watch if self._loss_watch is not None else (value, value)
-        self._loss_watch = (first, min(lowest, value))
+        return value, terms_sum, stop
 
     def _watch_growth(self, step: int, mean: float) -> None:
         """Warn (or stop) once a logged mean loss exceeds ``LOSS_GROWTH_FACTOR`` x the lowest loss of its phase and
@@ -375,8 +462,14 @@ class Trainer:
                 self._warned_growth = True
                 msg = (f"the loss grew from {lowest:.3g} to {mean:.3g} by step {step}; the run is probably diverging: "
                        "lower the learning rate (--lr), or stop on this with loss_growth='stop'.")
-                warnings.warn(msg, LossGrowthWarning, stacklevel=2)
+                if self.dist.is_main:
+                    warnings.warn(msg, LossGrowthWarning, stacklevel=2)
                 self._log({"step": step, "warning": msg})
+
+    def _track_loss(self, value: float) -> None:
+        """Keep the first and the lowest loss of the current phase."""
+        first, lowest = self._loss_watch if self._loss_watch is not None else (value, value)
+        self._loss_watch = (first, min(lowest, value))
 
     def _diverged(self, value: float, grew_from: float | None = None) -> TrainingDivergedError:
         if self.checkpoint_path is not None and self._last_checkpoint_step is not None:
@@ -391,12 +484,21 @@ class Trainer:
         return TrainingDivergedError(f"training stopped at step {at}: the loss {what}; {where}; lower the learning "
                                      f"rate (--lr){again}, or check the data scale.")
 
+    def _next_phase(self) -> None:
+        self.phase_index += 1
+        self.phase_step = 0
+        self.optimizer = None
+        self._resumed_optimizer = None
+        self._phase_ended = False
+        self._phase_models = self.models
+
     def run(self) -> None:
         """Run the phases from the current position; on KeyboardInterrupt, checkpoint and re-raise.
 
         Ctrl-C is deferred to the end of the current step (when running in the main thread), so the checkpoint
         written on interrupt is a consistent state; if an interrupt still arrives inside a step before its update,
-        the generator is rewound to the step's start so that resuming redraws the same minibatch.
+        the generators are rewound to the step's start so that resuming redraws the same minibatch. Distributed,
+        an interrupt of any process stops all of them at the same step.
         """
         with _defer_sigint() as interrupted:
             self._run(interrupted)
@@ -405,9 +507,9 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        quiet = cfg.quiet or not sys.stderr.isatty()
+        quiet = cfg.quiet or not sys.stderr.isatty() or not self.dist.is_main
         bar = tqdm(total=self.total_steps, initial=self.step, disable=quiet, dynamic_ncols=True, leave=False)
-        rng_at_step_start = None
+        rng_at_step_start: dict[int, torch.Tensor] | None = None
         try:
             while self.phase_index < len(self.phases):
                 phase = self.phases[self.phase_index]
@@ -423,10 +525,12 @@ class Trainer:
                 running: list[float] = []
                 running_terms: dict[str, list[torch.Tensor]] = {}
                 while self.phase_step < phase.steps:
-                    if interrupted():
+                    if not self.dist.active and interrupted():
                         raise KeyboardInterrupt
-                    rng_at_step_start = self.generator.get_state()
-                    value, terms = self._train_step(phase, source)
+                    rng_at_step_start = {s: g.get_state() for s, g in self.generators.items()}
+                    value, terms, stop = self._train_step(phase, source, self.dist.active and interrupted())
+                    if stop:
+                        raise KeyboardInterrupt
                     rng_at_step_start = None
                     if not math.isfinite(value):
                         raise self._diverged(value)
@@ -450,7 +554,8 @@ class Trainer:
                         self._log(row)
                         self._watch_growth(step, mean)
                     if cfg.eval_every and self.evaluate is not None and step % cfg.eval_every == 0:
-                        self._log({"step": step, "phase": phase.name, "eval": self.evaluate(step)})
+                        if self.dist.is_main:
+                            self._log({"step": step, "phase": phase.name, "eval": self.evaluate(step)})
                     if step % cfg.checkpoint_every == 0 and self.phase_step < phase.steps:
                         self.save_checkpoint()
                 if phase.on_end is not None:
@@ -461,8 +566,9 @@ class Trainer:
                 self.save_checkpoint()
                 self._next_phase()
         except KeyboardInterrupt:
-            if rng_at_step_start is not None:  # interrupted inside _train_step, before its update was applied
-                self.generator.set_state(rng_at_step_start)
+            if rng_at_step_start is not None:  # interrupted inside a step, before its update was applied
+                for s, state in rng_at_step_start.items():
+                    self.generators[s].set_state(state)
             self.save_checkpoint()
             raise
         finally:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sbridge import io, rundir
+from sbridge import distributed, io, rundir
 from sbridge.device import make_generator, resolve_device
 from sbridge.errors import ConfigError, RunDirError
 from sbridge.networks import check_condition_spec, make_network, network_config
@@ -182,6 +182,10 @@ class Solver:
         ``evaluate(step) -> dict`` is logged every ``eval_every`` steps. ``run_info`` is stored in the run's
         ``config.json`` beside the solver settings (e.g. the data spec). Other keyword arguments: the solver's
         :attr:`fit_options` and :class:`~sbridge.training.TrainConfig` fields.
+
+        Distributed: when a ``torch.distributed`` process group of more than one process is initialised (``torchrun``
+        with the CLI, or your own ``init_process_group``), every process calls ``fit`` with the same arguments and
+        the fit is data-parallel (:mod:`sbridge.distributed`); rank 0 alone writes ``out``.
         """
         train_keys = set(TrainConfig.__dataclass_fields__)
         for key in [k for k in options if k in self.fit_options]:
@@ -202,18 +206,25 @@ class Solver:
         trainer = Trainer(self.models, self.ema_models, self.phases(data, cfg), cfg,
                           generator=make_generator(self.seed, self.device), run_dir=run_dir, evaluate=evaluate,
                           callbacks=callbacks, history=self.history, extra_state=self.extra_tensors,
-                          load_extra_state=self.load_extra_tensors)
-        with rundir.locked(run_dir) if run_dir is not None else contextlib.nullcontext():
+                          load_extra_state=self.load_extra_tensors, seed=self.seed)
+        ctx = distributed.context()
+        with contextlib.ExitStack() as held:
             if run_dir is not None:
-                self._open_run_dir(run_dir, resume, overwrite, run_info)
+                def open_run() -> None:  # rank 0 locks and checks; a refusal stops every rank with its sentence
+                    held.enter_context(rundir.locked(run_dir))
+                    self._open_run_dir(run_dir, resume, overwrite, run_info)
+
+                distributed.on_main(open_run, ctx)
                 if resume:
                     trainer.resume()
-                self.write_config(run_dir, run_info)  # only once the run directory and the resume are accepted
+                if ctx.is_main:
+                    self.write_config(run_dir, run_info)  # only once the run directory and the resume are accepted
             trainer.run()
             self.last_loss = trainer.last_loss
             self.steps_done = trainer.step
-            if run_dir is not None:
+            if run_dir is not None and ctx.is_main:
                 self.save(run_dir)
+        distributed.barrier(ctx)
         return self
 
     def set_option(self, key: str, value: Any) -> None:
@@ -261,6 +272,8 @@ class Solver:
     def save(self, run_dir: str | Path) -> Path:
         """Write ``config.json`` and the weights ``model.safetensors`` into ``run_dir`` (under the run's lock)."""
         run_dir = Path(run_dir)
+        if not distributed.context().is_main:  # distributed: rank 0 writes, the others hold the same weights
+            return run_dir
         with rundir.locked(run_dir):
             self.write_config(run_dir)
             io.write_tensors(run_dir / io.WEIGHTS_FILE, self.weight_tensors(), {"history": self.history})

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from sbridge import metrics
-from sbridge.device import make_generator
+from sbridge import distributed, metrics
+from sbridge.device import make_generator, stream_seed
 from sbridge.errors import ConfigError
 from sbridge.processes import Brownian, LinearSDE
 from sbridge.sampling import ODE_METHODS, euler_maruyama, integrate_ode, time_grid
@@ -32,25 +32,19 @@ from sbridge.validation import check_choice, check_positive_float, check_positiv
 PRIOR_STREAM, TRANSPORT_STREAM, SAMPLE_STREAM = 2, 1, 3
 
 
-def stream_seed(seed: int, *parts: int) -> int:
-    """A seed for the random stream named by ``parts`` (e.g. ``(MONITOR, iteration, direction)``), distinct from
-    every other stream of the same solver seed (a mixing hash, not offsets that collide after a few iterations)."""
-    h = seed * 1_000_003 + 7
-    for p in parts:
-        h = (h * 1_000_033 + int(p) + 13) % (2**62)
-    return h
-
-
 MONITOR_STREAM, COUPLING_STREAM, CACHE_STREAM = 10, 11, 12
 
 
 class RefreshingSource:
-    """Minibatches from tensors rebuilt every ``refresh`` steps by ``build(generator)``, with a generator seeded
-    from the refresh index (so a resumed phase rebuilds the same tensors); DSB's trajectory cache."""
+    """Minibatches from ``size`` rows rebuilt every ``refresh`` steps by ``build(generator, count)``, with a
+    generator seeded from the refresh index (so a resumed phase rebuilds the same tensors); DSB's trajectory cache.
 
-    def __init__(self, build: Callable[[torch.Generator], dict[str, torch.Tensor]], refresh: int, seed: int,
-                 device: torch.device) -> None:
-        self.build, self.refresh, self.seed, self.device = build, refresh, seed, device
+    Distributed, each process builds its share of the rows with a generator seeded from the index and its rank, and
+    the shares are gathered: the simulation time divides by the number of processes (the rows then depend on it)."""
+
+    def __init__(self, build: Callable[[torch.Generator, int], dict[str, torch.Tensor]], size: int, refresh: int,
+                 seed: int, device: torch.device) -> None:
+        self.build, self.size, self.refresh, self.seed, self.device = build, size, refresh, seed, device
         self.calls = 0
         self._source: TensorSource | None = None
         self._built_for = -1
@@ -59,12 +53,21 @@ class RefreshingSource:
         """Continue as if ``step`` batches had been drawn (called by the trainer on resume)."""
         self.calls = step
 
+    @torch.no_grad()
+    def _build(self, index: int) -> dict[str, torch.Tensor]:
+        ctx = distributed.context()
+        seed = stream_seed(self.seed, index) if ctx.rank == 0 else stream_seed(self.seed, index, ctx.rank)
+        count = self.size // ctx.world + (1 if ctx.rank < self.size % ctx.world else 0)
+        tensors = self.build(make_generator(seed, self.device), count)
+        if not ctx.active:
+            return tensors
+        shares = distributed.all_gather_objects({k: v.cpu() for k, v in tensors.items()}, ctx)
+        return {k: torch.cat([share[k] for share in shares]).to(self.device) for k in tensors}
+
     def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         index = self.calls // self.refresh
         if index != self._built_for:
-            with torch.no_grad():
-                tensors = self.build(make_generator(stream_seed(self.seed, index), self.device))
-            self._source, self._built_for = TensorSource(**tensors), index
+            self._source, self._built_for = TensorSource(**self._build(index)), index
         self.calls += 1
         assert self._source is not None
         return self._source.batch(batch_size, generator)

@@ -136,19 +136,21 @@ class DSB(BridgeSolver):
                 model = "bwd" if direction == "backward" else "fwd"
                 seed = stream_seed(self.seed, CACHE_STREAM, n, half)
                 # built lazily at its first batch, i.e. when the phase starts and the other direction is final
-                source = RefreshingSource(lambda gen, direction=direction: self._simulate_cache(direction, data, gen),
-                                          self.cache_refresh, seed, self.device)
+                source = RefreshingSource(
+                    lambda gen, count, direction=direction: self._simulate_cache(direction, data, gen, count),
+                    self.cache_size, self.cache_refresh, seed, self.device)
                 on_end = (lambda n=n: self._monitor(n + 1, data, self.n_steps)) if direction == "forward" else None
                 phases.append(Phase(f"ipf{n + 1}_{direction}", per_half, MeanMatching(self.reference, direction, model),
                                     source=source, train=(model,), on_end=on_end))
         return phases
 
     @torch.no_grad()
-    def _simulate_cache(self, direction: str, data: FitData, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def _simulate_cache(self, direction: str, data: FitData, generator: torch.Generator,
+                        count: int | None = None) -> dict[str, torch.Tensor]:
         """Trajectories of the *other* direction's EMA kernels and the mean-matching targets at each step (with the
         condition of each trajectory's data point, for conditional generative bridges)."""
         x0, x1 = data.x0, data.x1
-        device, m = x0.device, self.cache_size
+        device, m = x0.device, self.cache_size if count is None else count
         gammas = self.gammas.to(device=device, dtype=x0.dtype)
         xs, ts, gs, targets = [], [], [], []
         if direction == "backward":  # forward trajectories from the data, targets F_k(X_k) - F_k(X_{k+1})

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sbridge import distributed
 from sbridge.device import make_generator
 from sbridge.errors import ConfigError
 from sbridge.processes import LinearSDE
@@ -113,7 +114,17 @@ class DSBM(BridgeSolver):
 
     def _chunked_transport(self, x: torch.Tensor, cond: torch.Tensor | None, *, reverse: bool, seed: int,
                            chunk: int = 8192) -> torch.Tensor:
-        parts = [self.transport(x[i:i + chunk], steps=self.sim_steps, reverse=reverse, seed=seed + i,
-                                cond=None if cond is None else cond[i:i + chunk])
-                 for i in range(0, x.shape[0], chunk)]
-        return torch.cat(parts)
+        """Transport ``x`` in chunks, each with its own seed; distributed, the chunks are shared out over the
+        processes and gathered, so the coupling is the same on any number of processes."""
+        ctx = distributed.context()
+        starts = list(range(0, x.shape[0], chunk))
+        parts: dict[int, torch.Tensor] = {}
+        for i in starts[ctx.rank::ctx.world]:
+            parts[i] = self.transport(x[i:i + chunk], steps=self.sim_steps, reverse=reverse, seed=seed + i,
+                                      cond=None if cond is None else cond[i:i + chunk])
+        if ctx.active:
+            gathered: dict[int, torch.Tensor] = {}
+            for part in distributed.all_gather_objects({i: p.cpu() for i, p in parts.items()}, ctx):
+                gathered.update(part)
+            parts = {i: p.to(x.device) for i, p in gathered.items()}
+        return torch.cat([parts[i] for i in starts])

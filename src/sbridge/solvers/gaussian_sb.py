@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge import rundir
+from sbridge import distributed, rundir
 from sbridge.errors import ConfigError, DataError
 from sbridge.gaussian import GaussianBridge
 from sbridge.solvers.bridge import BridgeSolver
@@ -89,7 +89,7 @@ class GaussianSB(BridgeSolver):
                 m.mean1.copy_(x1.mean(0))
                 m.cov1.copy_(torch.cov(x1.T).reshape(self.dim, self.dim))
         self._bridge = None
-        if out is not None:
+        if out is not None and distributed.context().is_main:
             with rundir.locked(out):
                 rundir.check_new_run(Path(out), resume=False, overwrite=overwrite)
                 self.write_config(out, run_info)
