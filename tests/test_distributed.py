@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def _task(name: str, rank: int, out: Path) -> dict:
         method = name.split("_")[1]
         model = make(method).fit(x, steps=40, out=out / "run", resume=True, **fit_args(method), shards=2)
         return {"steps": model.steps_done}
+    if name == "die":
+        def die(step: int, loss: float) -> None:
+            if step == 15 and rank == 1:
+                os._exit(3)  # a crash with no clean-up: its peer must notice and stop with a sentence
+        started = time.time()
+        try:
+            sbridge.SGM(2, **MODEL).fit(x, steps=400, out=out / "run", callbacks=(die,), **FIT)
+        except SBridgeError as exc:
+            return {"error": str(exc), "kind": type(exc).__name__, "seconds": time.time() - started}
+        return {"error": None}
     if name == "nan":
         try:
             sbridge.SGM(2, net=NanOnRankOne(), seed=0, device="cpu").fit(x, steps=40, out=out / "run", **FIT)
@@ -190,3 +201,52 @@ def test_bf16_autocast_runs_on_cpu_and_the_loss_falls() -> None:
     bf16 = sbridge.SGM(2, **MODEL).fit(data(), steps=300, batch_size=128, lr=3e-3, precision="bf16", quiet=True)
     fp32 = sbridge.SGM(2, **MODEL).fit(data(), steps=300, batch_size=128, lr=3e-3, quiet=True)
     assert bf16.last_loss < 1.2 and abs(bf16.last_loss - fp32.last_loss) < 0.3, (bf16.last_loss, fp32.last_loss)
+
+
+# ---------------------------------------------------------------- the deferred (CUDA) path, exercised on CPU
+class NanAfter(nn.Module):
+    """A time MLP whose output turns NaN from its 26th training call on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TimeMLP(2, hidden=16, depth=1)
+        self.calls = 0
+
+    def forward(self, x, t, cond=None):
+        out = self.net(x, t, cond)
+        if self.training:
+            self.calls += 1
+            if self.calls > 25:
+                out = out * float("nan")
+        return out
+
+
+def test_the_deferred_path_reads_losses_every_few_steps_with_the_same_result(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # On CUDA the trainer reads the loss back only at log, checkpoint and phase-end steps; forced on here, it
+    # gives the weights and the log of the per-step path, and still stops on a NaN with the last good checkpoint.
+    eager = sbridge.SGM(2, **MODEL).fit(data(), steps=40, out=tmp_path / "eager", **FIT)
+    monkeypatch.setattr(sbridge.training.Trainer, "DEFER_ON", ("cpu", "cuda"))
+    deferred = sbridge.SGM(2, **MODEL).fit(data(), steps=40, out=tmp_path / "deferred", **FIT)
+    assert_same_weights(tmp_path / "eager", tmp_path / "deferred", atol=0)
+    assert deferred.last_loss == eager.last_loss
+    assert io.read_jsonl(tmp_path / "eager" / "metrics.jsonl") == io.read_jsonl(tmp_path / "deferred" / "metrics.jsonl")
+    with pytest.raises(SBridgeError, match="training stopped at step 26.*step 20"):
+        sbridge.SGM(2, net=NanAfter(), seed=0, device="cpu").fit(data(), steps=40, out=tmp_path / "nan", **FIT)
+    assert io.read_tensors(tmp_path / "nan" / "checkpoint.safetensors")[1]["step"] == 20
+
+
+def test_a_dead_rank_makes_the_other_stop_with_a_sentence_in_bounded_time(tmp_path: Path) -> None:
+    fd, init_file = tempfile.mkstemp(prefix="sbridge_dist_", dir=tmp_path)
+    os.close(fd)
+    os.unlink(init_file)
+    ctx = mp.start_processes(_worker, args=(2, init_file, "die", str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")
+    for p in ctx.processes:
+        p.join(timeout=180)
+    assert [p.exitcode for p in ctx.processes] == [0, 3]
+    result = json.loads((tmp_path / "rank0.json").read_text())
+    assert result.get("kind") == "PeerError", result
+    assert "another process of this distributed run stopped" in result["error"] and result["seconds"] < 150
+    meta = io.read_tensors(tmp_path / "run" / "checkpoint.safetensors")[1]
+    assert meta["step"] == 10  # the last checkpoint before the crash is kept

@@ -79,6 +79,9 @@ TRAIN_HELP = {
     "out": "run directory",
     "eval_every": "evaluate the EMA model every this many steps (0: never)",
     "loss_growth": "when the loss grows 1000-fold over its lowest value: warn, stop or ignore",
+    "shards": "draw each global batch in this many shards, one generator each (0: one per process); a run's "
+              "result depends on it, not on the number of processes",
+    "precision": "fp32, or bf16 (autocast of the loss, meant for GPUs)",
 }
 
 

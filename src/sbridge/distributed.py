@@ -95,6 +95,21 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+#: Words of the errors the gloo / nccl backends raise when a peer process is gone or silent.
+_PEER_FAILURE_WORDS = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout", "nccl",
+                       "gloo", "peer")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised inside a collective, e.g. by DDP in backward) means another process failed."""
+    return isinstance(exc, (RuntimeError, dist.DistBackendError)) and any(
+        w in str(exc).lower() for w in _PEER_FAILURE_WORDS)
+
+
+def peer_failed(exc: Exception) -> PeerError:
+    return _peer_failed(exc)
+
+
 def _peer_failed(exc: Exception) -> PeerError:
     return PeerError(f"another process of this distributed run stopped or failed ({str(exc).splitlines()[0]}); "
                      "this one stops too: the last checkpoint is kept, resume with --resume (any number of "

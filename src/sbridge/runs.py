@@ -51,6 +51,8 @@ class RunSpec:
     eval_every: int = 0
     eval_n: int = 2_000
     loss_growth: str = "warn"
+    shards: int = 0
+    precision: str = "fp32"
     quiet: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -80,7 +82,8 @@ class RunSpec:
         resolve_device(spec.device)
         TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, lr_schedule=spec.lr_schedule,
                     ema_decay=spec.ema_decay, grad_clip=spec.grad_clip, checkpoint_every=spec.checkpoint_every,
-                    eval_every=spec.eval_every, loss_growth=spec.loss_growth)  # validates the training options
+                    eval_every=spec.eval_every, loss_growth=spec.loss_growth, shards=spec.shards,
+                    precision=spec.precision)  # validates the training options
         bad_solver_keys = [k for k in spec.solver if not isinstance(k, str)]
         if bad_solver_keys:
             raise ConfigError(f"solver option name {bad_solver_keys[0]!r} is not a name; solver options are words "
@@ -106,8 +109,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "method": (str,), "data": (str,), "prior": (str, type(None)), "iterations": (int,), "n_data": (int,),
     "steps": (int,), "seed": (int,), "out": (str,), "device": (str,), "batch_size": (int,), "lr": (int, float),
     "lr_schedule": (str,), "ema_decay": (int, float), "grad_clip": (int, float), "checkpoint_every": (int,),
-    "eval_every": (int,), "eval_n": (int,), "loss_growth": (str,), "quiet": (bool,), "resume": (bool,),
-    "overwrite": (bool,), "solver": (dict,),
+    "eval_every": (int,), "eval_n": (int,), "loss_growth": (str,), "shards": (int,), "precision": (str,),
+    "quiet": (bool,), "resume": (bool,), "overwrite": (bool,), "solver": (dict,),
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a mapping",
                type(None): "empty"}
@@ -225,7 +228,8 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
     common = {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "lr_schedule": spec.lr_schedule,
               "out": out, "resume": spec.resume, "overwrite": spec.overwrite, "quiet": spec.quiet,
               "ema_decay": spec.ema_decay, "grad_clip": spec.grad_clip, "checkpoint_every": spec.checkpoint_every,
-              "eval_every": spec.eval_every, "loss_growth": spec.loss_growth, "callbacks": callbacks}
+              "eval_every": spec.eval_every, "loss_growth": spec.loss_growth, "shards": spec.shards,
+              "precision": spec.precision, "callbacks": callbacks}
     prior_info = None if spec.prior is None else _data_info(spec.prior, spec.n_data, spec.seed + PRIOR_SEED_OFFSET)
     prior = None if prior_info is None else load_data(prior_info)
     run_info: dict[str, Any] = {"data": data_info, "prior": prior_info}

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -209,6 +210,9 @@ class Trainer:
     generator, a process handling its shards in turn with gradient accumulation; the loss, the NaN/Inf decision
     and Ctrl-C are agreed by an all-reduce every step; rank 0 alone writes checkpoints and ``metrics.jsonl``.
     """
+
+    #: Device types on which losses are read back every few steps instead of every step (see ``_flush``).
+    DEFER_ON: tuple[str, ...] = ("cuda",)
 
     def __init__(self, models: nn.ModuleDict, ema_models: nn.ModuleDict, phases: Sequence[Phase],
                  config: TrainConfig, *, generator: torch.Generator, run_dir: str | Path | None = None,
@@ -393,8 +397,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._phase_models = {name: DistributedDataParallel(module, device_ids=ids) if name in phase.train
-                                  else module for name, module in self.models.items()}
+            # buffers (time embeddings, fitted priors) are the same on every rank: no per-forward broadcast
+            self._phase_models = {name: DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
+                                  if name in phase.train else module for name, module in self.models.items()}
         source = phase.source() if callable(phase.source) and not hasattr(phase.source, "batch") else phase.source
         if self.phase_step and hasattr(source, "seek"):  # resuming mid-phase: a refreshing source skips ahead
             source.seek(self.phase_step)
@@ -405,9 +410,12 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _train_step(self, phase: Phase, source: Source, interrupted: bool) -> tuple[float, Terms, bool]:
+    def _train_step(self, phase: Phase, source: Source, interrupted: bool,
+                    deferred: bool = False) -> tuple[Any, Terms, Any]:
         """One step over this process's shards; returns the loss agreed over all processes (mean over shards), the
-        named terms, and whether any process was interrupted. The update is applied only if the loss is finite."""
+        named terms, and whether any process was interrupted. The update is applied only if the loss is finite and
+        no process was interrupted — except ``deferred`` (CUDA): then nothing is read back to the host, the loss and
+        the flag come back as device tensors, and the update is applied; the caller checks them every few steps."""
         assert self.optimizer is not None
         for name in phase.train:
             self.models[name].train()
@@ -429,17 +437,23 @@ class Trainer:
             for key, term in terms.items():
                 terms_sum[key] = terms_sum.get(key, 0) + term.detach().float() / n_local
         keys = sorted(terms_sum)
+        flag = torch.tensor(float(interrupted), device=self.device)
         if self.dist.active:  # one all-reduce agrees on the loss (a NaN anywhere is a NaN everywhere), terms, Ctrl-C
-            stats = torch.stack([total, *(terms_sum[k] for k in keys), torch.tensor(float(interrupted),
-                                                                                    device=self.device)])
+            stats = torch.stack([total, *(terms_sum[k] for k in keys), flag])
             distributed.all_reduce_(stats, self.dist)
-            total, stop = stats[0] / self.dist.world, bool(stats[-1] > 0)
+            total, flag = stats[0] / self.dist.world, stats[-1]
             terms_sum = {k: stats[1 + i] / self.dist.world for i, k in enumerate(keys)}
-        else:
-            stop = interrupted
-        value = float(total)
+        if deferred:
+            self._apply_update(phase)
+            return total, terms_sum, flag
+        value, stop = float(total), bool(flag > 0)
         if stop or not math.isfinite(value):
             return value, terms_sum, stop
+        self._apply_update(phase)
+        return value, terms_sum, stop
+
+    def _apply_update(self, phase: Phase) -> None:
+        assert self.optimizer is not None
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(phase, self.phase_step)
         nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
@@ -447,7 +461,6 @@ class Trainer:
         decay = self.ema_decay(self.phase_step)
         for name in phase.train:
             update_ema(self.ema_models[name], self.models[name], decay)
-        return value, terms_sum, stop
 
     def _watch_growth(self, step: int, mean: float) -> None:
         """Warn (or stop) once a logged mean loss exceeds ``LOSS_GROWTH_FACTOR`` x the lowest loss of its phase and
@@ -471,7 +484,7 @@ class Trainer:
         first, lowest = self._loss_watch if self._loss_watch is not None else (value, value)
         self._loss_watch = (first, min(lowest, value))
 
-    def _diverged(self, value: float, grew_from: float | None = None) -> TrainingDivergedError:
+    def _diverged(self, value: float, grew_from: float | None = None, at: int | None = None) -> TrainingDivergedError:
         if self.checkpoint_path is not None and self._last_checkpoint_step is not None:
             where = f"the last good checkpoint (step {self._last_checkpoint_step}) is kept in {self.checkpoint_path}"
         elif self.checkpoint_path is not None:
@@ -479,10 +492,29 @@ class Trainer:
         else:
             where = "the weights from the last good step are kept in memory"
         what = f"became {value}" if grew_from is None else f"grew from {grew_from:.3g} to {value:.3g}"
-        at = self.step + 1 if grew_from is None else self.step
+        if at is None:
+            at = self.step + 1 if grew_from is None else self.step
         again = " and start again with --overwrite" if self.run_dir is not None else ""
         return TrainingDivergedError(f"training stopped at step {at}: the loss {what}; {where}; lower the learning "
                                      f"rate (--lr){again}, or check the data scale.")
+
+    def _flush(self, pending: list[tuple[int, torch.Tensor, torch.Tensor]]) -> list[float]:
+        """Deferred mode: read the pending steps' losses and flags in one transfer; stop at the first non-finite
+        loss (nothing after the last checkpoint is saved) or, after these steps, on an interrupt."""
+        if not pending:
+            return []
+        values = torch.stack([v for _, v, _ in pending]).tolist()
+        flags = torch.stack([f for _, _, f in pending]).tolist()
+        steps = [st for st, _, _ in pending]
+        pending.clear()
+        for st, value in zip(steps, values, strict=True):
+            if not math.isfinite(value):
+                raise self._diverged(value, at=st)
+            self._track_loss(value)
+        self.last_loss = values[-1]
+        if any(f > 0 for f in flags):
+            raise KeyboardInterrupt
+        return values
 
     def _next_phase(self) -> None:
         self.phase_index += 1
@@ -501,13 +533,21 @@ class Trainer:
         an interrupt of any process stops all of them at the same step.
         """
         with _defer_sigint() as interrupted:
-            self._run(interrupted)
+            try:
+                self._run(interrupted)
+            except (RuntimeError, dist.DistBackendError) as exc:  # e.g. DDP's all-reduce in backward
+                if self.dist.active and distributed.is_peer_failure(exc):
+                    raise distributed.peer_failed(exc) from None
+                raise
 
     def _run(self, interrupted: Callable[[], bool]) -> None:
         from tqdm.auto import tqdm
 
         cfg = self.config
         quiet = cfg.quiet or not sys.stderr.isatty() or not self.dist.is_main
+        # On CUDA the loss is read back only every few steps (no per-step host synchronisation); callbacks need
+        # each step's loss, so they keep the eager path.
+        deferred = self.device.type in self.DEFER_ON and not self.callbacks
         bar = tqdm(total=self.total_steps, initial=self.step, disable=quiet, dynamic_ncols=True, leave=False)
         rng_at_step_start: dict[int, torch.Tensor] | None = None
         try:
@@ -524,26 +564,40 @@ class Trainer:
                 self._loss_watch = None
                 running: list[float] = []
                 running_terms: dict[str, list[torch.Tensor]] = {}
+                pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # deferred: (step, loss, flag) unread
                 while self.phase_step < phase.steps:
-                    if not self.dist.active and interrupted():
+                    if not self.dist.active and not deferred and interrupted():
                         raise KeyboardInterrupt
-                    rng_at_step_start = {s: g.get_state() for s, g in self.generators.items()}
-                    value, terms, stop = self._train_step(phase, source, self.dist.active and interrupted())
-                    if stop:
-                        raise KeyboardInterrupt
-                    rng_at_step_start = None
-                    if not math.isfinite(value):
-                        raise self._diverged(value)
-                    self.phase_step += 1
-                    self.last_loss = value
-                    self._track_loss(value)
-                    running.append(value)
-                    for key, term in terms.items():
-                        running_terms.setdefault(key, []).append(term)
-                    bar.update(1)
-                    step = self.step
-                    for cb in self.callbacks:
-                        cb(step, value)
+                    if deferred:
+                        loss_t, terms, flag_t = self._train_step(phase, source, interrupted(), deferred=True)
+                        self.phase_step += 1
+                        pending.append((self.step, loss_t, flag_t))
+                        step = self.step
+                        if (step % cfg.log_every == 0 or self.phase_step == phase.steps
+                                or step % cfg.checkpoint_every == 0
+                                or (cfg.eval_every and step % cfg.eval_every == 0)):
+                            running.extend(self._flush(pending))
+                        for key, term in terms.items():
+                            running_terms.setdefault(key, []).append(term)
+                        bar.update(1)
+                    else:
+                        rng_at_step_start = {s: g.get_state() for s, g in self.generators.items()}
+                        value, terms, stop = self._train_step(phase, source, self.dist.active and interrupted())
+                        if stop:
+                            raise KeyboardInterrupt
+                        rng_at_step_start = None
+                        if not math.isfinite(value):
+                            raise self._diverged(value)
+                        self.phase_step += 1
+                        self.last_loss = value
+                        self._track_loss(value)
+                        running.append(value)
+                        for key, term in terms.items():
+                            running_terms.setdefault(key, []).append(term)
+                        bar.update(1)
+                        step = self.step
+                        for cb in self.callbacks:
+                            cb(step, value)
                     if step % cfg.log_every == 0 or self.phase_step == phase.steps:
                         mean = sum(running) / len(running)
                         row: dict[str, Any] = {"step": step, "phase": phase.name, "loss": mean}
