@@ -250,3 +250,16 @@ def test_a_dead_rank_makes_the_other_stop_with_a_sentence_in_bounded_time(tmp_pa
     assert "another process of this distributed run stopped" in result["error"] and result["seconds"] < 150
     meta = io.read_tensors(tmp_path / "run" / "checkpoint.safetensors")[1]
     assert meta["step"] == 10  # the last checkpoint before the crash is kept
+
+
+def test_dsb_with_two_shards_in_one_process_resumes_exactly(tmp_path: Path) -> None:
+    # DSB's cache refreshes every cache_refresh *steps*, however many shards a process draws per step.
+    x, prior = data(), toy.sample("circles", 600, seed=1)
+    opts = {"net": MODEL["net"], "seed": 0, "device": "cpu", "iterations": 1, "n_steps": 10, "cache_size": 200,
+            "cache_refresh": 7}
+    fit = {**FIT, "prior": prior, "shards": 2}
+    sbridge.DSB(2, **opts).fit(x, steps=40, out=tmp_path / "whole", **fit)
+    with pytest.raises(KeyboardInterrupt):
+        sbridge.DSB(2, **opts).fit(x, steps=40, out=tmp_path / "cut", callbacks=(_stop_at(13),), **fit)
+    sbridge.DSB(2, **opts).fit(x, steps=40, out=tmp_path / "cut", resume=True, **fit)
+    assert_same_weights(tmp_path / "cut", tmp_path / "whole", atol=0)

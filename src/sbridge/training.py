@@ -401,6 +401,8 @@ class Trainer:
             self._phase_models = {name: DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
                                   if name in phase.train else module for name, module in self.models.items()}
         source = phase.source() if callable(phase.source) and not hasattr(phase.source, "batch") else phase.source
+        if hasattr(source, "calls_per_step"):  # a source that counts its batches: one per local shard per step
+            source.calls_per_step = len(self.local_shards)
         if self.phase_step and hasattr(source, "seek"):  # resuming mid-phase: a refreshing source skips ahead
             source.seek(self.phase_step)
         return source

@@ -46,12 +46,14 @@ class RefreshingSource:
                  seed: int, device: torch.device) -> None:
         self.build, self.size, self.refresh, self.seed, self.device = build, size, refresh, seed, device
         self.calls = 0
+        #: Batches drawn per training step (the trainer sets it when a process handles several shards).
+        self.calls_per_step = 1
         self._source: TensorSource | None = None
         self._built_for = -1
 
     def seek(self, step: int) -> None:
-        """Continue as if ``step`` batches had been drawn (called by the trainer on resume)."""
-        self.calls = step
+        """Continue as if ``step`` training steps had been made (called by the trainer on resume)."""
+        self.calls = step * self.calls_per_step
 
     @torch.no_grad()
     def _build(self, index: int) -> dict[str, torch.Tensor]:
@@ -65,7 +67,7 @@ class RefreshingSource:
         return {k: torch.cat([share[k] for share in shares]).to(self.device) for k in tensors}
 
     def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        index = self.calls // self.refresh
+        index = self.calls // self.calls_per_step // self.refresh  # refresh every ``refresh`` training steps
         if index != self._built_for:
             self._source, self._built_for = TensorSource(**self._build(index)), index
         self.calls += 1
