@@ -29,7 +29,10 @@ SMALL = ["--n-data", "400", "--batch-size", "64", "--hidden", "16", "--depth", "
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own errors exit from inside main, as the command would
+        code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -154,6 +157,30 @@ CASES: list[tuple[str, str, Callable[[Path], None] | None, list[str], list[str]]
     ("eval-n-zero", None, None, ["train", "--eval-every", "10", "--eval-n", "0", "--out", "{run}", *SMALL],
      ["eval_n"]),
     ("sample-out-txt", "sgm", None, ["sample", "{run}", "--n", "5", "--out", "{run}/x.txt"], [".npy"]),
+    # found by driving the CLI with 330 more hostile inputs
+    ("resume-without-config", "sgm", lambda run: (run / "config.json").unlink(),
+     [*RESUME_SGM, "--lr", "0.5", "--out", "{run}"], ["has no config.json", "--overwrite"]),
+    ("resume-empty-folder", None, None, [*RESUME_SGM, "--out", "{run}"], ["holds no run to resume"]),
+    ("config-deeply-nested", "sgm", _write("config.json", "[" * 100_000 + "]" * 100_000),
+     ["sample", "{run}", "--n", "5"], ["config.json", "not valid JSON"]),
+    ("sgm-config-with-a-prior", "sgm", _edit_config(lambda c: c.update(prior={"name": "moons", "n": 300,
+                                                                             "seed": 500})),
+     ["sample", "{run}", "--n", "5"], ["second data set", "does not transport"]),
+    ("sample-bad-device", "sgm", None, ["sample", "{run}", "--n", "5", "--device", "foo"], ["unknown device 'foo'"]),
+    ("set-a-training-option", None, None, ["train", "--set", "steps=5", "--out", "{run}", *SMALL],
+     ["training option", "--steps"]),
+    ("set-an-unknown-option", None, None, ["train", "--method", "dsbm", "--set", "foo=1", "--out", "{run}", *SMALL],
+     ["no option 'foo'", "sim_steps"]),
+    ("flag-and-set-twice", None, None, ["train", "--set", "hidden=8", "--out", "{run}", *SMALL], ["given twice"]),
+    ("argparse-type", None, None, ["train", "--steps", "1.5", "--out", "{run}"], ["invalid int value", "--help"]),
+    ("hidden-huge", None, None, ["train", "--hidden", str(10**9), "--out", "{run}", "--quiet"],
+     ["needs at least", "hidden"]),
+    ("iterations-huge", None, None, ["train", "--method", "dsbm", "--iterations", str(10**9), "--steps",
+                                     str(2 * 10**10), "--out", "{run}", "--quiet"], ["needs at least",
+                                                                                    "--iterations"]),
+    ("sample-a-file", "sgm", None, ["sample", "{run}/config.json", "--n", "5"], ["is a file, not a run folder"]),
+    ("dequantize-without-nll", "sgm", None, ["evaluate", "{run}", "--dequantize", "256"], ["add --nll"]),
+    ("data-empty-name", None, None, ["train", "--data", "", "--out", "{run}", *SMALL], ["option data is empty"]),
 ]
 
 
@@ -368,3 +395,53 @@ def test_a_path_the_file_system_refuses_gets_a_sentence(runs: dict[str, Path], t
         code, _, err = cli(capsys, *argv)
         assert code == 2 and "the file system refused" in err and "a_file" in err and "Traceback" not in err, err
     assert blocker.read_text() == "not a folder"
+
+
+def test_resume_notices_a_data_file_whose_contents_changed_and_accepts_runs_of_older_versions(
+        runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "mine.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(300, 2)))
+    argv = ["train", "--data", data, "--steps", "20", "--checkpoint-every", "10", *SMALL[2:], "--out", tmp_path / "f"]
+    assert cli(capsys, *argv)[0] == 0
+    np.save(data, np.random.default_rng(1).normal(size=(300, 2)))  # same shape, other numbers
+    code, _, err = cli(capsys, *argv, "--resume", "--steps", "40")
+    assert code == 2 and "data.sha256" in err, err
+    # a run recorded before a training option existed resumes with that option at its default
+    run = tmp_path / "old"
+    shutil.copytree(runs["sgm"], run)
+    cfg = json.loads((run / "config.json").read_text())
+    for key in ("shards", "precision", "loss_growth"):
+        cfg["train"].pop(key)
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert cli(capsys, *RESUME_SGM, "--steps", "70", "--out", run)[0] == 0
+
+
+def test_files_that_are_not_sbridges_are_never_deleted(runs: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "sgm"
+    shutil.copytree(runs["sgm"], run)
+    (run / ".notes.tmp").write_text("mine")
+    (run / "plots").mkdir(exist_ok=True)
+    (run / "plots" / "my_figure.png").write_bytes(b"mine")
+    assert cli(capsys, *RESUME_SGM, "--steps", "70", "--out", run)[0] == 0
+    assert cli(capsys, "train", "--data", "moons", "--steps", "20", *SMALL, "--out", run, "--overwrite")[0] == 0
+    assert (run / ".notes.tmp").read_text() == "mine" and (run / "plots" / "my_figure.png").read_bytes() == b"mine"
+
+
+def test_a_damaged_training_log_neither_stops_a_resume_nor_a_plot(runs: dict[str, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "sgm"
+    shutil.copytree(runs["sgm"], run)
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": "x", "phase": 5, "loss": "nan"}\n[1,2]\n5\n{"loss": null}\n{"step": 6')
+    assert cli(capsys, *RESUME_SGM, "--steps", "70", "--out", run)[0] == 0
+    code, _, err = cli(capsys, "plot", run, "--n", "50", "--steps", "5")
+    assert code == 0 and err == "", err
+    assert all(isinstance(r["step"], int) for r in io.read_jsonl(run / "metrics.jsonl"))
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\nsteps: 2e1\nbatch_size: 64\nn_data: 300\nquiet: true\n")
+    assert cli(capsys, "train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "r", "--hidden", "16")[0] == 0
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["steps"] == 20

@@ -105,8 +105,21 @@ def test_resuming_a_finished_run_changes_nothing(runs: dict, data: torch.Tensor,
 
 
 def test_resume_without_a_checkpoint_trains_from_scratch(runs: dict, data: torch.Tensor, tmp_path: Path) -> None:
+    # a run killed before its first checkpoint holds only its config: resuming starts it again, and nothing is lost
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "config.json").write_bytes((runs["dir_a"] / "config.json").read_bytes())
     fresh = SGM(2, **MODEL).fit(data, out=tmp_path / "new", resume=True, **FIT)
     assert state_equal(fresh.ema_models.state_dict(), runs["a"].ema_models.state_dict())
+
+
+def test_resume_refuses_a_folder_without_a_run_or_without_its_config(runs: dict, data: torch.Tensor,
+                                                                     tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="holds no run to resume"):
+        SGM(2, **MODEL).fit(data, out=tmp_path / "typo", resume=True, **FIT)
+    shutil.copytree(runs["dir_a"], tmp_path / "noconfig")
+    (tmp_path / "noconfig" / "config.json").unlink()
+    with pytest.raises(RunDirError, match="has no config.json"):
+        SGM(2, **MODEL).fit(data, out=tmp_path / "noconfig", resume=True, lr=0.5, **FIT)
 
 
 class Crash:

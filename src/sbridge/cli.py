@@ -69,6 +69,15 @@ def _add_sampling_args(p: argparse.ArgumentParser, n: int) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with sbridge's error format: one ``sbridge: error:`` sentence pointing to ``--help``, exit 2."""
+
+    def error(self, message: str) -> Any:
+        command = self.prog.removeprefix("sbridge").strip()
+        helper = f"sbridge {command} --help" if command else "sbridge --help"
+        self.exit(2, f"sbridge: error: {message}; see '{helper}'.\n")
+
+
 TRAIN_HELP = {
     "method": "solver: " + ", ".join(SOLVER_NAMES),
     "prior": "second data set for a bridge (toy set or file): the bridge then connects --data to it",
@@ -88,7 +97,7 @@ TRAIN_HELP = {
 def build_parser() -> argparse.ArgumentParser:
     from sbridge.runs import RunSpec
 
-    parser = argparse.ArgumentParser(prog="sbridge", description="Schrödinger-bridge generative modelling.")
+    parser = _Parser(prog="sbridge", description="Schrödinger-bridge generative modelling.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a solver on a data set and write a run directory")
@@ -147,16 +156,22 @@ def _train_spec(args: argparse.Namespace):
         raise ConfigError(f"'solver' in the config file must be a mapping of solver options (e.g. solver: {{sigma: "
                           f"0.5}}), got {solver!r}.")
     solver = dict(solver)
+    flagged = set()
     for key in ("process", "hidden", "depth", "sigma"):
         if key in cfg:
             solver[key] = cfg.pop(key)
         if getattr(args, key) is not None:
             solver[key] = getattr(args, key)
+            flagged.add(key)
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set needs KEY=VALUE, got {item!r}; e.g. --set sigma=0.5.")
-        solver[key.strip().replace("-", "_")] = _yaml_value(value)
+        key = key.strip().replace("-", "_")
+        if key in flagged or (key == "net" and flagged & {"hidden", "depth"}):
+            flag = key if key in flagged else "hidden/--depth"
+            raise ConfigError(f"solver option {key!r} is given twice, by --set and by --{flag}; give it once.")
+        solver[key] = _yaml_value(value)
     for f in fields(RunSpec):
         value = getattr(args, f.name, None)
         if value is not None and f.name != "solver":
@@ -223,6 +238,9 @@ def _format_metrics(result: dict[str, Any]) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sbridge import runs
 
+    if not args.nll and (args.dequantize is not None or args.nll_n != 1_000):
+        raise ConfigError("--nll-n and --dequantize set up the likelihood; add --nll, or drop them.")
+
     result = runs.evaluate(args.run, args.n, steps=args.steps, ode=args.ode, method=args.ode_method, grid=args.grid,
                            seed=args.seed, device=args.device, nll=args.nll, nll_n=args.nll_n,
                            dequantize=args.dequantize)
@@ -254,8 +272,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sbridge import runs
     from sbridge.runs import RunSpec
+    from sbridge.validation import check_positive_int
 
-    steps = args.steps or 8_000
+    steps = 8_000 if args.steps is None else check_positive_int(args.steps, "--steps")
     out = Path(args.out)
     spec = RunSpec(method="sgm", data="checkerboard", n_data=20_000, steps=steps, out=str(out), device=args.device,
                    quiet=args.quiet, resume=(out / "checkpoint.safetensors").exists(), eval_every=max(steps // 8, 1),

@@ -48,7 +48,7 @@ def read_json(path: str | Path) -> Any:
     """Parse a JSON file written by sbridge; a damaged or unreadable file raises :class:`RunDirError` naming it."""
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
         raise RunDirError(f"{str(path)!r} could not be read ({reason}); restore it from a backup or retrain the run "
                           "into a new --out folder.") from None
@@ -80,6 +80,8 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     complete safetensors file (truncated, random bytes, a pickle or ``torch.save`` file) raises
     :class:`RunDirError` naming it; nothing in the file is ever executed."""
     path = str(path)
+    if os.path.isfile(path) and not os.access(path, os.R_OK):
+        raise RunDirError(f"{path!r} cannot be read (permission denied); fix its permissions (e.g. chmod u+r).")
     try:
         with safe_open(path, framework="pt") as fh:
             meta = json.loads((fh.metadata() or {}).get("sbridge", "{}"))
@@ -131,6 +133,8 @@ def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch
 def require_run_dir(path: str | Path) -> Path:
     """Return ``path`` if it holds an sbridge run (a ``config.json``), else raise :class:`RunDirError`."""
     p = Path(path)
+    if p.is_file():
+        raise RunDirError(f"{str(p)!r} is a file, not a run folder; point to the folder 'sbridge train --out' wrote.")
     if not p.is_dir():
         raise RunDirError(f"run directory {str(p)!r} does not exist; train one first with 'sbridge train --out {p}'.")
     if not (p / CONFIG_FILE).is_file():
@@ -154,9 +158,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     for line in p.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
-        if isinstance(row, dict):
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
             rows.append(row)
     return rows
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from sbridge.errors import ConfigError
 from sbridge.tensors import batch_time, event_numel
-from sbridge.validation import check_choice, check_positive_int
+from sbridge.validation import check_choice, check_memory, check_positive_int
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -121,6 +121,12 @@ class TimeMLP(nn.Module):
         self.dim = event_numel(self.shape)
         hidden = check_positive_int(hidden, "hidden")
         depth = check_positive_int(depth, "depth")
+        time_dim = check_positive_int(time_dim, "time_dim")
+        width_in = self.dim + time_dim * (2 if cond is not None else 1)
+        params = width_in * hidden + (depth - 1) * hidden * hidden + hidden * self.dim
+        # parameters, their EMA copy, gradients and two Adam moments: five float32 copies
+        check_memory(20 * params + 3000 * depth, f"a time MLP of depth {depth:,} and width {hidden:,}",
+                     "choose a smaller hidden / depth")
         self.embed = SinusoidalTimeEmbedding(check_positive_int(time_dim, "time_dim"), scale=time_scale)
         self.cond_embed = ConditionEmbedding(cond, time_dim) if cond is not None else None
         layers: list[nn.Module] = []

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,9 +36,19 @@ def holds_run(path: Path) -> bool:
     return any((path / name).exists() for name in RUN_FILES)
 
 
+#: Files sbridge writes atomically into a run (their temporary files are ``.NAME.XXXX.tmp``).
+WRITTEN_FILES = (*RUN_FILES, "evaluation.json", "samples.npy")
+#: Plots ``sbridge plot`` writes into ``RUN/plots``.
+PLOT_FILES = ("samples.png", "trajectories.png", "loss.png", "iterations.png", "transport.png")
+
+
 def temporary_files(path: Path) -> list[Path]:
-    """Temporary files left by interrupted atomic writes (``.NAME.XXXX.tmp``)."""
-    return sorted(p for p in path.glob(".*.tmp") if p.is_file()) if path.is_dir() else []
+    """Temporary files left by sbridge's interrupted atomic writes (``.NAME.XXXX.tmp`` for a file NAME it writes);
+    other files, even hidden ``.tmp`` ones of the user, are not sbridge's and are never listed."""
+    if not path.is_dir():
+        return []
+    prefixes = tuple(f".{name}." for name in WRITTEN_FILES)
+    return sorted(p for p in path.glob(".*.tmp") if p.is_file() and p.name.startswith(prefixes))
 
 
 def _lock_holder(lock_path: Path) -> str:
@@ -114,10 +123,14 @@ def check_new_run(path: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def clear(path: Path) -> None:
-    """Delete a run's files (config, weights, checkpoint, training log, plots, samples) before overwriting it."""
-    for name in (*RUN_FILES, "evaluation.json", "samples.npy"):
+    """Delete a run's files (config, weights, checkpoint, training log, its plots, samples) before overwriting it;
+    files that sbridge did not write are left alone."""
+    for name in WRITTEN_FILES:
         (path / name).unlink(missing_ok=True)
-    shutil.rmtree(path / "plots", ignore_errors=True)
+    for name in PLOT_FILES:
+        (path / "plots" / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (path / "plots").rmdir()  # only if it is now empty
 
 
 #: Settings a resumed run may change: they do not alter the result of the steps already made.
@@ -136,10 +149,16 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: obj}
 
 
-def resume_differences(recorded: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+def resume_differences(recorded: dict[str, Any], requested: dict[str, Any],
+                       defaults: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """The settings (dotted keys, with both values) in which ``requested`` differs from the ``recorded`` config of
-    the run being resumed, over :data:`COMPARED_SECTIONS`, ignoring :data:`RESUMABLE_CHANGES`."""
+    the run being resumed, over :data:`COMPARED_SECTIONS`, ignoring :data:`RESUMABLE_CHANGES`. ``defaults`` fill
+    keys a run recorded before they existed (e.g. a training option added in a later version)."""
     requested = json.loads(json.dumps(requested))  # tuples -> lists, as recorded
+    recorded = dict(recorded)
+    for section, values in (defaults or {}).items():
+        if isinstance(recorded.get(section), dict):
+            recorded[section] = {**values, **recorded[section]}
     old = _flatten({k: recorded.get(k) for k in COMPARED_SECTIONS if k in recorded or k in requested})
     new = _flatten({k: requested.get(k) for k in COMPARED_SECTIONS if k in recorded or k in requested})
     keys = sorted(k for k in set(old) | set(new)

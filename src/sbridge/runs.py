@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import re
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -71,8 +73,12 @@ class RunSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown} in the configuration; valid keys are {sorted(known)}.")
+        d = {key: _coerce_number(value, _FIELD_TYPES[key]) for key, value in d.items()}
         for key, value in d.items():
             _check_type(key, value, _FIELD_TYPES[key])
+        for key in ("data", "out", "method", "device"):
+            if d.get(key) == "":
+                raise ConfigError(f"option {key} is empty; give it a value (see 'sbridge train --help').")
         spec = cls(**d)
         check_choice(spec.method, tuple(SOLVERS), "method")
         check_seed(spec.seed)
@@ -116,6 +122,20 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
                type(None): "empty"}
 
 
+def _coerce_number(value: Any, types: tuple[type, ...]) -> Any:
+    """YAML reads ``1e-3`` (no dot) as a string and ``1e3`` as a float: turn such values into the number the
+    option expects (an integer only when the value is integral)."""
+    if isinstance(value, bool) or not isinstance(value, (str, float)) or str in types:
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if int in types and float not in types:
+        return int(number) if number.is_integer() and abs(number) < 2**63 else value
+    return number if float in types and math.isfinite(number) else value
+
+
 def _check_type(key: str, value: Any, types: tuple[type, ...]) -> None:
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
@@ -143,8 +163,12 @@ def read_data_file(path: str | Path) -> torch.Tensor:
     if suffix not in DATA_FILE_SUFFIXES:
         raise DataError(f"data file {str(p)!r} has an unsupported type {suffix or '(no suffix)'!r}; save it as .npy, "
                         ".csv (comma-separated) or .txt (whitespace-separated), or name a toy data set.")
+    if p.is_dir():
+        raise DataError(f"data file {str(p)!r} is a folder; pass a .npy, .csv or .txt file.")
     if not p.is_file():
         raise DataError(f"data file {str(p)!r} does not exist; pass a .npy, .csv or .txt file or a toy data set name.")
+    if not os.access(p, os.R_OK):
+        raise DataError(f"data file {str(p)!r} cannot be read (permission denied); fix its permissions.")
     try:
         if suffix == ".npy":
             array = np.load(p, allow_pickle=False)
@@ -180,9 +204,24 @@ PRIOR_SEED_OFFSET = 500
 
 
 def _data_info(name: str, n: int, seed: int) -> dict[str, Any]:
+    """How a run's data is recorded: a toy set by name, size and seed; a file by path and the SHA-256 of its bytes
+    (so a resume notices a file whose contents changed)."""
     if is_data_file(name):
-        return {"name": Path(name).stem, "path": str(Path(name).resolve()), "seed": seed}
+        return {"name": Path(name).stem, "path": str(Path(name).resolve()), "seed": seed, "sha256": _file_digest(name)}
     return {"name": name, "n": n, "seed": seed}
+
+
+def _file_digest(path: str | Path) -> str | None:
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None  # reading the file reports the problem with its own sentence
+    return digest.hexdigest()
 
 
 def _checked_data_spec(run_dir: Path, key: str) -> dict[str, Any] | None:
@@ -223,8 +262,7 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
     try:
         solver = cls(shape=tuple(x.shape[1:]), seed=spec.seed, device=spec.device, **options)
     except TypeError as exc:
-        raise ConfigError(f"invalid solver option for {spec.method!r} ({exc}); "
-                          f"see help(sbridge.{cls.__name__}).") from None
+        raise ConfigError(_solver_option_error(spec.method, cls, str(exc))) from None
     common = {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "lr_schedule": spec.lr_schedule,
               "out": out, "resume": spec.resume, "overwrite": spec.overwrite, "quiet": spec.quiet,
               "ema_decay": spec.ema_decay, "grad_clip": spec.grad_clip, "checkpoint_every": spec.checkpoint_every,
@@ -243,6 +281,22 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
 
     solver.fit(x, prior=prior, evaluate=evaluate, run_info=run_info, **common)
     return solver
+
+
+def _solver_option_error(method: str, cls: type, message: str) -> str:
+    """One sentence for a solver option the solver does not take (from ``--set``, a YAML ``solver:`` entry or a
+    shorthand flag such as ``--sigma``)."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", message)
+    if found is None:
+        return f"invalid solver option for {method!r} ({message}); see help(sbridge.{cls.__name__})."
+    name = found.group(1)
+    if name in RunSpec.__dataclass_fields__:
+        return f"{name} is a training option, not a solver option: pass --{name.replace('_', '-')} instead of --set."
+    options = sorted({name for klass in cls.__mro__ if "__init__" in vars(klass)
+                      for name, p in inspect.signature(vars(klass)["__init__"]).parameters.items()
+                      if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+                     - {"self", "dim", "shape", "seed", "device"})
+    return f"method {method!r} has no option {name!r}; its options are: {', '.join(options)}."
 
 
 def can_sample(solver: Any) -> bool:
@@ -288,6 +342,9 @@ def _generate(solver: Solver, run_dir: Path, n: int, steps: int | None, ode: boo
             raise ConfigError(f"{solver.method} samples on its own time grid; drop --grid {grid}.")
         kwargs["grid"] = grid
     prior = prior_spec(run_dir)
+    if prior is not None and not can_transport(solver):
+        raise RunDirError(f"{str(run_dir / io.CONFIG_FILE)!r} records a second data set, but {solver.method} does not "
+                          "transport between data sets; restore the file or retrain the run.")
     if prior is None:
         count = n if rows is None else len(range(n)[rows])
         return solver.sample(count, ode=ode, method=method, seed=seed, return_path=return_path, **kwargs)
@@ -380,6 +437,12 @@ def plot(run_dir: str | Path, *, n: int = 4_000, steps: int | None = None, ode: 
          device: str = "auto") -> list[Path]:
     """Write ``plots/samples.png`` (from the sampler chosen by ``ode``), ``plots/trajectories.png`` (always the
     deterministic probability-flow ODE, whose paths are readable) and ``plots/loss.png`` into the run directory."""
+    with warnings.catch_warnings():  # matplotlib's notes on empty or degenerate panels are not the user's concern
+        warnings.simplefilter("ignore", UserWarning)
+        return _plot(run_dir, n=n, steps=steps, ode=ode, device=device)
+
+
+def _plot(run_dir: str | Path, *, n: int, steps: int | None, ode: bool, device: str) -> list[Path]:
     from sbridge import plot as plots
 
     path = io.require_run_dir(run_dir)

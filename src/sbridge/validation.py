@@ -35,6 +35,9 @@ def as_data_tensor(x: Any, *, name: str = "data", dim: int | None = None, event_
                         "(n, d) or (n, *event_shape); reshape it, e.g. x.reshape(-1, 1) for scalars.")
     if t.shape[0] == 0:
         raise DataError(f"{name} is empty; pass at least one sample.")
+    if any(s == 0 for s in t.shape[1:]):
+        raise DataError(f"{name} has samples of shape {tuple(t.shape[1:])}, which hold no values; pass data of "
+                        "shape (n, d) with d >= 1.")
     if event_shape is not None and tuple(t.shape[1:]) != tuple(event_shape):
         if len(event_shape) == 1 and t.ndim == 2:
             raise DataError(f"{name} has {t.shape[1]} features but the model expects dim={event_shape[0]}; "

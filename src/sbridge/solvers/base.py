@@ -238,12 +238,18 @@ class Solver:
         """With the run's lock held: refuse to start over an existing run, and check that a resume continues the
         run recorded there with the same settings."""
         rundir.check_new_run(run_dir, resume=resume, overwrite=overwrite)
-        if not resume or not (run_dir / io.CONFIG_FILE).is_file():
-            return  # nothing recorded yet: a resume starts the run
+        if not resume:
+            return
+        if not rundir.holds_run(run_dir):
+            raise RunDirError(f"{str(run_dir)!r} holds no run to resume; drop --resume to start one there, or point "
+                              "--out to the run you meant.")
+        if not (run_dir / io.CONFIG_FILE).is_file():
+            raise RunDirError(f"{str(run_dir)!r} has no {io.CONFIG_FILE}, so what it would resume cannot be checked; "
+                              "restore the file, or pass --overwrite to start the run again.")
         recorded = io.read_run_config(run_dir)
         requested = {"solver": self.config(), "train": self.train_config.to_dict() if self.train_config else None,
                      **(run_info or {})}
-        diff = rundir.resume_differences(recorded, requested)
+        diff = rundir.resume_differences(recorded, requested, defaults={"train": TrainConfig().to_dict()})
         if diff:
             shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
             raise RunDirError(f"{str(run_dir)!r} was trained with other settings ({shown}); resume with the recorded "
@@ -305,6 +311,7 @@ def load(run_dir: str | Path, device: str | torch.device = "auto", net: Any = No
     ``net``: the module(s) of a run trained with a custom network.
     """
     path = io.require_run_dir(run_dir)
+    device = resolve_device(device)  # a bad --device is the caller's mistake, not the run's
     cfg = io.read_run_config(path)
     solver_cfg = cfg.get("solver") or {}
     method = solver_cfg.get("method")

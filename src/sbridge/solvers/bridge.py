@@ -25,7 +25,14 @@ from sbridge.sampling import ODE_METHODS, euler_maruyama, integrate_ode, time_gr
 from sbridge.solvers.base import FitData, Solver
 from sbridge.solvers.sgm import _mlp_shorthand
 from sbridge.training import TensorSource
-from sbridge.validation import check_choice, check_positive_float, check_positive_int, check_sample_request, check_seed
+from sbridge.validation import (
+    check_choice,
+    check_memory,
+    check_positive_float,
+    check_positive_int,
+    check_sample_request,
+    check_seed,
+)
 
 #: Seed streams of a bridge, offsets added to the solver's seed: the synthetic Gaussian prior end, the default
 #: transport noise, the prior draw of ``sample``, and the per-iteration monitoring / re-coupling simulations.
@@ -98,6 +105,7 @@ class BridgeSolver(Solver):
     def set_option(self, key: str, value: Any) -> None:
         if key == "iterations":
             value = check_positive_int(value, "iterations")
+            check_memory(5000 * value, f"{value:,} outer iterations", "choose fewer --iterations")
         super().set_option(key, value)
 
     def options(self) -> dict[str, Any]:
