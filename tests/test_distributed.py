@@ -48,19 +48,21 @@ def _stop_at(step: int):
     return callback
 
 
-class NanOnRankOne(nn.Module):
-    """A time MLP whose output turns NaN on rank 1 from its 26th training call on."""
+class NanAfter(nn.Module):
+    """A time MLP whose output turns NaN from its 26th training call on — only on rank ``rank`` when distributed
+    (``rank=None``: on every process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rank: int | None = None) -> None:
         super().__init__()
         self.net = TimeMLP(2, hidden=16, depth=1)
-        self.calls = 0
+        self.calls, self.rank = 0, rank
 
     def forward(self, x, t, cond=None):
         out = self.net(x, t, cond)
         if self.training:
             self.calls += 1
-            if dist.is_initialized() and dist.get_rank() == 1 and self.calls > 25:
+            here = self.rank is None or (dist.is_initialized() and dist.get_rank() == self.rank)
+            if here and self.calls > 25:
                 out = out * float("nan")
         return out
 
@@ -93,7 +95,7 @@ def _task(name: str, rank: int, out: Path) -> dict:
         return {"error": None}
     if name == "nan":
         try:
-            sbridge.SGM(2, net=NanOnRankOne(), seed=0, device="cpu").fit(x, steps=40, out=out / "run", **FIT)
+            sbridge.SGM(2, net=NanAfter(rank=1), seed=0, device="cpu").fit(x, steps=40, out=out / "run", **FIT)
         except SBridgeError as exc:
             return {"error": str(exc), "kind": type(exc).__name__}
         return {"error": None}
@@ -204,23 +206,6 @@ def test_bf16_autocast_runs_on_cpu_and_the_loss_falls() -> None:
 
 
 # ---------------------------------------------------------------- the deferred (CUDA) path, exercised on CPU
-class NanAfter(nn.Module):
-    """A time MLP whose output turns NaN from its 26th training call on."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = TimeMLP(2, hidden=16, depth=1)
-        self.calls = 0
-
-    def forward(self, x, t, cond=None):
-        out = self.net(x, t, cond)
-        if self.training:
-            self.calls += 1
-            if self.calls > 25:
-                out = out * float("nan")
-        return out
-
-
 def test_the_deferred_path_reads_losses_every_few_steps_with_the_same_result(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # On CUDA the trainer reads the loss back only at log, checkpoint and phase-end steps; forced on here, it
