@@ -258,6 +258,13 @@ def test_make_process_rejects_invalid_parameters(spec: dict) -> None:
         make_process(spec)
 
 
+def test_invalid_process_parameters_name_what_is_needed_and_accepted() -> None:
+    with pytest.raises(ConfigError, match=r"'linear': it needs schedule; it takes schedule, drift, prior"):
+        make_process("linear")
+    with pytest.raises(ConfigError, match=r"\['bogus'\] for process 'vp': it takes beta_min, beta_max, T"):
+        make_process({"name": "vp", "bogus": 1})
+
+
 @pytest.mark.parametrize("proc", [*PROCESSES, VP(beta_min=0.05, beta_max=12.0, T=3.0),
                                   VE(sigma_min=0.1, sigma_max=3.0)], ids=[*IDS, "vp-custom", "ve-custom"])
 def test_config_round_trips_through_make_process(proc: Process) -> None:

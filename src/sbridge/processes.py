@@ -133,11 +133,19 @@ def _from_spec(spec: dict[str, Any], registry: dict[str, type], what: str) -> An
         raise ConfigError(f"{what} must be a name or a dict with a 'name' key, got {spec!r}.")
     params = dict(spec)
     name = check_choice(params.pop("name"), tuple(registry), what)
+    cls = registry[name]
     try:
-        return registry[name](**params)
+        return cls(**params)
     except TypeError:
-        raise ConfigError(f"invalid parameters {sorted(params)} for {what} {name!r}; "
-                          f"see sbridge.processes.{registry[name].__name__}.") from None
+        import inspect
+
+        signature = inspect.signature(cls)
+        required = [p for p, v in signature.parameters.items() if v.default is v.empty
+                    and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p not in params]
+        accepted = [p for p, v in signature.parameters.items() if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
+        need = f"it needs {', '.join(required)}; " if required else ""
+        raise ConfigError(f"invalid parameters {sorted(params)} for {what} {name!r}: {need}it takes "
+                          f"{', '.join(accepted)} (see sbridge.processes.{cls.__name__}).") from None
 
 
 def make_schedule(spec: dict[str, Any] | Schedule) -> Schedule:
