@@ -174,3 +174,47 @@ def test_evaluate_rejects_row_mismatch_and_unknown_metric() -> None:
         metrics.evaluate(samples, reference, normal(40, 2, 2))
     with pytest.raises(ConfigError, match="kl"):
         metrics.evaluate(samples, reference, normal(50, 2, 2), metrics=["kl"])
+
+
+# ---------------------------------------------------------------- path metrics
+def _half_circles(k: int, n: int = 3) -> torch.Tensor:
+    """``n`` copies of the half circle (cos pi s, sin pi s), s in [0, 1], at ``k + 1`` uniform points."""
+    s = torch.linspace(0, 1, k + 1, dtype=torch.float64)
+    arc = torch.stack([torch.cos(math.pi * s), torch.sin(math.pi * s)], dim=1)
+    return arc[:, None, :].expand(k + 1, n, 2).clone()
+
+
+def test_path_metrics_of_straight_paths_are_their_closed_forms() -> None:
+    # straight lines from random starts to random ends at constant speed over t in [0, 2]: straightness 1, gap 0,
+    # kinetic energy |x1 - x0|^2 / T; at non-uniform speed the chord/arc ratio stays 1 while the gap grows.
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(50, 2, generator=g, dtype=torch.float64), torch.randn(50, 2, generator=g, dtype=torch.float64)
+    t = torch.linspace(0, 2, 11, dtype=torch.float64)
+    paths = x0 + (t / 2)[:, None, None] * (x1 - x0)
+    assert metrics.path_straightness(paths) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.straightness_gap(paths, t) == pytest.approx(0.0, abs=1e-20)
+    assert metrics.kinetic_energy(paths, t) == pytest.approx(float(((x1 - x0) ** 2).sum(1).mean()) / 2, rel=1e-12)
+    uneven = x0 + ((t / 2) ** 2)[:, None, None] * (x1 - x0)
+    assert metrics.path_straightness(uneven) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.straightness_gap(uneven, t) > 0.05
+
+
+def test_path_metrics_of_a_half_circle_converge_to_their_closed_forms() -> None:
+    # chord/arc -> 2/pi, gap -> pi^2 - 4, kinetic energy over t in [0, 1] -> pi^2, with discretisation error O(1/K^2)
+    errors = []
+    for k in (50, 100):
+        paths = _half_circles(k)
+        errors.append((abs(metrics.path_straightness(paths) - 2 / math.pi),
+                       abs(metrics.straightness_gap(paths) - (math.pi**2 - 4)),
+                       abs(metrics.kinetic_energy(paths) - math.pi**2)))
+    assert max(errors[1]) < 2e-3
+    assert all(e1 < e0 / 3 for e0, e1 in zip(*errors, strict=True))  # second-order convergence
+
+
+def test_path_metrics_reject_bad_paths() -> None:
+    with pytest.raises(DataError, match="steps \\+ 1, n"):
+        metrics.path_straightness(torch.zeros(5, 2))
+    with pytest.raises(DataError, match="distinct values"):
+        metrics.kinetic_energy(torch.zeros(3, 4, 2), times=[0.0, 0.0, 1.0])
+    with pytest.raises(DataError, match="NaN"):
+        metrics.straightness_gap(torch.full((3, 4, 2), float("nan")))
