@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
+from scipy.optimize import brentq
+from torch import nn
 
+import sbridge
+from sbridge import SGM, VSDM
+from sbridge.data import toy
 from sbridge.errors import ConfigError, DataError
 from sbridge.solvers.vsdm import LinearScore, sa_gradient
 
@@ -86,3 +94,85 @@ def test_sa_gradient_checks_its_inputs() -> None:
         sa_gradient(x, x, torch.ones(2), torch.ones(3), 1.0)
     with pytest.raises(ConfigError, match="zeta must lie in \\[0, 1\\]"):
         sa_gradient(x, x, torch.ones(3), torch.ones(3), 1.5)
+
+
+# ---------------------------------------------------------------- the solver
+class ExactNoise(nn.Module):
+    """The exact noise prediction for data N(0, v) under the solver's current forward process:
+    eps = std_t x / (alpha_t^2 v + std_t^2), i.e. the score -x / sigma_t^2 (a dummy parameter keeps Adam busy)."""
+
+    def __init__(self, v: float) -> None:
+        super().__init__()
+        self.v, self.dummy = v, nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, cond=None):
+        t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])
+        alpha, cov = self.process.marginal(torch.ones_like(x), t)
+        var = cov.var.expand_as(x)
+        return x * var.sqrt() / (alpha**2 * self.v + var) + 0 * self.dummy
+
+
+def test_sa_moves_a_to_the_analytic_optimum_of_a_gaussian_problem() -> None:
+    # Data N(0, 4), constant beta = 2 on [0, 1], fixed prior N(0, 1), zeta = 1, exact scores: A moves until the
+    # forward law at T is the prior, e^{-2D} 4 + (1 - e^{-2D}) / D = 1, i.e. a* = (1 - D*) / 2 = -0.1545. Measured:
+    # a = -0.168 with 50 Euler-Maruyama steps per SA update, -0.160 with 200 (the bias is the O(1/N) discretisation).
+    v, beta = 4.0, 2.0
+    d_star = brentq(lambda d: math.exp(-beta * d) * v + (1 - math.exp(-beta * d)) / d - 1, 0.5, 5)
+    a_star = (1 - d_star) / 2
+    model = VSDM(1, beta_min=beta, beta_max=beta, zeta=1.0, prior=1.0, stages=40, sa_lr=0.3, sa_samples=4000,
+                 sa_steps=50, net=ExactNoise(v), device="cpu")
+    for module in (model.models["score"], model.ema_models["score"]):
+        module.__dict__["process"] = model.process  # a reference, not a submodule
+    x = 2 * torch.randn(4000, 1, generator=torch.Generator().manual_seed(0))
+    model.fit(x, steps=40, batch_size=64, quiet=True)
+    assert abs(float(model.A[0]) - a_star) < 0.03, (float(model.A[0]), a_star)
+    assert model.history[0]["stage"] == 1 and len(model.history) == 40  # A starts at 0, 0.15 away from a*
+
+
+def test_vsdm_with_a_frozen_at_zero_is_sgm_under_the_same_schedule() -> None:
+    x = toy.sample("moons", 500, seed=0)
+    net = {"name": "mlp", "hidden": 32, "depth": 2}
+    fit = {"steps": 60, "batch_size": 64, "lr": 2e-3, "quiet": True}
+    vsdm = VSDM(2, beta_min=0.1, beta_max=20.0, beta_r=1.0, sa_lr=0.0, stages=1, net=net, seed=3, device="cpu")
+    sgm = SGM(2, process="vp", net=net, seed=3, device="cpu")
+    vsdm.fit(x, **fit)
+    sgm.fit(x, **fit)
+    assert vsdm.last_loss == pytest.approx(sgm.last_loss, rel=1e-5)
+    for k, w in sgm.ema_models.state_dict().items():
+        torch.testing.assert_close(vsdm.ema_models.state_dict()[k], w, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(vsdm.A, torch.zeros(2))
+
+
+def test_vsdm_saves_loads_and_resumes_exactly_in_the_middle_of_a_stage(tmp_path: Path) -> None:
+    x = toy.sample("gaussian", 800, seed=0, cov=[[1.0, 0.0], [0.0, 16.0]])
+    opts = {"net": {"name": "mlp", "hidden": 16, "depth": 1}, "stages": 3, "sa_samples": 200, "sa_steps": 10,
+            "sa_lr": 0.2, "seed": 1, "device": "cpu"}
+    fit = {"steps": 30, "batch_size": 64, "quiet": True, "checkpoint_every": 5}
+    whole = VSDM(2, **opts).fit(x, out=tmp_path / "whole", **fit)
+    assert float(whole.A.abs().max()) > 0  # A did move
+
+    def stop(step: int, loss: float) -> None:
+        if step == 15:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        VSDM(2, **opts).fit(x, out=tmp_path / "cut", callbacks=(stop,), **fit)
+    resumed = VSDM(2, **opts).fit(x, out=tmp_path / "cut", resume=True, **fit)
+    torch.testing.assert_close(resumed.A, whole.A, atol=0, rtol=0)
+    loaded = sbridge.load(tmp_path / "whole")
+    torch.testing.assert_close(loaded.A, whole.A, atol=0, rtol=0)
+    torch.testing.assert_close(loaded.sample(50, steps=5, seed=2), whole.sample(50, steps=5, seed=2))
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"zeta": 1.5}, "zeta must lie in [0, 1]"),
+    ({"beta_min": 1.0, "beta_max": 0.5}, "beta_max (0.5) must be at least beta_min"),
+    ({"max_rate": 0.6}, "max_rate must lie in (0, 1/2)"),
+    ({"sa_lr": -1}, "sa_lr must be a non-negative number"),
+    ({"a_kind": "full", "shape": (1, 2, 2)}, "a full A acts on vectors"),
+])
+def test_vsdm_option_errors_are_sentences(options: dict, words: str) -> None:
+    dim = None if "shape" in options else 2
+    with pytest.raises(ConfigError) as err:
+        VSDM(dim, **options)
+    assert words in str(err.value)

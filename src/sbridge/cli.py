@@ -18,7 +18,7 @@ from typing import Any
 from sbridge.errors import ConfigError, SBridgeError
 
 DEMO_OUT = "runs/demo"
-SOLVER_NAMES = ("sgm", "dsb", "dsbm", "gaussian_sb")
+SOLVER_NAMES = ("sgm", "vsdm", "dsb", "dsbm", "gaussian_sb")
 
 
 def _load_yaml(path: str) -> dict[str, Any]:

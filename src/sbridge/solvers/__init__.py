@@ -6,5 +6,6 @@ from sbridge.solvers.dsb import DSB
 from sbridge.solvers.dsbm import DSBM
 from sbridge.solvers.gaussian_sb import GaussianSB
 from sbridge.solvers.sgm import SGM
+from sbridge.solvers.vsdm import VSDM
 
-__all__ = ["DSB", "DSBM", "SGM", "SOLVERS", "BridgeSolver", "GaussianSB", "Solver", "load"]
+__all__ = ["DSB", "DSBM", "SGM", "SOLVERS", "VSDM", "BridgeSolver", "GaussianSB", "Solver", "load"]

@@ -5,18 +5,28 @@ into a multivariate OU process ``dx = -beta_t D x / 2 dt + sqrt(beta_t) dW`` wit
 marginals are closed-form (:class:`~sbridge.processes.LinearSDE`), so the backward score trains without simulation,
 and ``A`` is updated by stochastic approximation from simulated backward trajectories (§C.4).
 
-This module holds the variational score :class:`LinearScore` (``A`` and its admissible set) and the SA gradient
-:func:`sa_gradient`; the solver that alternates them is built on these.
+This module holds the variational score :class:`LinearScore` (``A`` and its admissible set), the SA gradient
+:func:`sa_gradient`, the drift operator they define (:class:`VariationalDrift`) and the solver :class:`VSDM`,
+which is SGM's score matching and samplers under that process plus one SA phase end per stage.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from sbridge.device import stream_seed
 from sbridge.errors import ConfigError, DataError
-from sbridge.validation import check_choice, check_positive_int
+from sbridge.processes import DriftMatrix, LinearSDE, PowerRate
+from sbridge.sampling import time_grid
+from sbridge.solvers.base import FitData
+from sbridge.solvers.sgm import SGM
+from sbridge.training import Phase, TrainConfig
+from sbridge.validation import check_choice, check_event_shape, check_positive_float, check_positive_int
 
 #: Largest singular value (full) or entry (diagonal) of ``A``: keeps ``D + D^T = 2I - (A + A^T)`` positive definite
 #: with room to spare, so the forward covariance stays bounded (§C.2: ``a_i < 1/2``).
@@ -120,3 +130,131 @@ def sa_gradient(xs: torch.Tensor, scores: torch.Tensor, betas: torch.Tensor, dts
     cross = torch.einsum("nbi,nbj->nij", scores, xs) / xs.shape[1]  # (N, d, d): E[s x^T]
     eye = torch.eye(xs.shape[2], dtype=xs.dtype, device=xs.device)
     return (weight[:, None, None] * (cross + zeta * eye)).sum(0)
+
+
+class VariationalDrift(DriftMatrix):
+    """The drift operator ``D = I - 2A`` of VSDM's forward process, read from a :class:`LinearScore` (``A`` moves by
+    stochastic approximation, not by gradients of the score loss, so ``D`` is used detached)."""
+
+    def __init__(self, score: LinearScore, event_shape: tuple[int, ...]) -> None:
+        nn.Module.__init__(self)
+        self.score, self.event_shape = score, tuple(event_shape)
+        self.kind = score.kind
+        self.learnable = False
+        self.symmetric = score.kind != "full"
+        self.may_overflow = True  # a learned D: the variance is checked
+
+    def matrix(self) -> torch.Tensor:
+        d = self.score.drift_matrix().detach()
+        return d.reshape(self.event_shape) if self.kind == "diagonal" else d
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "variational": True}
+
+
+class VSDM(SGM):
+    """Variational Schrödinger diffusion (Deng et al. 2024; math.md §C.5): stages of simulation-free score matching
+    under the forward OU process ``dx = -beta_t (I - 2A) x / 2 dt + sqrt(beta_t) dW`` with the current ``A``, each
+    followed by a stochastic-approximation step on ``A`` from simulated backward trajectories.
+
+    ``beta_min``, ``beta_max``, ``beta_r``: the schedule ``beta_t = beta_min + (t/T)^r (beta_max - beta_min)``;
+    ``a_kind``: ``"diagonal"`` (any event shape) or ``"full"`` (vectors); ``stages``: number of score-matching /
+    SA stages (``steps // stages`` training steps each); ``zeta``: the interaction coefficient in ``[0, 1]``;
+    ``sa_lr``, ``sa_decay``: step sizes ``sa_lr / k^sa_decay`` of the SA update at stage ``k`` (Robbins–Monro,
+    ``1/2 < sa_decay <= 1``; ``sa_lr = 0`` freezes ``A`` at 0: plain SGM under this schedule); ``sa_samples``,
+    ``sa_steps``: backward trajectories and Euler–Maruyama steps of each SA update; ``prior``: ``"marginal"``
+    (``N(0, Sigma_T)`` of the current ``A``, the paper's adaptive prior) or a variance (``1.0``: fixed ``N(0, I)``).
+    """
+
+    method = "vsdm"
+    fit_options = ("stages",)
+    default_steps = 5000
+
+    def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, beta_min: float = 0.1,
+                 beta_max: float = 10.0, beta_r: float = 1.0, T: float = 1.0, a_kind: str = "diagonal",
+                 max_rate: float = DEFAULT_MAX_RATE, stages: int = 10, zeta: float = 0.75, sa_lr: float = 0.05,
+                 sa_decay: float = 0.6, sa_samples: int = 1000, sa_steps: int = 50, prior: str | float = "marginal",
+                 hidden: int | None = None, depth: int | None = None, time_dim: int | None = None,
+                 cond: dict[str, Any] | None = None, cond_drop: float = 0.0, net: Any = None, seed: int = 0,
+                 device: str | torch.device = "auto") -> None:
+        event_shape = check_event_shape(dim, shape)
+        numel = int(torch.Size(event_shape).numel())
+        if a_kind == "full" and len(event_shape) != 1:
+            raise ConfigError(f"a full A acts on vectors; for event shape {event_shape} use a_kind='diagonal'.")
+        self.a_kind, self.max_rate = a_kind, max_rate
+        self.beta_min, self.beta_max, self.beta_r, self.T = beta_min, beta_max, beta_r, T
+        self.zeta = float(zeta)
+        if isinstance(zeta, bool) or not 0.0 <= self.zeta <= 1.0:
+            raise ConfigError(f"the interaction coefficient zeta must lie in [0, 1], got {zeta!r}.")
+        self.sa_lr = float(sa_lr)
+        if isinstance(sa_lr, bool) or not (self.sa_lr >= 0 and math.isfinite(self.sa_lr)):
+            raise ConfigError(f"sa_lr must be a non-negative number (0 freezes A), got {sa_lr!r}.")
+        self.sa_decay = check_positive_float(sa_decay, "sa_decay")
+        self.sa_samples = check_positive_int(sa_samples, "sa_samples")
+        self.sa_steps = check_positive_int(sa_steps, "sa_steps")
+        self.set_option("stages", stages)
+        self.prior_kind = prior
+        self.variational = LinearScore(numel, a_kind, max_rate)
+        process = LinearSDE(PowerRate(beta_min, beta_max, beta_r, T), VariationalDrift(self.variational, event_shape),
+                            prior=prior)
+        super().__init__(shape=event_shape, process=process, hidden=hidden, depth=depth, time_dim=time_dim,
+                         cond=cond, cond_drop=cond_drop, net=net, seed=seed, device=device)
+
+    def set_option(self, key: str, value: Any) -> None:
+        if key == "stages":
+            value = check_positive_int(value, "stages")
+        super().set_option(key, value)
+
+    def options(self) -> dict[str, Any]:
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max, "beta_r": self.beta_r, "T": self.T,
+                "a_kind": self.a_kind, "max_rate": self.max_rate, "stages": self.stages, "zeta": self.zeta,
+                "sa_lr": self.sa_lr, "sa_decay": self.sa_decay, "sa_samples": self.sa_samples,
+                "sa_steps": self.sa_steps, "prior": self.prior_kind, "cond_drop": self.cond_drop}
+
+    @property
+    def A(self) -> torch.Tensor:
+        """The current variational score matrix (``(d,)`` diagonal or ``(d, d)``)."""
+        return self.variational.matrix().detach()
+
+    def before_fit(self, data: FitData) -> None:
+        """Nothing data-dependent: the prior follows ``A`` (marginal) or is fixed."""
+
+    def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
+        per_stage = config.steps // self.stages
+        if per_stage < 1:
+            raise ConfigError(f"steps ({config.steps}) must be at least stages ({self.stages}).")
+        return [Phase(f"stage{k + 1}", per_stage, self.loss, data.source(), ("score",),
+                      on_end=lambda k=k: self.sa_update(k + 1, data))
+                for k in range(self.stages)]
+
+    @torch.no_grad()
+    def sa_update(self, stage: int, data: FitData) -> dict[str, Any]:
+        """One SA step on ``A`` (math.md §C.4, §C.5 c–d): simulate ``sa_samples`` backward trajectories from the
+        prior with the current score (seeded per stage), take :func:`sa_gradient` over the grid, and move ``A`` by
+        ``sa_lr / stage^sa_decay`` within its admissible set. Returns the row logged for the stage."""
+        row: dict[str, Any] = {"stage": stage}
+        if self.sa_lr > 0:
+            cond = None if data.cond is None else data.cond[:self.sa_samples]
+            n = self.sa_samples if cond is None else cond.shape[0]
+            path = self.sample(n, steps=self.sa_steps, return_path=True, cond=cond,
+                               seed=stream_seed(self.seed, SA_STREAM, stage))
+            times = time_grid(self.process.T, self.process.t_min, self.sa_steps)
+            xs, scores = path[:-1], []
+            c = self._sampling_condition(cond, n)
+            for x, t in zip(xs, times[:-1], strict=True):
+                scores.append(self.score(x, t, c))
+            t = torch.tensor(times[:-1], dtype=torch.float64)
+            betas = self.process.schedule.beta(t).to(xs.dtype)
+            dts = (-torch.diff(torch.tensor(times, dtype=torch.float64))).to(xs.dtype)
+            grad = sa_gradient(xs.flatten(2), torch.stack(scores).flatten(2), betas.to(xs.device),
+                               dts.to(xs.device), self.zeta, self.a_kind)
+            self.variational.step_(grad, self.sa_lr / stage ** self.sa_decay)
+            row["grad_norm"] = float(grad.norm())
+        a = self.A
+        row["A_norm"] = float(a.norm())
+        row["A_max"] = float(a.max() if self.a_kind == "diagonal" else torch.linalg.svdvals(a).max())
+        return row
+
+
+#: Seed stream of the SA updates' backward simulations.
+SA_STREAM = 16
