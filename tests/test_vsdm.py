@@ -127,6 +127,10 @@ def test_sa_moves_a_to_the_analytic_optimum_of_a_gaussian_problem() -> None:
     model.fit(x, steps=40, batch_size=64, quiet=True)
     assert abs(float(model.A[0]) - a_star) < 0.03, (float(model.A[0]), a_star)
     assert model.history[0]["stage"] == 1 and len(model.history) == 40  # A starts at 0, 0.15 away from a*
+    # the logged prior mismatch KL(law at T || prior) falls to ~0 as A reaches its fixed point
+    kl = [r["prior_kl"] for r in model.history]
+    assert kl[-1] < 0.01 and kl[-1] < kl[0] / 3, kl
+    assert model.history[-1]["A_spectrum"] == pytest.approx([float(model.A[0])])
 
 
 def test_vsdm_with_a_frozen_at_zero_is_sgm_under_the_same_schedule() -> None:
@@ -176,3 +180,28 @@ def test_vsdm_option_errors_are_sentences(options: dict, words: str) -> None:
     with pytest.raises(ConfigError) as err:
         VSDM(dim, **options)
     assert words in str(err.value)
+
+
+def test_prior_mismatch_is_the_gaussian_kl_for_full_and_diagonal_a() -> None:
+    # With A = 0 (VP, constant beta = 1) and a fixed N(0, 1) prior, the law at T of N(m, diag(s^2)) data is
+    # N(alpha m, alpha^2 s^2 + 1 - alpha^2), alpha = e^{-1/2}: its KL to N(0, I) in closed form, for both kinds.
+    alpha2 = math.exp(-1.0)
+    m, s2 = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([0.5, 3.0], dtype=torch.float64)
+    x = m + s2.sqrt() * torch.randn(200_000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    var = alpha2 * s2 + 1 - alpha2
+    exact = float(0.5 * (var + alpha2 * m**2 - 1 - torch.log(var)).sum())
+    for kind in ("diagonal", "full"):
+        model = VSDM(2, beta_min=1.0, beta_max=1.0, prior=1.0, a_kind=kind, device="cpu")
+        model.process.double()
+        assert model.prior_mismatch(x) == pytest.approx(exact, rel=0.02, abs=2e-3), kind
+
+
+def test_a_vsdm_run_plots_its_variational_stages(tmp_path: Path) -> None:
+    from sbridge.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "vsdm", "--data", "spiral", "--steps", "30", "--n-data", "500", "--hidden",
+                 "16", "--depth", "1", "--set", "stages=3", "--set", "sa_samples=100", "--set", "sa_steps=10",
+                 "--out", str(run), "--quiet"]) == 0
+    assert main(["plot", str(run), "--n", "200", "--steps", "5"]) == 0
+    assert (run / "plots" / "variational.png").stat().st_size > 10_000

@@ -119,6 +119,29 @@ def plot_iterations(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_variational(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """VSDM's stages: the spectrum of ``A`` (its diagonal, or singular values; quantiles for many entries) and the
+    prior mismatch ``KL(forward law at T || prior)`` after every stochastic-approximation update."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    stages = [r for r in rows if "A_spectrum" in r]
+    if stages:
+        x = [r["stage"] for r in stages]
+        spectra = list(zip(*(r["A_spectrum"] for r in stages), strict=True))
+        for k, values in enumerate(spectra):
+            left.plot(x, values, "-", lw=1, color=plt.cm.viridis(k / max(len(spectra) - 1, 1)))
+        if all("prior_kl" in r for r in stages):
+            right.plot(x, [max(r["prior_kl"], 1e-6) for r in stages], "o-")
+            right.set_yscale("log")
+    left.set_xlabel("stage")
+    left.set_ylabel("entries / singular values of A")
+    left.set_title("variational score A")
+    right.set_xlabel("stage")
+    right.set_ylabel("KL(law at T || prior), nats")
+    right.set_title("prior mismatch")
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -456,13 +456,17 @@ def _plot(run_dir: str | Path, *, n: int, steps: int | None, ode: bool, device: 
     data, _ = _reference_and_floor(spec, n)
     kind = "probability-flow ODE" if ode else "reverse SDE"
     out = path / "plots"
-    return [
+    rows = io.read_jsonl(path / io.METRICS_FILE)
+    written = [
         plots.plot_samples(samples.cpu(), data, out / "samples.png",
                            title=f"{solver.method.upper()} on {spec['name']} ({kind}, {paths.shape[0] - 1} steps)"),
         plots.plot_trajectories(paths, out / "trajectories.png",
                                 title="probability-flow ODE trajectories, prior (grey) to samples (orange)"),
-        plots.plot_loss(io.read_jsonl(path / io.METRICS_FILE), out / "loss.png"),
+        plots.plot_loss(rows, out / "loss.png"),
     ]
+    if any("A_spectrum" in r for r in rows):  # a run that learns its forward process (VSDM)
+        written.append(plots.plot_variational(rows, out / "variational.png"))
+    return written
 
 
 def _plot_bridge(solver: Solver, path: Path, n: int, steps: int | None) -> list[Path]:

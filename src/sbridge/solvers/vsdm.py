@@ -251,10 +251,42 @@ class VSDM(SGM):
             self.variational.step_(grad, self.sa_lr / stage ** self.sa_decay)
             row["grad_norm"] = float(grad.norm())
         a = self.A
+        spectrum = a if self.a_kind == "diagonal" else torch.linalg.svdvals(a)
         row["A_norm"] = float(a.norm())
-        row["A_max"] = float(a.max() if self.a_kind == "diagonal" else torch.linalg.svdvals(a).max())
+        row["A_max"] = float(spectrum.max())
+        row["A_spectrum"] = _summary(spectrum)
+        if data.x0 is not None:
+            row["prior_kl"] = self.prior_mismatch(data.x0[:2000])
         return row
+
+    @torch.no_grad()
+    def prior_mismatch(self, x0: torch.Tensor) -> float:
+        """``KL(N(m_T, S_T) || prior)`` in nats, where ``N(m_T, S_T)`` has the moments of the forward law at ``T``
+        started from the data points ``x0`` (per coordinate for a diagonal ``A``, with correlations for a full one):
+        how far sampling starts from the law it should start from. The SA step on ``A`` works to shrink it."""
+        t = torch.full((x0.shape[0],), self.process.T, dtype=x0.dtype, device=x0.device)
+        mean, cov = self.process.marginal(x0, t)
+        _, prior = self.process.prior_moments(self.event_shape, like=x0)
+        m = mean.flatten(1).double()
+        mu = m.mean(0)
+        if self.a_kind == "diagonal":
+            var = m.var(0) + cov.var.expand_as(mean)[0].flatten().double()
+            p = prior.var.expand_as(mean)[0].flatten().double()
+            return float(0.5 * (var / p + mu**2 / p - 1 + torch.log(p / var)).sum())
+        s1 = torch.cov(m.T).reshape(mu.numel(), mu.numel()) + cov.dense(mean)[0].double()
+        s0 = prior.dense(x0[:1])[0].double()
+        s0_inv = torch.linalg.inv(s0)
+        return float(0.5 * (torch.trace(s0_inv @ s1) + mu @ s0_inv @ mu - mu.numel()
+                            + torch.logdet(s0) - torch.logdet(s1)))
 
 
 #: Seed stream of the SA updates' backward simulations.
 SA_STREAM = 16
+
+
+def _summary(values: torch.Tensor, most: int = 16) -> list[float]:
+    """``values`` sorted, or 16 of their quantiles when there are more (an image's per-pixel rates)."""
+    v = values.detach().flatten().double().sort().values.cpu()
+    if v.numel() > most:
+        v = torch.quantile(v, torch.linspace(0, 1, most, dtype=torch.float64))
+    return [float(x) for x in v]
