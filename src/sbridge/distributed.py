@@ -12,9 +12,10 @@ accumulates their gradients), and it resumes exactly on any of them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -107,22 +108,25 @@ def is_peer_failure(exc: BaseException) -> bool:
 
 
 def peer_failed(exc: Exception) -> PeerError:
-    return _peer_failed(exc)
-
-
-def _peer_failed(exc: Exception) -> PeerError:
     return PeerError(f"another process of this distributed run stopped or failed ({str(exc).splitlines()[0]}); "
                      "this one stops too: the last checkpoint is kept, resume with --resume (any number of "
                      "processes).")
 
 
+@contextlib.contextmanager
+def _collective() -> Iterator[None]:
+    """Turn the backend's error when a peer is gone (raised inside a collective) into :class:`PeerError`."""
+    try:
+        yield
+    except RuntimeError as exc:  # dist.DistBackendError is a RuntimeError
+        raise peer_failed(exc) from None
+
+
 def all_reduce_(tensor: torch.Tensor, ctx: Context, op: Any = None) -> torch.Tensor:
     """In-place sum (or ``op``) over ranks; a failed peer raises :class:`PeerError`."""
     if ctx.active:
-        try:
+        with _collective():
             dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
-        except (RuntimeError, dist.DistBackendError) as exc:
-            raise _peer_failed(exc) from None
     return tensor
 
 
@@ -131,10 +135,8 @@ def all_gather_objects(obj: T, ctx: Context) -> list[T]:
     if not ctx.active:
         return [obj]
     out: list[Any] = [None] * ctx.world
-    try:
+    with _collective():
         dist.all_gather_object(out, obj)
-    except (RuntimeError, dist.DistBackendError) as exc:
-        raise _peer_failed(exc) from None
     return out
 
 
@@ -143,10 +145,8 @@ def broadcast_object(obj: T, ctx: Context) -> T:
     if not ctx.active:
         return obj
     box = [obj]
-    try:
+    with _collective():
         dist.broadcast_object_list(box, src=0)
-    except (RuntimeError, dist.DistBackendError) as exc:
-        raise _peer_failed(exc) from None
     return box[0]
 
 
@@ -173,10 +173,8 @@ def on_main(fn: Callable[[], T], ctx: Context) -> T:
 
 def barrier(ctx: Context) -> None:
     if ctx.active:
-        try:
+        with _collective():
             dist.barrier()
-        except (RuntimeError, dist.DistBackendError) as exc:
-            raise _peer_failed(exc) from None
 
 
 def shards_of(rank: int, world: int, shards: int) -> range:

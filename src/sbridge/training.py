@@ -240,7 +240,6 @@ class Trainer:
         #: One generator per shard this process handles (shard 0's is ``generator``, the single-process stream).
         self.generators = {s: generator if s == 0 else make_generator(stream_seed(seed, SHARD_STREAM, s), self.device)
                            for s in self.local_shards}
-        self.generator = self.generators[self.local_shards[0]]
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.writes = self.run_dir is not None and self.dist.is_main
         self.evaluate, self.callbacks = evaluate, callbacks
@@ -423,7 +422,7 @@ class Trainer:
             self.models[name].train()
         micro = self.config.batch_size // self.shards
         self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=self.device)
+        total: torch.Tensor | float = 0.0
         terms_sum: dict[str, torch.Tensor] = {}
         n_local = len(self.local_shards)
         for i, s in enumerate(self.local_shards):
@@ -438,17 +437,18 @@ class Trainer:
             total = total + loss.detach().float() / n_local
             for key, term in terms.items():
                 terms_sum[key] = terms_sum.get(key, 0) + term.detach().float() / n_local
-        keys = sorted(terms_sum)
-        flag = torch.tensor(float(interrupted), device=self.device)
+        flag: torch.Tensor | bool = interrupted
         if self.dist.active:  # one all-reduce agrees on the loss (a NaN anywhere is a NaN everywhere), terms, Ctrl-C
-            stats = torch.stack([total, *(terms_sum[k] for k in keys), flag])
+            keys = sorted(terms_sum)
+            stats = torch.stack([total, *(terms_sum[k] for k in keys),
+                                 torch.tensor(float(interrupted), device=self.device)])
             distributed.all_reduce_(stats, self.dist)
-            total, flag = stats[0] / self.dist.world, stats[-1]
+            total, flag = stats[0] / self.dist.world, stats[-1] > 0
             terms_sum = {k: stats[1 + i] / self.dist.world for i, k in enumerate(keys)}
         if deferred:
             self._apply_update(phase)
             return total, terms_sum, flag
-        value, stop = float(total), bool(flag > 0)
+        value, stop = float(total), bool(flag)
         if stop or not math.isfinite(value):
             return value, terms_sum, stop
         self._apply_update(phase)
@@ -500,13 +500,15 @@ class Trainer:
         return TrainingDivergedError(f"training stopped at step {at}: the loss {what}; {where}; lower the learning "
                                      f"rate (--lr){again}, or check the data scale.")
 
-    def _flush(self, pending: list[tuple[int, torch.Tensor, torch.Tensor]]) -> list[float]:
+    def _flush(self, pending: list[tuple[int, torch.Tensor, torch.Tensor | bool]]) -> list[float]:
         """Deferred mode: read the pending steps' losses and flags in one transfer; stop at the first non-finite
         loss (nothing after the last checkpoint is saved) or, after these steps, on an interrupt."""
         if not pending:
             return []
         values = torch.stack([v for _, v, _ in pending]).tolist()
-        flags = torch.stack([f for _, _, f in pending]).tolist()
+        flags = [f for _, _, f in pending]  # bools, or device tensors when distributed (read here, in one transfer)
+        device_flags = [f for f in flags if isinstance(f, torch.Tensor)]
+        interrupted = any(f is True for f in flags) or (bool(device_flags) and bool(torch.stack(device_flags).any()))
         steps = [st for st, _, _ in pending]
         pending.clear()
         for st, value in zip(steps, values, strict=True):
@@ -514,7 +516,7 @@ class Trainer:
                 raise self._diverged(value, at=st)
             self._track_loss(value)
         self.last_loss = values[-1]
-        if any(f > 0 for f in flags):
+        if interrupted:
             raise KeyboardInterrupt
         return values
 
@@ -566,7 +568,7 @@ class Trainer:
                 self._loss_watch = None
                 running: list[float] = []
                 running_terms: dict[str, list[torch.Tensor]] = {}
-                pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # deferred: (step, loss, flag) unread
+                pending: list[tuple[int, torch.Tensor, torch.Tensor | bool]] = []  # deferred: (step, loss, flag) unread
                 while self.phase_step < phase.steps:
                     if not self.dist.active and not deferred and interrupted():
                         raise KeyboardInterrupt

@@ -91,7 +91,7 @@ class GaussianSB(BridgeSolver):
         self._bridge = None
         if out is not None and distributed.context().is_main:
             with rundir.locked(out):
-                rundir.check_new_run(Path(out), resume=False, overwrite=overwrite)
+                self._open_run_dir(Path(out), False, overwrite, run_info)
                 self.write_config(out, run_info)
                 self.save(out)
         return self
