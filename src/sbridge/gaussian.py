@@ -32,6 +32,7 @@ from sbridge.validation import as_data_tensor, as_float64, check_positive_float,
 
 __all__ = [
     "GaussianBridge",
+    "GaussianNoiseOracle",
     "LinearGaussianBridge",
     "coupling",
     "gaussian_kl",
@@ -558,3 +559,52 @@ class LinearGaussianBridge(_GaussianSBBase):
         St_T = (dr * (rbar * self.C.T + r * self.B) + drbar * (rbar * self.A + r * self.C)
                 + (c_t * var_bridge - g2 * rho) * self._eye)
         return torch.linalg.solve(self.cov(t), St_T.T).T
+
+
+class GaussianNoiseOracle(torch.nn.Module):
+    """The exact noise prediction for data ``N(mean, cov)`` under a linear reference process: an oracle network.
+
+    For ``X_0 ~ N(m, S)`` and the transition ``X_t | X_0 ~ N(M_t X_0, Sigma_t)`` of a
+    :class:`~sbridge.processes.LinearSDE`, the marginal is ``N(M_t m, M_t S M_t^T + Sigma_t)`` and its score is
+    ``s = -(M_t S M_t^T + Sigma_t)^{-1}(x - M_t m)``; the network returns the noise ``eps = -L_t^T s`` that a
+    denoising-score-matching network would learn (``L_t`` the Cholesky factor of ``Sigma_t``, so that the solver's
+    ``-L_t^{-T} eps`` gives ``s`` back). It reads the process at call time, so it stays exact while a solver changes
+    the process (VSDM's ``A``). Call :meth:`bind` with the solver's process (on the model and its EMA copy): the
+    process is held as a reference, not a submodule. A zero-valued dummy parameter keeps optimisers content.
+    Vectors ``(batch, d)`` only; float64 inside.
+    """
+
+    def __init__(self, mean: Any, cov: Any) -> None:
+        super().__init__()
+        self.register_buffer("mean", _as_mean(mean, "mean"))
+        self.register_buffer("cov", _as_covariance(cov, "cov"))
+        if self.cov.shape[0] != self.mean.shape[0]:
+            raise DataError(f"mean has {self.mean.shape[0]} entries but cov is {tuple(self.cov.shape)}.")
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def bind(self, process: Any) -> GaussianNoiseOracle:
+        """Use ``process`` (a :class:`~sbridge.processes.LinearSDE`) as the reference; returns ``self``."""
+        self.__dict__["process"] = process
+        return self
+
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
+        process = self.__dict__.get("process")
+        if process is None:
+            raise ConfigError("GaussianNoiseOracle needs its reference process: call .bind(solver.process) first.")
+        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
+            raise DataError(f"GaussianNoiseOracle takes vectors of shape (batch, {self.mean.shape[0]}), got "
+                            f"{tuple(x.shape)}.")
+        y = x.detach().to(_DTYPE)
+        t = torch.as_tensor(t, dtype=_DTYPE).expand(y.shape[0])
+        mean, sigma_t = process.marginal(self.mean.expand_as(y), t)
+        M, _ = process._transition(t, y)
+        if M is None:
+            M = torch.eye(y.shape[1], dtype=_DTYPE)
+        elif M.shape[-2:] != (y.shape[1], y.shape[1]):  # an elementwise (scalar or diagonal) factor
+            M = torch.diag_embed(M.expand_as(y))
+        sigma = sigma_t.dense(y)
+        total = M @ self.cov @ M.transpose(-1, -2) + sigma
+        score = -torch.linalg.solve(total, (y - mean).unsqueeze(-1))
+        L = torch.linalg.cholesky(sigma)
+        eps = -(L.transpose(-1, -2) @ score).squeeze(-1)
+        return eps.to(x.dtype) + 0 * self.dummy

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
 
 from sbridge.device import stream_seed
 from sbridge.errors import ConfigError, DataError
@@ -38,33 +37,48 @@ MAX_CONTRACTION = 5.0
 class LinearScore(nn.Module):
     """The variational forward score ``x -> A x`` of VSDM (math.md §C.1), starting at ``A = 0`` (plain VP).
 
-    ``kind="diagonal"``: ``A = diag(a)``, one rate per event entry (images and sequences); ``kind="full"``:
-    ``A = U diag(s) V^T`` with ``U, V`` orthogonal (the paper's code parametrisation), for vectors. The admissible
-    set keeps every ``a_i`` (diagonal) or singular value ``s_i`` (full) at most ``max_rate < 1/2``, so that the
-    symmetric part of ``D = I - 2A`` stays positive definite and the OU marginals stay bounded;
-    :meth:`project_` maps ``A`` back into it after an update instead of letting the covariance blow up.
+    ``kind="diagonal"``: ``A = diag(a)``, one rate per event entry (images and sequences); ``kind="full"``: a
+    ``(d, d)`` matrix for vectors, moved in matrix space by the SA step; :meth:`factors` gives its orthogonal ·
+    diagonal · orthogonal form ``U diag(s) V^T`` (the paper's code parametrises ``A`` that way because it trains the
+    factors by AdamW; a stochastic-approximation step on ``A`` itself followed by a projection needs no factors).
+
+    The admissible set keeps the symmetric part of ``D = I - 2A`` positive definite, so the OU marginals stay
+    bounded (§C.2: ``a_i < 1/2``): every diagonal rate, or every eigenvalue of ``(A + A^T) / 2``, lies in
+    ``[-MAX_CONTRACTION, max_rate]`` with ``max_rate < 1/2``, and a full ``A``'s antisymmetric (rotating) part has
+    spectral norm at most ``MAX_CONTRACTION``. The set is convex; :meth:`project_` is the Frobenius projection onto
+    it, applied after every update instead of letting the covariance blow up.
+
+    ``ema``: the process reads an exponential moving average of the SA iterates, ``A_bar <- ema A_bar + (1 - ema)
+    A`` (math.md §C.4–C.5: the paper's code caches the dynamics from an EMA copy of ``A``); ``0`` reads the iterate.
     """
 
-    def __init__(self, dim: int, kind: str = "diagonal", max_rate: float = DEFAULT_MAX_RATE) -> None:
+    def __init__(self, dim: int, kind: str = "diagonal", max_rate: float = DEFAULT_MAX_RATE, ema: float = 0.0) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         self.kind = check_choice(kind, ("diagonal", "full"), "kind of A")
-        if not 0.0 < float(max_rate) < 0.5:
+        if isinstance(max_rate, bool) or not 0.0 < float(max_rate) < 0.5:
             raise ConfigError(f"max_rate must lie in (0, 1/2) so that D = I - 2A stays positive definite, got "
                               f"{max_rate!r}.")
         self.max_rate = float(max_rate)
-        if self.kind == "diagonal":
-            self.rates = nn.Parameter(torch.zeros(self.dim))
-        else:
-            self.singular = nn.Parameter(torch.zeros(self.dim))
-            self.u = parametrizations.orthogonal(nn.Linear(self.dim, self.dim, bias=False))
-            self.v = parametrizations.orthogonal(nn.Linear(self.dim, self.dim, bias=False))
+        if isinstance(ema, bool) or not 0.0 <= float(ema) < 1.0:
+            raise ConfigError(f"a_ema, the moving-average weight of A, must lie in [0, 1), got {ema!r}.")
+        self.ema = float(ema)
+        shape = (self.dim,) if self.kind == "diagonal" else (self.dim, self.dim)
+        # buffers, not parameters: A moves by stochastic approximation, never by autograd
+        self.register_buffer("iterate", torch.zeros(shape))  # the SA iterate A^(k)
+        self.register_buffer("average", torch.zeros(shape))  # its moving average, the A the process uses
 
     def matrix(self) -> torch.Tensor:
-        """``A``: the ``(d,)`` diagonal for ``kind="diagonal"``, else the ``(d, d)`` matrix ``U diag(s) V^T``."""
-        if self.kind == "diagonal":
-            return self.rates
-        return self.u.weight @ torch.diag(self.singular) @ self.v.weight.T
+        """``A`` as the process uses it: the ``(d,)`` diagonal for ``kind="diagonal"``, else the ``(d, d)``
+        matrix (the moving average of the SA iterates; the iterate itself when ``ema = 0``)."""
+        return self.average if self.ema else self.iterate
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(U, s, V)`` with ``A = U diag(s) V^T``, ``U, V`` orthogonal and ``s >= 0`` (full ``A`` only)."""
+        if self.kind != "full":
+            raise ConfigError("factors() is for a full A; a diagonal A is its own spectrum (matrix()).")
+        u, s, vh = torch.linalg.svd(self.matrix().detach())
+        return u, s, vh.T
 
     def drift_matrix(self) -> torch.Tensor:
         """``D = I - 2A`` (diagonal: ``1 - 2a``), the drift operator of the forward OU process (§C.1)."""
@@ -80,26 +94,30 @@ class LinearScore(nn.Module):
 
     @torch.no_grad()
     def project_(self) -> None:
-        """Clamp the diagonal rates into ``[-MAX_CONTRACTION, max_rate]`` or the singular values into
-        ``[0, max_rate]``: the largest eigenvalue of ``A + A^T`` is then at most ``2 max_rate < 1`` and ``D``'s
-        symmetric part stays positive definite (negative diagonal rates contract more than VP)."""
+        """Map the iterate onto the admissible set (the nearest point in Frobenius norm): clamp the diagonal rates,
+        or the eigenvalues of the symmetric part, into ``[-MAX_CONTRACTION, max_rate]``, and shrink the
+        antisymmetric part to spectral norm ``MAX_CONTRACTION``. The largest eigenvalue of ``A + A^T`` is then at
+        most ``2 max_rate < 1`` and ``D``'s symmetric part stays positive definite."""
+        a = self.iterate
         if self.kind == "diagonal":
-            self.rates.clamp_(min=-MAX_CONTRACTION, max=self.max_rate)
-        else:  # singular values are magnitudes (a sign belongs to U or V)
-            self.singular.abs_().clamp_(max=self.max_rate)
+            a.clamp_(min=-MAX_CONTRACTION, max=self.max_rate)
+            return
+        sym, skew = 0.5 * (a + a.T), 0.5 * (a - a.T)
+        lam, vecs = torch.linalg.eigh(sym)
+        sym = (vecs * lam.clamp(-MAX_CONTRACTION, self.max_rate)) @ vecs.T
+        norm = float(torch.linalg.matrix_norm(skew, ord=2))
+        if norm > MAX_CONTRACTION:
+            skew = skew * (MAX_CONTRACTION / norm)
+        a.copy_(sym + skew)
 
     @torch.no_grad()
     def step_(self, gradient: torch.Tensor, lr: float) -> None:
-        """One stochastic-approximation step ``A <- A - lr * gradient`` (§C.4), then :meth:`project_`.
-
-        Diagonal: ``gradient`` is ``(d,)``. Full: a ``(d, d)`` gradient with respect to ``A`` moves the singular
-        values along ``diag(U^T G V)`` (the gradient restricted to the current singular directions; ``U`` and ``V``
-        stay, as with the paper's code whose orthogonal factors move far more slowly)."""
-        if self.kind == "diagonal":
-            self.rates.sub_(lr * gradient)
-        else:
-            self.singular.sub_(lr * torch.diagonal(self.u.weight.T @ gradient @ self.v.weight))
+        """One stochastic-approximation step ``A <- A - lr * gradient`` (§C.4), then :meth:`project_`, then the
+        moving average (a convex combination of admissible points, so admissible too). ``gradient`` has ``A``'s
+        shape: ``(d,)`` diagonal or ``(d, d)``."""
+        self.iterate.sub_(lr * gradient.to(self.iterate))
         self.project_()
+        self.average.mul_(self.ema).add_(self.iterate, alpha=1.0 - self.ema)
 
 
 def sa_gradient(xs: torch.Tensor, scores: torch.Tensor, betas: torch.Tensor, dts: torch.Tensor, zeta: float,
@@ -162,7 +180,8 @@ class VSDM(SGM):
     SA stages (``steps // stages`` training steps each); ``zeta``: the interaction coefficient in ``[0, 1]``;
     ``sa_lr``, ``sa_decay``: step sizes ``sa_lr / k^sa_decay`` of the SA update at stage ``k`` (Robbins–Monro,
     ``1/2 < sa_decay <= 1``; ``sa_lr = 0`` freezes ``A`` at 0: plain SGM under this schedule); ``sa_samples``,
-    ``sa_steps``: backward trajectories and Euler–Maruyama steps of each SA update; ``prior``: ``"marginal"``
+    ``sa_steps``: backward trajectories and Euler–Maruyama steps of each SA update; ``a_ema``: the process uses a
+    moving average of the SA iterates of ``A`` with this weight (0: the iterate itself); ``prior``: ``"marginal"``
     (``N(0, Sigma_T)`` of the current ``A``, the paper's adaptive prior) or a variance (``1.0``: fixed ``N(0, I)``).
     """
 
@@ -172,7 +191,8 @@ class VSDM(SGM):
 
     def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, beta_min: float = 0.1,
                  beta_max: float = 10.0, beta_r: float = 1.0, T: float = 1.0, a_kind: str = "diagonal",
-                 max_rate: float = DEFAULT_MAX_RATE, stages: int = 10, zeta: float = 0.75, sa_lr: float = 0.05,
+                 max_rate: float = DEFAULT_MAX_RATE, a_ema: float = 0.0, stages: int = 10, zeta: float = 0.75,
+                 sa_lr: float = 0.05,
                  sa_decay: float = 0.6, sa_samples: int = 1000, sa_steps: int = 50, prior: str | float = "marginal",
                  hidden: int | None = None, depth: int | None = None, time_dim: int | None = None,
                  cond: dict[str, Any] | None = None, cond_drop: float = 0.0, net: Any = None, seed: int = 0,
@@ -181,7 +201,7 @@ class VSDM(SGM):
         numel = int(torch.Size(event_shape).numel())
         if a_kind == "full" and len(event_shape) != 1:
             raise ConfigError(f"a full A acts on vectors; for event shape {event_shape} use a_kind='diagonal'.")
-        self.a_kind, self.max_rate = a_kind, max_rate
+        self.a_kind, self.max_rate, self.a_ema = a_kind, max_rate, a_ema
         self.beta_min, self.beta_max, self.beta_r, self.T = beta_min, beta_max, beta_r, T
         self.zeta = float(zeta)
         if isinstance(zeta, bool) or not 0.0 <= self.zeta <= 1.0:
@@ -194,7 +214,7 @@ class VSDM(SGM):
         self.sa_steps = check_positive_int(sa_steps, "sa_steps")
         self.set_option("stages", stages)
         self.prior_kind = prior
-        self.variational = LinearScore(numel, a_kind, max_rate)
+        self.variational = LinearScore(numel, a_kind, max_rate, a_ema)
         process = LinearSDE(PowerRate(beta_min, beta_max, beta_r, T), VariationalDrift(self.variational, event_shape),
                             prior=prior)
         super().__init__(shape=event_shape, process=process, hidden=hidden, depth=depth, time_dim=time_dim,
@@ -207,8 +227,8 @@ class VSDM(SGM):
 
     def options(self) -> dict[str, Any]:
         return {"beta_min": self.beta_min, "beta_max": self.beta_max, "beta_r": self.beta_r, "T": self.T,
-                "a_kind": self.a_kind, "max_rate": self.max_rate, "stages": self.stages, "zeta": self.zeta,
-                "sa_lr": self.sa_lr, "sa_decay": self.sa_decay, "sa_samples": self.sa_samples,
+                "a_kind": self.a_kind, "max_rate": self.max_rate, "a_ema": self.a_ema, "stages": self.stages,
+                "zeta": self.zeta, "sa_lr": self.sa_lr, "sa_decay": self.sa_decay, "sa_samples": self.sa_samples,
                 "sa_steps": self.sa_steps, "prior": self.prior_kind, "cond_drop": self.cond_drop}
 
     @property
