@@ -455,3 +455,16 @@ def test_linear_process_config_round_trips_with_its_matrices() -> None:
         assert type(rebuilt) is LinearSDE and rebuilt.config() == proc.config()
         x0 = torch.ones(2, 2, dtype=F64)
         torch.testing.assert_close(rebuilt.marginal(x0, 0.4)[0], proc.marginal(x0, 0.4)[0], rtol=0, atol=0)
+
+
+def test_simulated_forward_paths_have_the_closed_form_law_at_t() -> None:
+    # full non-symmetric D: Euler-Maruyama paths from x0 end near N(M_T x0, Sigma_T) (mean and covariance, n = 20k)
+    D = torch.tensor([[1.5, 0.3], [-0.2, 0.6]], dtype=torch.float64)
+    process = LinearSDE({"name": "power", "beta_min": 0.1, "beta_max": 4.0}, {"kind": "full", "value": D}).double()
+    x0 = torch.tensor([[2.0, -1.0]], dtype=torch.float64).expand(20_000, 2)
+    paths = process.simulate(x0, 400, seed=0)
+    assert paths.shape == (401, 20_000, 2)
+    torch.testing.assert_close(paths[0], x0)
+    mean, cov = process.marginal(x0[:1], process.T)
+    torch.testing.assert_close(paths[-1].mean(0), mean[0], atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(paths[-1].T), cov.dense(x0[:1])[0], atol=0.04, rtol=0)

@@ -181,6 +181,17 @@ CASES: list[tuple[str, str, Callable[[Path], None] | None, list[str], list[str]]
     ("sample-a-file", "sgm", None, ["sample", "{run}/config.json", "--n", "5"], ["is a file, not a run folder"]),
     ("dequantize-without-nll", "sgm", None, ["evaluate", "{run}", "--dequantize", "256"], ["add --nll"]),
     ("data-empty-name", None, None, ["train", "--data", "", "--out", "{run}", *SMALL], ["option data is empty"]),
+    # VSDM's options (issue 10): schedule, interaction coefficient, admissible set of A
+    ("vsdm-beta-order", None, None, ["train", "--method", "vsdm", "--set", "beta_min=2", "--set", "beta_max=1",
+                                     "--out", "{run}", *SMALL], ["beta_max (1) must be at least beta_min (2)"]),
+    ("vsdm-beta-r", None, None, ["train", "--method", "vsdm", "--set", "beta_r=-1", "--out", "{run}", *SMALL],
+     ["beta_r", "beta_min = beta_max"]),
+    ("vsdm-zeta", None, None, ["train", "--method", "vsdm", "--set", "zeta=1.5", "--out", "{run}", *SMALL],
+     ["zeta must lie in [0, 1]"]),
+    ("vsdm-d-not-positive-definite", None, None, ["train", "--method", "vsdm", "--set", "max_rate=0.7", "--out",
+                                                  "{run}", *SMALL], ["D = I - 2A stays positive definite"]),
+    ("vsdm-a-ema", None, None, ["train", "--method", "vsdm", "--set", "a_ema=1", "--out", "{run}", *SMALL],
+     ["a_ema", "[0, 1)"]),
 ]
 
 

@@ -227,6 +227,7 @@ def test_a_vsdm_run_plots_its_variational_stages(tmp_path: Path) -> None:
                  "--out", str(run), "--quiet"]) == 0
     assert main(["plot", str(run), "--n", "200", "--steps", "5"]) == 0
     assert (run / "plots" / "variational.png").stat().st_size > 10_000
+    assert (run / "plots" / "forward_backward.png").stat().st_size > 10_000
 
 
 def _transport_coupling(model: VSDM, n: int, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

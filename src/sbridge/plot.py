@@ -142,6 +142,25 @@ def plot_variational(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_forward_backward(forward: torch.Tensor, backward: torch.Tensor, path: str | Path, *, n_lines: int = 24,
+                          title: str = "") -> Path:
+    """Paths ``(steps + 1, n, d)`` of the forward process from data to ``T`` (left) and of the reverse SDE from the
+    prior back to data (right), on shared axes: with a learned forward process (VSDM) the left panel shows what
+    ``A`` does to the data, the right one how sampling undoes it."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5), sharex=True, sharey=True)
+    for ax, paths, name, start, end in ((axes[0], forward, "forward: data to T", "data", "at T"),
+                                        (axes[1], backward, "reverse SDE: prior to data", "prior", "samples")):
+        ax.scatter(paths[0, :, 0], paths[0, :, 1], s=1.5, color="tab:blue", label=start)
+        ax.scatter(paths[-1, :, 0], paths[-1, :, 1], s=1.5, color="tab:orange", label=end)
+        for i in range(min(n_lines, paths.shape[1])):
+            ax.plot(paths[:, i, 0], paths[:, i, 1], lw=0.5, alpha=0.5, color="0.4")
+        _finish_plane(ax, (forward[0], forward[-1], backward[0], backward[-1]), name)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from sbridge.device import make_generator
 from sbridge.errors import ConfigError, NotPositiveDefiniteError
+from sbridge.sampling import euler_maruyama, time_grid
 from sbridge.tensors import as_time, expand_as_batch, flat, sum_event
 from sbridge.validation import check_choice, check_positive_float
 
@@ -487,6 +489,14 @@ class LinearSDE(nn.Module):
         """``grad_x log p_{t|0}(x | x0) = -Sigma_t^{-1} (x - M_t x0)`` (the denoising score-matching target)."""
         mean, cov = self.marginal(x0, t)
         return -cov.solve(xt - mean)
+
+    @torch.no_grad()
+    def simulate(self, x0: torch.Tensor, steps: int, *, seed: int = 0) -> torch.Tensor:
+        """Forward paths ``(steps + 1, n, *event)`` from ``x0`` at ``t = 0`` to ``T`` by Euler–Maruyama on a uniform
+        grid (with the noise of the last step, so the end points are draws at ``T``), for plots and checks."""
+        out, _ = euler_maruyama(self.drift, lambda t: self.g(t, x0), x0, time_grid(0.0, self.T, steps),
+                                generator=make_generator(seed, x0.device), return_path=True, noise_last_step=True)
+        return out
 
     # ---- given a score ---------------------------------------------------------------------------------------
     def reverse_drift(self, x: torch.Tensor, t: float | torch.Tensor, score: torch.Tensor) -> torch.Tensor:

@@ -466,6 +466,11 @@ def _plot(run_dir: str | Path, *, n: int, steps: int | None, ode: bool, device: 
     ]
     if any("A_spectrum" in r for r in rows):  # a run that learns its forward process (VSDM)
         written.append(plots.plot_variational(rows, out / "variational.png"))
+        forward = solver.process.simulate(data[:256].to(solver.device), steps or 100, seed=solver.seed + 3)
+        backward = solver.sample(256, return_path=True, **kwargs)
+        written.append(plots.plot_forward_backward(forward.cpu(), backward.cpu(), out / "forward_backward.png",
+                                                   title=f"{solver.method.upper()}: the learned forward process "
+                                                         "and sampling"))
     return written
 
 

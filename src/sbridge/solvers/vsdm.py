@@ -202,6 +202,9 @@ class VSDM(SGM):
         if a_kind == "full" and len(event_shape) != 1:
             raise ConfigError(f"a full A acts on vectors; for event shape {event_shape} use a_kind='diagonal'.")
         self.a_kind, self.max_rate, self.a_ema = a_kind, max_rate, a_ema
+        if isinstance(beta_r, bool) or not (isinstance(beta_r, int | float) and beta_r > 0 and math.isfinite(beta_r)):
+            raise ConfigError(f"beta_r, the power of the schedule beta_min + (t/T)^r (beta_max - beta_min), must be a "
+                              f"positive number, got {beta_r!r} (for a constant beta set beta_min = beta_max).")
         self.beta_min, self.beta_max, self.beta_r, self.T = beta_min, beta_max, beta_r, T
         self.zeta = float(zeta)
         if isinstance(zeta, bool) or not 0.0 <= self.zeta <= 1.0:
