@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from scipy.optimize import brentq
-from torch import nn
 
 import sbridge
 from sbridge import SGM, VSDM
@@ -39,7 +38,8 @@ def test_full_a_factors_and_the_projection_keeps_d_positive_definite() -> None:
     x = torch.randn(6, 4)
     torch.testing.assert_close(score(x), x @ score.matrix().T)
     # far outside the admissible set: a symmetric part with eigenvalues 3 and -9, a large rotation
-    far = q @ torch.diag(torch.tensor([3.0, -9.0, 0.7, 0.1])) @ q.T + 8 * (q[:, :1] @ q[:, 1:2].T - q[:, 1:2] @ q[:, :1].T)
+    rotation = q[:, :1] @ q[:, 1:2].T - q[:, 1:2] @ q[:, :1].T
+    far = q @ torch.diag(torch.tensor([3.0, -9.0, 0.7, 0.1])) @ q.T + 8 * rotation
     score.iterate.zero_()
     score.step_(-far, lr=1.0)
     d = score.drift_matrix().detach()
