@@ -252,6 +252,41 @@ class DenseCovariance:
 Covariance = DiagonalCovariance | DenseCovariance
 
 
+def _diagonal_transition(lam: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``exp(-B lam / 2)`` and the variance ``B phi1(lam B)`` of an OU with rates ``lam`` over the clock ``B``
+    (elementwise; ``lam`` and ``B`` broadcast)."""
+    return torch.exp(-0.5 * lam * B), B * _phi1(lam * B)
+
+
+def _per_piece(B: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Clock increments ``(K,)`` shaped to broadcast against ``like`` of shape ``(K, *event)``."""
+    return B.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _full_transition(D: torch.Tensor, B: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``M = exp(-B D / 2)`` and ``Sigma = int_0^B exp(-u D / 2) exp(-u D^T / 2) du`` (math.md §C.2) for ``D`` of
+    shape ``(n, n)`` or ``(batch, n, n)`` and clock ``B`` 0-d or ``(batch,)``: by eigendecomposition for a symmetric
+    ``D``, else by the matrix-fraction decomposition."""
+    n = D.shape[-1]
+    Bm = B.reshape(-1, 1, 1)
+    if symmetric:
+        lam, U = torch.linalg.eigh(0.5 * (D + D.transpose(-1, -2)))
+        lB = lam * Bm.squeeze(-1)                                          # (batch or 1, n)
+        M = (U * torch.exp(-0.5 * lB).unsqueeze(-2)) @ U.transpose(-1, -2)
+        cov = (U * (Bm.squeeze(-1) * _phi1(lB)).unsqueeze(-2)) @ U.transpose(-1, -2)
+    else:
+        Db = D.expand(max(Bm.shape[0], D.shape[0] if D.ndim == 3 else 1), n, n)
+        eye = torch.eye(n, dtype=D.dtype, device=D.device).expand_as(Db)
+        ham = torch.cat([torch.cat([-0.5 * Db, eye], -1),
+                         torch.cat([torch.zeros_like(Db), 0.5 * Db.transpose(-1, -2)], -1)], -2)
+        E = torch.linalg.matrix_exp(Bm * ham)
+        M, C, H = E[:, :n, :n], E[:, :n, n:], E[:, n:, n:]
+        cov = torch.linalg.solve(H.transpose(-1, -2), C.transpose(-1, -2)).transpose(-1, -2)
+    if B.ndim == 0 and D.ndim == 2:
+        M, cov = M.reshape(n, n), cov.reshape(n, n)
+    return M, cov
+
+
 def _phi1(z: torch.Tensor) -> torch.Tensor:
     """``(1 - exp(-z)) / z``, continued by 1 at ``z = 0`` (the variance factor of an OU over the clock ``B``)."""
     small = z.abs() < 1e-6
@@ -271,7 +306,14 @@ class DriftMatrix(nn.Module):
     event). ``learnable=True`` makes ``value`` an ``nn.Parameter`` (saved with the solver's weights); a learned
     parametrisation (VSDM's ``D = I - 2A``) subclasses this and overrides :meth:`matrix`.
     ``symmetric`` (full kind): use the eigendecomposition path; detected for fixed matrices.
+
+    A drift that changes over time, constant on pieces ``[e_k, e_{k+1})`` (VSDM's time-varying scale of ``A``), sets
+    :attr:`edges` to the ``K + 1`` times ``0 = e_0 < ... < e_K = T`` and returns the ``K`` matrices from
+    :meth:`matrices`; the process then composes the pieces' exact transitions.
     """
+
+    #: ``None`` for a constant ``D``; else the times bounding the pieces on which ``D`` is constant.
+    edges: torch.Tensor | None = None
 
     def __init__(self, kind: str = "zero", value: Any = None, *, learnable: bool = False,
                  symmetric: bool | None = None) -> None:
@@ -308,11 +350,23 @@ class DriftMatrix(nn.Module):
         """The current value of ``D`` (a number, an event-shaped diagonal or an ``(n, n)`` matrix)."""
         return self.value
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """``D x`` for a batch ``x`` of shape ``(batch, *event)``."""
+    def matrices(self) -> torch.Tensor:
+        """The ``K`` matrices of a piecewise-constant ``D``, stacked ``(K, ...)`` (only when :attr:`edges` is set)."""
+        raise NotImplementedError("a constant drift matrix has no pieces")
+
+    def apply(self, x: torch.Tensor, t: float | torch.Tensor | None = None) -> torch.Tensor:
+        """``D x`` (``D_t x`` for a piecewise ``D``) for a batch ``x`` of shape ``(batch, *event)``."""
         if self.kind == "zero":
             return torch.zeros_like(x)
-        d = self.matrix().to(x)
+        if self.edges is None:
+            d = self.matrix().to(x)
+        else:
+            tt = as_time(t, x).reshape(-1).contiguous()
+            k = (torch.searchsorted(self.edges.to(tt), tt, right=True) - 1).clamp(0, len(self.edges) - 2)
+            d = self.matrices().to(x)[k]                                     # (batch or 1, ...)
+            if self.kind == "full":
+                return (d @ flat(x).unsqueeze(-1)).squeeze(-1).reshape(x.shape)
+            return d * x
         if self.kind == "full":
             return (flat(x) @ d.T).reshape(x.shape)
         return d * x
@@ -406,7 +460,7 @@ class LinearSDE(nn.Module):
 
     def drift(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """Forward drift ``F(t) x = -beta(t) D x / 2``."""
-        return -0.5 * expand_as_batch(self.beta(as_time(t, x)), x) * self.D.apply(x)
+        return -0.5 * expand_as_batch(self.beta(as_time(t, x)), x) * self.D.apply(x, t)
 
     def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
         """``c(t)`` with ``F(t) = c(t) I`` (isotropic processes only)."""
@@ -436,31 +490,51 @@ class LinearSDE(nn.Module):
         kind = self.D.kind
         if kind == "zero":
             return None, DiagonalCovariance(expand_as_batch(B, like))
-        if kind in ("scalar", "diagonal"):
-            lam = self.D.matrix().to(like)
-            Bx = expand_as_batch(B, like)
-            var = Bx * _phi1(lam * Bx)
-            if self.D.may_overflow and not bool(torch.isfinite(var).all() and (var > 0).all()):
-                raise NotPositiveDefiniteError("the covariance of X_t | X_0 is not positive and finite for the "
-                                               "current diagonal drift D; keep D's entries above -1 / B(T).")
-            return torch.exp(-0.5 * lam * Bx), DiagonalCovariance(var)
-        D = self.D.matrix().to(like)
-        n = D.shape[0]
-        Bm = B.reshape(-1, 1, 1)
-        if self.D.symmetric:
-            lam, U = torch.linalg.eigh(0.5 * (D + D.T))
-            lB = lam * Bm.squeeze(-1)                                      # (batch or 1, n)
-            M = (U * torch.exp(-0.5 * lB).unsqueeze(-2)) @ U.T
-            cov = (U * (Bm.squeeze(-1) * _phi1(lB)).unsqueeze(-2)) @ U.T
+        if self.D.edges is not None:
+            M, cov = self._piecewise_transition(t, B, like)
+        elif kind in ("scalar", "diagonal"):
+            M, cov = _diagonal_transition(self.D.matrix().to(like), expand_as_batch(B, like))
         else:
-            eye = torch.eye(n, dtype=D.dtype, device=D.device)
-            ham = torch.cat([torch.cat([-0.5 * D, eye], 1), torch.cat([torch.zeros_like(D), 0.5 * D.T], 1)], 0)
-            E = torch.linalg.matrix_exp(Bm * ham)
-            M, C, H = E[:, :n, :n], E[:, :n, n:], E[:, n:, n:]
-            cov = torch.linalg.solve(H.transpose(-1, -2), C.transpose(-1, -2)).transpose(-1, -2)
-        if B.ndim == 0:
-            M, cov = M.reshape(n, n), cov.reshape(n, n)
-        return M, DenseCovariance(cov, "the covariance of X_t | X_0")
+            M, cov = _full_transition(self.D.matrix().to(like), B, self.D.symmetric)
+        if kind == "full":
+            return M, DenseCovariance(cov, "the covariance of X_t | X_0")
+        if self.D.may_overflow and not bool(torch.isfinite(cov).all() and (cov > 0).all()):
+            raise NotPositiveDefiniteError("the covariance of X_t | X_0 is not positive and finite for the "
+                                           "current diagonal drift D; keep D's entries above -1 / B(T).")
+        return M, DiagonalCovariance(cov)
+
+    def _piecewise_transition(self, t: torch.Tensor, B: torch.Tensor, like: torch.Tensor) -> tuple[Any, Any]:
+        """``(M_t, Sigma_t)`` for a drift matrix constant on each piece ``[e_k, e_{k+1})`` of time: the exact OU
+        transitions of the pieces compose, ``M <- E_k M``, ``Sigma <- E_k Sigma E_k^T + V_k`` (no commutation of
+        the pieces' matrices is needed), and the last, partial piece is applied to the state at its start."""
+        edges = self.D.edges.to(B)
+        mats = self.D.matrices().to(like)                                  # (K, *event) or (K, n, n)
+        B_edges = self.schedule.integral(edges)
+        full = self.D.kind == "full"
+        step = (lambda D, b: _full_transition(D, b, self.D.symmetric)) if full else _diagonal_transition
+        # the exact transitions over the whole pieces, composed into the law at each edge
+        M_piece, V_piece = step(mats, torch.diff(B_edges) if full else _per_piece(torch.diff(B_edges), mats))
+        M_edge, V_edge = [torch.ones_like(mats[0]) if not full else torch.eye(mats.shape[-1]).to(mats)], \
+            [torch.zeros_like(mats[0])]
+        for k in range(mats.shape[0] - 1):
+            if full:
+                M_edge.append(M_piece[k] @ M_edge[-1])
+                V_edge.append(M_piece[k] @ V_edge[-1] @ M_piece[k].T + V_piece[k])
+            else:
+                M_edge.append(M_piece[k] * M_edge[-1])
+                V_edge.append(M_piece[k] ** 2 * V_edge[-1] + V_piece[k])
+        k = (torch.searchsorted(edges, t.reshape(-1).contiguous(), right=True) - 1).clamp(0, mats.shape[0] - 1)
+        dB = B.reshape(-1) - B_edges[k]
+        M0, V0 = torch.stack(M_edge)[k], torch.stack(V_edge)[k]
+        if full:
+            E, V = _full_transition(mats[k], dB, self.D.symmetric)
+            M, cov = E @ M0, E @ V0 @ E.transpose(-1, -2) + V
+            return (M[0], cov[0]) if t.ndim == 0 else (M, cov)
+        E, V = _diagonal_transition(mats[k], _per_piece(dB, mats))
+        M, cov = E * M0, E**2 * V0 + V
+        if t.ndim == 0:
+            return M[0], cov[0]
+        return M.reshape(like.shape[:1] + M.shape[1:]), cov.reshape(like.shape[:1] + cov.shape[1:])
 
     def covariance(self, t: float | torch.Tensor, like: torch.Tensor) -> Covariance:
         """The covariance operator ``Sigma_t`` of ``X_t | X_0`` for the batch ``like`` (without computing a mean)."""
@@ -510,6 +584,8 @@ class LinearSDE(nn.Module):
     # ---- prior -----------------------------------------------------------------------------------------------
     def _check_stationary(self) -> None:
         kind = self.D.kind
+        if self.D.edges is not None:
+            raise ConfigError("prior='stationary' needs a drift matrix constant in time; use prior='marginal'.")
         if kind == "zero":
             raise ConfigError("prior='stationary' needs a drift pulling to the origin; this process has D = 0 (no "
                               "invariant law): use prior='marginal' or 'fitted'.")

@@ -32,6 +32,8 @@ from sbridge.validation import check_choice, check_event_shape, check_positive_f
 DEFAULT_MAX_RATE = 0.45
 #: Most negative diagonal rate (``D`` up to ``1 + 2 * 5 = 11``: more contraction than VP, but not a stiff process).
 MAX_CONTRACTION = 5.0
+#: Largest factor of the time-varying scale of ``A``.
+MAX_SCALE = 3.0
 
 
 class LinearScore(nn.Module):
@@ -50,9 +52,15 @@ class LinearScore(nn.Module):
 
     ``ema``: the process reads an exponential moving average of the SA iterates, ``A_bar <- ema A_bar + (1 - ema)
     A`` (math.md §C.4–C.5: the paper's code caches the dynamics from an EMA copy of ``A``); ``0`` reads the iterate.
+
+    ``pieces > 1`` adds a time-varying scale (the paper's code scales ``A`` by ``exp(MLP(t))``): ``A_t = h_k A`` on
+    the ``k``-th of ``pieces`` equal pieces of ``[0, T]``, with learned factors ``h_k`` in ``[0, MAX_SCALE]``
+    starting at 1. Piecewise constant keeps the marginals exact (the pieces' OU transitions compose), and the
+    admissible set then bounds ``max_k h_k A`` as above.
     """
 
-    def __init__(self, dim: int, kind: str = "diagonal", max_rate: float = DEFAULT_MAX_RATE, ema: float = 0.0) -> None:
+    def __init__(self, dim: int, kind: str = "diagonal", max_rate: float = DEFAULT_MAX_RATE, ema: float = 0.0,
+                 pieces: int = 1) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         self.kind = check_choice(kind, ("diagonal", "full"), "kind of A")
@@ -63,15 +71,25 @@ class LinearScore(nn.Module):
         if isinstance(ema, bool) or not 0.0 <= float(ema) < 1.0:
             raise ConfigError(f"a_ema, the moving-average weight of A, must lie in [0, 1), got {ema!r}.")
         self.ema = float(ema)
+        self.pieces = check_positive_int(pieces, "a_pieces")
         shape = (self.dim,) if self.kind == "diagonal" else (self.dim, self.dim)
         # buffers, not parameters: A moves by stochastic approximation, never by autograd
         self.register_buffer("iterate", torch.zeros(shape))  # the SA iterate A^(k)
         self.register_buffer("average", torch.zeros(shape))  # its moving average, the A the process uses
+        if self.pieces > 1:  # the time-varying scale h_k: iterate and moving average, as for A
+            self.register_buffer("scale_iterate", torch.ones(self.pieces))
+            self.register_buffer("scale_average", torch.ones(self.pieces))
 
     def matrix(self) -> torch.Tensor:
         """``A`` as the process uses it: the ``(d,)`` diagonal for ``kind="diagonal"``, else the ``(d, d)``
         matrix (the moving average of the SA iterates; the iterate itself when ``ema = 0``)."""
         return self.average if self.ema else self.iterate
+
+    def scales(self) -> torch.Tensor:
+        """The time-varying scale ``(h_1, ..., h_K)`` the process uses (ones of length 1 for a time-invariant A)."""
+        if self.pieces == 1:
+            return torch.ones(1, dtype=self.iterate.dtype, device=self.iterate.device)
+        return self.scale_average if self.ema else self.scale_iterate
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(U, s, V)`` with ``A = U diag(s) V^T``, ``U, V`` orthogonal and ``s >= 0`` (full ``A`` only)."""
@@ -88,9 +106,13 @@ class LinearScore(nn.Module):
         return torch.eye(self.dim, dtype=a.dtype, device=a.device) - 2.0 * a
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``A x`` for a batch ``(B, d)``."""
+        """``A x`` for a batch ``(B, d)`` (without the time-varying scale)."""
         a = self.matrix()
         return x * a if self.kind == "diagonal" else x @ a.T
+
+    def piece_of(self, t: torch.Tensor, T: float) -> torch.Tensor:
+        """Index of the piece of ``[0, T]`` holding each time ``t``."""
+        return (t / T * self.pieces).long().clamp(0, self.pieces - 1)
 
     @torch.no_grad()
     def project_(self) -> None:
@@ -98,30 +120,39 @@ class LinearScore(nn.Module):
         or the eigenvalues of the symmetric part, into ``[-MAX_CONTRACTION, max_rate]``, and shrink the
         antisymmetric part to spectral norm ``MAX_CONTRACTION``. The largest eigenvalue of ``A + A^T`` is then at
         most ``2 max_rate < 1`` and ``D``'s symmetric part stays positive definite."""
-        a = self.iterate
+        a, shrink = self.iterate, 1.0
+        if self.pieces > 1:  # A_t = h_k A must be admissible for every piece: bound A by the largest h_k
+            self.scale_iterate.clamp_(0.0, MAX_SCALE)
+            shrink = max(1.0, float(self.scale_iterate.max()))
+        low, high = -MAX_CONTRACTION / shrink, self.max_rate / shrink
         if self.kind == "diagonal":
-            a.clamp_(min=-MAX_CONTRACTION, max=self.max_rate)
+            a.clamp_(min=low, max=high)
             return
         sym, skew = 0.5 * (a + a.T), 0.5 * (a - a.T)
         lam, vecs = torch.linalg.eigh(sym)
-        sym = (vecs * lam.clamp(-MAX_CONTRACTION, self.max_rate)) @ vecs.T
+        sym = (vecs * lam.clamp(low, high)) @ vecs.T
         norm = float(torch.linalg.matrix_norm(skew, ord=2))
-        if norm > MAX_CONTRACTION:
-            skew = skew * (MAX_CONTRACTION / norm)
+        if norm > -low:
+            skew = skew * (-low / norm)
         a.copy_(sym + skew)
 
     @torch.no_grad()
-    def step_(self, gradient: torch.Tensor, lr: float) -> None:
-        """One stochastic-approximation step ``A <- A - lr * gradient`` (§C.4), then :meth:`project_`, then the
-        moving average (a convex combination of admissible points, so admissible too). ``gradient`` has ``A``'s
-        shape: ``(d,)`` diagonal or ``(d, d)``."""
+    def step_(self, gradient: torch.Tensor, lr: float, scale_gradient: torch.Tensor | None = None) -> None:
+        """One stochastic-approximation step ``A <- A - lr * gradient`` (§C.4), and ``h <- h - lr *
+        scale_gradient`` for a time-varying scale, then :meth:`project_`, then the moving averages (convex
+        combinations of admissible points, so admissible too). ``gradient`` has ``A``'s shape: ``(d,)`` diagonal
+        or ``(d, d)``; ``scale_gradient`` is ``(pieces,)``."""
         self.iterate.sub_(lr * gradient.to(self.iterate))
+        if self.pieces > 1 and scale_gradient is not None:
+            self.scale_iterate.sub_(lr * scale_gradient.to(self.scale_iterate))
         self.project_()
         self.average.mul_(self.ema).add_(self.iterate, alpha=1.0 - self.ema)
+        if self.pieces > 1:
+            self.scale_average.mul_(self.ema).add_(self.scale_iterate, alpha=1.0 - self.ema)
 
 
 def sa_gradient(xs: torch.Tensor, scores: torch.Tensor, betas: torch.Tensor, dts: torch.Tensor, zeta: float,
-                kind: str = "full") -> torch.Tensor:
+                kind: str = "full", per_time: bool = False) -> torch.Tensor:
     """Gradient in ``A`` of VSDM's forward loss on backward trajectories (math.md §C.4):
 
         grad_A L = sum_n beta_n dt_n ( E[A x x^T] + E[(s(x, t_n) - A x) x^T] + zeta I )
@@ -132,7 +163,8 @@ def sa_gradient(xs: torch.Tensor, scores: torch.Tensor, betas: torch.Tensor, dts
     there; ``betas`` and ``dts`` are ``(N,)``. With ``zeta = 1`` and states distributed as the forward marginals
     ``rho_t`` with their exact scores the gradient vanishes (Stein: ``E[grad log rho x^T] = -I``), so ``A`` moves only
     through the mismatch between backward and forward marginals — the IPF projection. ``kind="diagonal"`` returns
-    the diagonal ``(d,)``.
+    the diagonal ``(d,)``; ``per_time=True`` returns the ``N`` terms of the sum, ``(N, d)`` or ``(N, d, d)`` (for
+    a time-varying scale, whose gradients weight them piece by piece).
     """
     if xs.ndim != 3 or xs.shape != scores.shape:
         raise DataError(f"xs and scores must both have shape (times, batch, dim), got {tuple(xs.shape)} and "
@@ -144,17 +176,19 @@ def sa_gradient(xs: torch.Tensor, scores: torch.Tensor, betas: torch.Tensor, dts
     weight = (betas * dts).to(xs.dtype)
     if check_choice(kind, ("diagonal", "full"), "kind of A") == "diagonal":
         cross = (scores * xs).mean(1)  # (N, d): E[s_i x_i]
-        return (weight[:, None] * (cross + zeta)).sum(0)
-    cross = torch.einsum("nbi,nbj->nij", scores, xs) / xs.shape[1]  # (N, d, d): E[s x^T]
-    eye = torch.eye(xs.shape[2], dtype=xs.dtype, device=xs.device)
-    return (weight[:, None, None] * (cross + zeta * eye)).sum(0)
+        terms = weight[:, None] * (cross + zeta)
+    else:
+        cross = torch.einsum("nbi,nbj->nij", scores, xs) / xs.shape[1]  # (N, d, d): E[s x^T]
+        eye = torch.eye(xs.shape[2], dtype=xs.dtype, device=xs.device)
+        terms = weight[:, None, None] * (cross + zeta * eye)
+    return terms if per_time else terms.sum(0)
 
 
 class VariationalDrift(DriftMatrix):
     """The drift operator ``D = I - 2A`` of VSDM's forward process, read from a :class:`LinearScore` (``A`` moves by
     stochastic approximation, not by gradients of the score loss, so ``D`` is used detached)."""
 
-    def __init__(self, score: LinearScore, event_shape: tuple[int, ...]) -> None:
+    def __init__(self, score: LinearScore, event_shape: tuple[int, ...], T: float = 1.0) -> None:
         nn.Module.__init__(self)
         self.score, self.event_shape = score, tuple(event_shape)
         self.kind = score.kind
@@ -162,9 +196,19 @@ class VariationalDrift(DriftMatrix):
         self.symmetric = score.kind != "full"
         self.may_overflow = True  # a learned D: the variance is checked
 
+        if score.pieces > 1:  # A_t = h_k A on equal pieces of [0, T]
+            self.edges = torch.linspace(0.0, T, score.pieces + 1, dtype=torch.float64)
+
     def matrix(self) -> torch.Tensor:
         d = self.score.drift_matrix().detach()
         return d.reshape(self.event_shape) if self.kind == "diagonal" else d
+
+    def matrices(self) -> torch.Tensor:
+        """``D_k = I - 2 h_k A`` for the pieces of a time-varying scale, ``(K, *event)`` or ``(K, d, d)``."""
+        a, h = self.score.matrix().detach(), self.score.scales().detach()
+        if self.kind == "diagonal":
+            return (1.0 - 2.0 * h[:, None] * a).reshape(-1, *self.event_shape)
+        return torch.eye(a.shape[0], dtype=a.dtype, device=a.device) - 2.0 * h[:, None, None] * a
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "variational": True}
@@ -181,7 +225,9 @@ class VSDM(SGM):
     ``sa_lr``, ``sa_decay``: step sizes ``sa_lr / k^sa_decay`` of the SA update at stage ``k`` (Robbins–Monro,
     ``1/2 < sa_decay <= 1``; ``sa_lr = 0`` freezes ``A`` at 0: plain SGM under this schedule); ``sa_samples``,
     ``sa_steps``: backward trajectories and Euler–Maruyama steps of each SA update; ``a_ema``: the process uses a
-    moving average of the SA iterates of ``A`` with this weight (0: the iterate itself); ``prior``: ``"marginal"``
+    moving average of the SA iterates of ``A`` with this weight (0: the iterate itself); ``a_pieces``: with ``K > 1``
+    a time-varying scale ``A_t = h_k A`` on ``K`` equal pieces of ``[0, T]``, learned by the same SA steps
+    (1: time-invariant ``A``, the paper's main setting); ``prior``: ``"marginal"``
     (``N(0, Sigma_T)`` of the current ``A``, the paper's adaptive prior) or a variance (``1.0``: fixed ``N(0, I)``).
     """
 
@@ -191,7 +237,8 @@ class VSDM(SGM):
 
     def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, beta_min: float = 0.1,
                  beta_max: float = 10.0, beta_r: float = 1.0, T: float = 1.0, a_kind: str = "diagonal",
-                 max_rate: float = DEFAULT_MAX_RATE, a_ema: float = 0.0, stages: int = 10, zeta: float = 0.75,
+                 max_rate: float = DEFAULT_MAX_RATE, a_ema: float = 0.0, a_pieces: int = 1, stages: int = 10,
+                 zeta: float = 0.75,
                  sa_lr: float = 0.05,
                  sa_decay: float = 0.6, sa_samples: int = 1000, sa_steps: int = 50, prior: str | float = "marginal",
                  hidden: int | None = None, depth: int | None = None, time_dim: int | None = None,
@@ -201,7 +248,7 @@ class VSDM(SGM):
         numel = int(torch.Size(event_shape).numel())
         if a_kind == "full" and len(event_shape) != 1:
             raise ConfigError(f"a full A acts on vectors; for event shape {event_shape} use a_kind='diagonal'.")
-        self.a_kind, self.max_rate, self.a_ema = a_kind, max_rate, a_ema
+        self.a_kind, self.max_rate, self.a_ema, self.a_pieces = a_kind, max_rate, a_ema, a_pieces
         if isinstance(beta_r, bool) or not (isinstance(beta_r, int | float) and beta_r > 0 and math.isfinite(beta_r)):
             raise ConfigError(f"beta_r, the power of the schedule beta_min + (t/T)^r (beta_max - beta_min), must be a "
                               f"positive number, got {beta_r!r} (for a constant beta set beta_min = beta_max).")
@@ -217,9 +264,9 @@ class VSDM(SGM):
         self.sa_steps = check_positive_int(sa_steps, "sa_steps")
         self.set_option("stages", stages)
         self.prior_kind = prior
-        self.variational = LinearScore(numel, a_kind, max_rate, a_ema)
-        process = LinearSDE(PowerRate(beta_min, beta_max, beta_r, T), VariationalDrift(self.variational, event_shape),
-                            prior=prior)
+        self.variational = LinearScore(numel, a_kind, max_rate, a_ema, a_pieces)
+        process = LinearSDE(PowerRate(beta_min, beta_max, beta_r, T),
+                            VariationalDrift(self.variational, event_shape, T), prior=prior)
         super().__init__(shape=event_shape, process=process, hidden=hidden, depth=depth, time_dim=time_dim,
                          cond=cond, cond_drop=cond_drop, net=net, seed=seed, device=device)
 
@@ -230,14 +277,21 @@ class VSDM(SGM):
 
     def options(self) -> dict[str, Any]:
         return {"beta_min": self.beta_min, "beta_max": self.beta_max, "beta_r": self.beta_r, "T": self.T,
-                "a_kind": self.a_kind, "max_rate": self.max_rate, "a_ema": self.a_ema, "stages": self.stages,
-                "zeta": self.zeta, "sa_lr": self.sa_lr, "sa_decay": self.sa_decay, "sa_samples": self.sa_samples,
-                "sa_steps": self.sa_steps, "prior": self.prior_kind, "cond_drop": self.cond_drop}
+                "a_kind": self.a_kind, "max_rate": self.max_rate, "a_ema": self.a_ema, "a_pieces": self.a_pieces,
+                "stages": self.stages, "zeta": self.zeta, "sa_lr": self.sa_lr, "sa_decay": self.sa_decay,
+                "sa_samples": self.sa_samples, "sa_steps": self.sa_steps, "prior": self.prior_kind,
+                "cond_drop": self.cond_drop}
 
     @property
     def A(self) -> torch.Tensor:
-        """The current variational score matrix (``(d,)`` diagonal or ``(d, d)``)."""
+        """The current variational score matrix (``(d,)`` diagonal or ``(d, d)``); with a time-varying scale,
+        ``A_t = A_scale[k] A`` on the ``k``-th piece of ``[0, T]``."""
         return self.variational.matrix().detach()
+
+    @property
+    def A_scale(self) -> torch.Tensor:
+        """The time-varying scale ``(h_1, ..., h_K)`` of ``A`` (a single 1 when ``a_pieces = 1``)."""
+        return self.variational.scales().detach()
 
     def before_fit(self, data: FitData) -> None:
         """Nothing data-dependent: the prior follows ``A`` (marginal) or is fixed."""
@@ -269,11 +323,14 @@ class VSDM(SGM):
             t = torch.tensor(times[:-1], dtype=torch.float64)
             betas = self.process.schedule.beta(t).to(xs.dtype)
             dts = (-torch.diff(torch.tensor(times, dtype=torch.float64))).to(xs.dtype)
-            grad = sa_gradient(xs.flatten(2), torch.stack(scores).flatten(2), betas.to(xs.device),
-                               dts.to(xs.device), self.zeta, self.a_kind)
-            self.variational.step_(grad, self.sa_lr / stage ** self.sa_decay)
+            terms = sa_gradient(xs.flatten(2), torch.stack(scores).flatten(2), betas.to(xs.device),
+                                dts.to(xs.device), self.zeta, self.a_kind, per_time=True)
+            grad, scale_grad = self._sa_step_gradients(terms, t)
+            self.variational.step_(grad, self.sa_lr / stage ** self.sa_decay, scale_grad)
             row["grad_norm"] = float(grad.norm())
         a = self.A
+        if self.a_pieces > 1:
+            row["A_scale"] = [float(h) for h in self.variational.scales()]
         spectrum = a if self.a_kind == "diagonal" else torch.linalg.svdvals(a)
         row["A_norm"] = float(a.norm())
         row["A_max"] = float(spectrum.max())
@@ -281,6 +338,20 @@ class VSDM(SGM):
         if data.x0 is not None:
             row["prior_kl"] = self.prior_mismatch(data.x0[:2000])
         return row
+
+    def _sa_step_gradients(self, terms: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The SA gradients in ``A`` and in the time-varying scale from the per-time terms ``G_n`` of
+        :func:`sa_gradient`: with ``A_t = h_k A`` on piece ``k``, the ``A`` terms cancel as before and
+        ``grad_A = sum_n h_{k(n)} G_n``, ``grad_{h_k} = sum_{n in piece k} <A, G_n>`` (Frobenius product)."""
+        if self.a_pieces == 1:
+            return terms.sum(0), None
+        score = self.variational
+        k = score.piece_of(times.to(terms.device), self.process.T)
+        h = score.scale_iterate.to(terms)[k]
+        grad = (h.reshape(-1, *([1] * (terms.ndim - 1))) * terms).sum(0)
+        inner = (terms * score.iterate.to(terms)).flatten(1).sum(1)                 # <A, G_n>
+        scale_grad = torch.zeros(self.a_pieces, dtype=terms.dtype, device=terms.device).index_add_(0, k, inner)
+        return grad, scale_grad
 
     @torch.no_grad()
     def prior_mismatch(self, x0: torch.Tensor) -> float:
