@@ -102,7 +102,8 @@ def gaussian_check(n: int = 20_000, steps: int = 100) -> tuple[list[dict], dict]
         bridge = LinearGaussianBridge(mean, COV, torch.zeros(2), torch.eye(2), c=lambda t, b=beta: -0.5 * b,
                                       g=lambda t, b=beta: math.sqrt(b))
         x = mean + torch.randn(4000, 2, generator=torch.Generator().manual_seed(0)) @ torch.linalg.cholesky(COV).T
-        pictures[label] = {"sb": bridge.sample_path(64, steps, generator=torch.Generator().manual_seed(3)).float()}
+        z = torch.randn(32, 2, generator=torch.Generator().manual_seed(3))
+        pictures[label] = {"sb": _sb_flow(bridge, z, steps)}
         for name, kind, stages, sa_lr in (("A = 0 (VP)", "full", 1, 0.0), ("vsdm diag", "diagonal", 20, 0.3),
                                           ("vsdm full", "full", 20, 0.3)):
             model = sbridge.VSDM(2, beta_min=beta, beta_max=beta, a_kind=kind, zeta=1.0, prior=1.0, stages=stages,
@@ -121,17 +122,33 @@ def gaussian_check(n: int = 20_000, steps: int = 100) -> tuple[list[dict], dict]
                          "kl_data": gaussian_kl(x0.mean(0), torch.cov(x0.T), mean, COV),
                          "kl_mid": gaussian_kl(mid.mean(0), torch.cov(mid.T), bridge.mean(0.5), bridge.cov(0.5)),
                          "prior_kl": model.prior_mismatch(x)})
-            pictures[label][name] = path[:, :64].flip(0).float()  # data (t = 0) first, as the SB's paths
+            pictures[label][name] = model.sample(32, steps=steps, ode=True, method="euler", return_path=True,
+                                                 x_T=z).flip(0)  # data (t = 0) first, as the SB's paths
             print(label, name, {k: round(v, 4) for k, v in rows[-1].items() if isinstance(v, float)}, flush=True)
     return rows, pictures
 
 
-def draw(samples: dict, gaussian: dict, path: Path) -> None:
+def _sb_flow(bridge: LinearGaussianBridge, z: torch.Tensor, steps: int) -> torch.Tensor:
+    """Probability-flow paths of the closed-form SB from ``z`` at t = 1 back to t = 0 (Euler), data end first."""
+    x, path = z.double(), [z.double()]
+    for i in range(steps, 0, -1):
+        t = i / steps
+        x = x - bridge.velocity(x, t) / steps
+        path.append(x)
+    return torch.stack(path[::-1]).float()
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def draw_samples(samples: dict, path: Path) -> None:
+    plt = _pyplot()
     fig, axes = plt.subplots(len(samples), 1 + len(METHODS), figsize=(3.2 * (1 + len(METHODS)), 3.4 * len(samples)))
     for row, (label, clouds) in zip(axes, samples.items(), strict=True):
         lim = clouds["data"].abs().quantile(0.995, dim=0) * 1.15
@@ -145,16 +162,22 @@ def draw(samples: dict, gaussian: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path.with_name("vsdm_samples.png"), dpi=100)
     plt.close(fig)
+
+
+def draw_gaussian(gaussian: dict, path: Path) -> None:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(gaussian), figsize=(6 * len(gaussian), 5))
     for ax, (label, paths) in zip(axes, gaussian.items(), strict=True):
         for key, color in (("sb", "black"), ("A = 0 (VP)", "tab:blue"), ("vsdm full", "tab:orange")):
             p = paths[key]
-            for i in range(24):
-                ax.plot(p[:, i, 0], p[:, i, 1], lw=0.6, alpha=0.6, color=color,
+            for i in range(p.shape[1]):
+                ax.plot(p[:, i, 0], p[:, i, 1], lw=0.8, alpha=0.7, color=color,
                         label={"sb": "closed-form SB"}.get(key, key) if i == 0 else None)
+            ax.scatter(p[0, :, 0], p[0, :, 1], s=6, color=color)
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle("measured: Gaussian check, paths from data (t = 0) to the prior (t = 1), exact scores")
+    fig.suptitle("measured: Gaussian check, probability-flow paths from the same prior points (t = 1) to the data "
+                 "(t = 0, dots); exact scores")
     fig.tight_layout()
     fig.savefig(path.with_name("vsdm_gaussian.png"), dpi=100)
     plt.close(fig)
@@ -164,17 +187,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--n-eval", type=int, default=3000)
+    parser.add_argument("--only-gaussian", action="store_true",
+                        help="re-run only the Gaussian check, keeping the recorded anisotropic rows")
     args = parser.parse_args()
     torch.set_num_threads(2)
     gaussian_rows, gaussian_pictures = gaussian_check()
-    rows, pictures = anisotropic(args.steps, args.n_eval)
-    result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-              "command": f"python benchmarks/bench_vsdm.py --steps {args.steps} --n-eval {args.n_eval}",
-              "rows": rows, "gaussian_check": gaussian_rows}
     RESULTS.mkdir(exist_ok=True)
+    if args.only_gaussian:
+        result = json.loads((RESULTS / "vsdm.json").read_text())
+    else:
+        rows, pictures = anisotropic(args.steps, args.n_eval)
+        draw_samples(pictures, RESULTS / "vsdm.md")
+        result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch "
+                             f"{torch.__version__}",
+                  "command": f"python benchmarks/bench_vsdm.py --steps {args.steps} --n-eval {args.n_eval}",
+                  "rows": rows}
+    result["gaussian_check"] = gaussian_rows
     (RESULTS / "vsdm.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "vsdm.md").write_text(markdown(result))
-    draw(pictures, gaussian_pictures, RESULTS / "vsdm.md")
+    draw_gaussian(gaussian_pictures, RESULTS / "vsdm.md")
     print(markdown(result))
 
 

@@ -8,6 +8,7 @@ ODE error; Hutchinson estimates must be unbiased for the exact divergence.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -273,3 +274,52 @@ def test_divergence_create_graph_differentiates_through_the_trace() -> None:
         _, div = divergence(lambda y, t: a * torch.tanh(y), x, 0.0, method=method, create_graph=True)
         (grad,) = torch.autograd.grad(div.sum(), a)
         torch.testing.assert_close(grad, (1 - torch.tanh(x) ** 2).sum(), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the path-space bound (ELBO)
+def _gaussian_sgm(prior: Any, mean: list[float], var: list[float]) -> Any:
+    """An SGM (VP) with the exact noise prediction of N(mean, diag(var)) data and the given prior."""
+    from sbridge import SGM
+    from sbridge.gaussian import GaussianNoiseOracle
+    from sbridge.processes import LinearSDE, PowerRate
+
+    vp = LinearSDE(PowerRate(0.1, 20.0), {"kind": "scalar", "value": 1.0}, prior=prior)  # VP with another prior
+    model = SGM(2, process=vp, net=GaussianNoiseOracle(mean, torch.diag(torch.tensor(var))), device="cpu")
+    for module in (model.models["score"], model.ema_models["score"]):
+        module.bind(model.process)
+    return model
+
+
+def test_elbo_is_tight_for_an_exact_score_and_prior_and_below_for_a_wrong_prior() -> None:
+    # Gaussian data, exact score: with the exact law at T as prior the bound equals log p_{t_min}(x) (to Monte Carlo
+    # and discretisation error, ~0.01 nats here), as does the exact ODE likelihood; with a prior 4x too wide the
+    # data's mean bound falls clearly below (cross-entropy >= entropy)
+    mean, var = [1.0, -2.0], [0.5, 3.0]
+    exact = _gaussian_sgm("fitted", mean, var)
+    x = torch.tensor(mean) + torch.randn(400, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor(var).sqrt()
+    m, v = torch.tensor(mean), torch.tensor(var)
+
+    def law_at(t: float) -> tuple[torch.Tensor, torch.Tensor]:  # N(alpha m, alpha^2 v + sigma^2) per coordinate
+        alpha, cov = exact.process.marginal(torch.ones(1, 2), t)
+        return alpha[0] * m, alpha[0] ** 2 * v + cov.var.expand(1, 2)[0]
+
+    prior_mean, prior_var = law_at(exact.process.T)
+    exact.process.register_buffer("prior_mean", prior_mean)
+    exact.process.register_buffer("prior_var", prior_var)
+    mean_0, var_0 = law_at(exact.process.t_min)
+    log_p = torch.distributions.Normal(mean_0, var_0.sqrt()).log_prob(x).sum(1)
+    bound = exact.elbo(x, steps=100, repeats=8, seed=1)
+    gap = bound - log_p
+    assert abs(float(gap.mean())) < 4 * float(gap.std()) / 400**0.5 + 0.02, (float(gap.mean()), float(gap.std()))
+    torch.testing.assert_close(exact.log_prob(x[:50]), log_p[:50], atol=2e-3, rtol=0)
+    wide = _gaussian_sgm(4.0, mean, var)
+    loose = wide.elbo(x, steps=100, repeats=2, seed=1)
+    assert float(loose.mean()) < float(log_p.mean()) - 0.3, (float(loose.mean()), float(log_p.mean()))
+
+
+def test_elbo_checks_its_grid() -> None:
+    from sbridge.likelihood import path_elbo
+
+    x = torch.zeros(3, 2)
+    with pytest.raises(ConfigError, match="increasing"):
+        path_elbo(lambda y, t: y, lambda y, t: y, lambda t: 1.0, x, [0.5, 0.2], lambda y: y.sum(1))

@@ -594,7 +594,7 @@ class GaussianNoiseOracle(torch.nn.Module):
         if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
             raise DataError(f"GaussianNoiseOracle takes vectors of shape (batch, {self.mean.shape[0]}), got "
                             f"{tuple(x.shape)}.")
-        y = x.detach().to(_DTYPE)
+        y = x.to(_DTYPE)  # differentiable in x: divergences of the oracle score are exact too
         t = torch.as_tensor(t, dtype=_DTYPE).expand(y.shape[0])
         mean, sigma_t = process.marginal(self.mean.expand_as(y), t)
         M, _ = process._transition(t, y)

@@ -161,6 +161,28 @@ def plot_forward_backward(forward: torch.Tensor, backward: torch.Tensor, path: s
     return _save(fig, path)
 
 
+def plot_objective_terms(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """SB-VAE's two terms per stage (math.md §A.2): the prior loss (``KL(p_T || prior)`` plus the data's entropy)
+    and the drift matching, with the stage where the encoder stopped."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    stages = [r for r in rows if "prior_loss" in r]
+    x = [r["stage"] for r in stages]
+    left.plot(x, [r["prior_loss"] for r in stages], "o-", color="tab:blue")
+    right.plot(x, [r["drift_matching"] for r in stages], "o-", color="tab:orange")
+    stopped = [r["stage"] for r in stages if r.get("encoder", "training") != "training"]
+    for ax in (left, right):
+        if stopped:
+            ax.axvline(stopped[0], color="0.5", ls="--", lw=1, label=f"encoder stopped after stage {stopped[0]}")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("stage")
+    left.set_ylabel("nats (up to the data entropy)")
+    left.set_title("prior loss")
+    right.set_ylabel("nats")
+    right.set_title("drift matching")
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -572,6 +572,19 @@ class LinearSDE(nn.Module):
                                 generator=make_generator(seed, x0.device), return_path=True, noise_last_step=True)
         return out
 
+    def step(self, x: torch.Tensor, t: float, t_next: float, noise: torch.Tensor,
+             extra: torch.Tensor | None = None) -> torch.Tensor:
+        """One step ``t -> t_next`` of ``dX = (F(t) X + h) dt + g dW`` (isotropic processes): the reference part by
+        its exact Gaussian transition, ``alpha X + sqrt(v) noise`` with ``alpha = alpha(t_next) / alpha(t)`` and
+        ``v = variance(t_next) - alpha^2 variance(t)``, the extra drift ``h`` (e.g. a learned policy) by an Euler
+        step. Exact for ``h = 0`` at any step size, unlike Euler–Maruyama, whose variance drifts by ``O(beta dt)``."""
+        tt = torch.tensor([t, t_next], dtype=torch.float64)
+        log_alpha, var = self.log_alpha(tt), self.variance(tt)
+        alpha = torch.exp(log_alpha[1] - log_alpha[0])
+        v = (var[1] - alpha**2 * var[0]).clamp_min(0)
+        out = alpha.to(x.dtype) * x + v.sqrt().to(x.dtype) * noise
+        return out if extra is None else out + extra * (t_next - t)
+
     # ---- given a score ---------------------------------------------------------------------------------------
     def reverse_drift(self, x: torch.Tensor, t: float | torch.Tensor, score: torch.Tensor) -> torch.Tensor:
         """Drift of the reverse-time SDE written in forward time, ``f - g^2 score`` (math.md §1.1)."""

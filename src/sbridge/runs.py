@@ -314,6 +314,11 @@ def has_likelihood(solver: Any) -> bool:
     return callable(getattr(solver, "log_prob", None))
 
 
+def has_elbo(solver: Any) -> bool:
+    """Whether a solver (class or instance) defines a path-space bound on its likelihood (``elbo``)."""
+    return callable(getattr(solver, "elbo", None))
+
+
 def _reference_and_floor(spec: dict[str, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent data samples of size ``n``: the evaluation reference and the noise-floor sample.
 
@@ -416,8 +421,9 @@ def negative_log_likelihood(solver: Solver, x: torch.Tensor, *, dequantize: int 
     """Exact NLL of the points ``x`` under ``solver.log_prob`` (probability-flow ODE, dopri5 at 1e-5): the mean in
     nats per dimension with its standard error over points, and in bits per dimension. With ``dequantize = K`` the
     points are images in ``[0, 1]`` with ``K`` levels: they are uniformly dequantised first and bits/dim is the
-    discrete value (:func:`sbridge.likelihood.nats_to_bits_per_dim`)."""
-    from sbridge.likelihood import nats_to_bits_per_dim, uniform_dequantize
+    discrete value (:func:`sbridge.likelihood.nats_to_bits_per_dim`). Solvers with a path-space bound add it under
+    ``"bound"`` (the negative ELBO, an upper bound on the reverse SDE's NLL; math.md §A.2), on the same points."""
+    from sbridge.likelihood import uniform_dequantize
 
     if not has_likelihood(solver):
         raise ConfigError(f"{solver.method} has no likelihood; drop --nll.")
@@ -425,12 +431,20 @@ def negative_log_likelihood(solver: Solver, x: torch.Tensor, *, dequantize: int 
     if dequantize is not None:
         x = uniform_dequantize(x, dequantize, generator=torch.Generator(device=x.device).manual_seed(seed))
     logp = solver.log_prob(x, seed=seed).double().cpu()
-    d = solver.dim
+    result = {"n": int(x.shape[0]), **_per_dim(logp, solver.dim, dequantize), "dequantized": dequantize,
+              "nfe": int(solver.last_nfe or 0)}
+    if has_elbo(solver):  # the bound beside the exact value: -ELBO >= NLL of the SDE sampler
+        result["bound"] = _per_dim(solver.elbo(x, seed=seed).double().cpu(), solver.dim, dequantize)
+    return result
+
+
+def _per_dim(logp: torch.Tensor, d: int, dequantize: int | None) -> dict[str, float]:
+    """``-logp / d`` in nats (mean and standard error over points) and bits per dimension."""
+    from sbridge.likelihood import nats_to_bits_per_dim
+
     nats = -logp / d
-    return {"n": int(x.shape[0]), "nats_per_dim": float(nats.mean()),
-            "se": float(nats.std() / math.sqrt(max(nats.shape[0] - 1, 1))),
-            "bits_per_dim": float(nats_to_bits_per_dim(logp, d, dequantization_levels=dequantize).mean()),
-            "dequantized": dequantize, "nfe": int(solver.last_nfe or 0)}
+    return {"nats_per_dim": float(nats.mean()), "se": float(nats.std() / math.sqrt(max(nats.shape[0] - 1, 1))),
+            "bits_per_dim": float(nats_to_bits_per_dim(logp, d, dequantization_levels=dequantize).mean())}
 
 
 def plot(run_dir: str | Path, *, n: int = 4_000, steps: int | None = None, ode: bool = False,
@@ -485,12 +499,15 @@ def _plot_bridge(solver: Solver, path: Path, n: int, steps: int | None) -> list[
     paths = _generate(solver, path, min(n, target.shape[0]), steps, False, "heun", None, return_path=True).cpu()
     direction = "transported" if prior is not None else "sampled"
     out = path / "plots"
+    rows = io.read_jsonl(path / io.METRICS_FILE)
     written = [
         plots.plot_samples(paths[-1], target, out / "samples.png",
                            title=f"{solver.method.upper()}: {direction} points vs {target_spec['name']}"),
         plots.plot_trajectories(paths[:, :256], out / "trajectories.png", title=f"{solver.method.upper()} SDE paths"),
-        plots.plot_iterations(io.read_jsonl(path / io.METRICS_FILE), out / "iterations.png"),
+        plots.plot_iterations(rows, out / "iterations.png"),
     ]
+    if any("prior_loss" in r for r in rows):  # a run whose objective splits into prior loss + drift matching
+        written.append(plots.plot_objective_terms(rows, out / "objective.png"))
     if prior is not None:
         written.append(plots.plot_transport(paths[0], paths[-1], target, out / "transport.png",
                                             title=f"{data_spec(path)['name']} -> {target_spec['name']}"))

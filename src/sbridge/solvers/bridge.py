@@ -143,7 +143,7 @@ class BridgeSolver(Solver):
         if prior is None:
             self.generative = True
             gen = make_generator(self.seed + PRIOR_STREAM, self.device)
-            x1 = torch.randn(x0.shape, generator=gen, device=self.device)
+            x1 = self._prior_draw(tuple(x0.shape), gen)
         else:
             if c is not None:
                 raise ConfigError("conditional bridges between two data sets are not supported yet (the second set "
@@ -184,7 +184,7 @@ class BridgeSolver(Solver):
             self.last_nfe = 2 * nfe
             return out
         drift = (lambda y, t: -self.backward_drift(y, t, c)) if reverse else (lambda y, t: self.forward_drift(y, t, c))
-        out, nfe = euler_maruyama(drift, lambda t: self.sigma, x, times, generator=gen, return_path=return_path,
+        out, nfe = euler_maruyama(drift, self._diffusion, x, times, generator=gen, return_path=return_path,
                                   noise_last_step=True)
         self.last_nfe = nfe
         return out
@@ -194,9 +194,30 @@ class BridgeSolver(Solver):
         return self._condition(None, n) if cond is None else self._sampling_condition(cond, n)
 
     def _grid(self, steps: int | None, reverse: bool) -> list[float]:
-        """Times of the integration grid: ``steps`` (default 100) uniform steps from 0 to 1 (or 1 to 0)."""
+        """Times of the integration grid: ``steps`` (default 100) uniform steps across :meth:`_time_span` (reversed
+        for ``reverse``)."""
         steps = 100 if steps is None else check_positive_int(steps, "steps")
-        return time_grid(1.0, 0.0, steps) if reverse else time_grid(0.0, 1.0, steps)
+        t0, t1 = self._time_span()
+        return time_grid(t1, t0, steps) if reverse else time_grid(t0, t1, steps)
+
+    # ---- the reference's noise and prior (Brownian sigma W and N(0, I) here; solvers with other references override)
+    def _time_span(self) -> tuple[float, float]:
+        """The times of the data end and of the prior (or second data set) end."""
+        return 0.0, 1.0
+
+    def _diffusion(self, t: float) -> float | torch.Tensor:
+        """``g(t)``, the noise of the reference (``sigma`` here)."""
+        return self.sigma
+
+    def _prior_draw(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Draw the prior of a generative bridge (``N(0, I)`` here)."""
+        return torch.randn(shape, generator=generator, device=self.device)
+
+    def _prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log density of the prior of a generative bridge (``N(0, I)`` here), shape ``(batch,)``."""
+        from sbridge.processes import DiagonalCovariance
+
+        return DiagonalCovariance(torch.ones((), device=x.device, dtype=x.dtype)).log_prob(x)
 
     def _require_generative(self) -> None:
         if not self.generative:
@@ -213,7 +234,7 @@ class BridgeSolver(Solver):
         n = check_positive_int(n, "n")
         check_sample_request(n, 100 if steps is None else check_positive_int(steps, "steps"), self.event_shape,
                              return_path)
-        z = torch.randn((n, *self.event_shape), generator=gen, device=self.device)
+        z = self._prior_draw((n, *self.event_shape), gen)
         # the transport noise needs its own stream: reusing ``seed`` would make its first increment equal ``z``
         noise_seed = None if seed is None else seed + 1
         return self.transport(z, steps=steps, reverse=True, ode=ode, method=method, cond=cond,
@@ -221,19 +242,19 @@ class BridgeSolver(Solver):
 
     def log_prob(self, x: Any, *, cond: Any = None, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                  divergence: str = "auto", seed: int = 0) -> torch.Tensor:
-        """Exact log-likelihood (nats) of data points under the bridge's probability-flow ODE, integrated from 0 to
-        1 against the ``N(0, I)`` prior (generative bridges); shape ``(n,)``."""
+        """Exact log-likelihood (nats) of data points under the bridge's probability-flow ODE, integrated across
+        :meth:`_time_span` against the prior (``N(0, I)`` for the Brownian bridges; generative bridges only); shape
+        ``(n,)``."""
         from sbridge.likelihood import log_prob_ode
-        from sbridge.processes import DiagonalCovariance
 
         self._require_generative()
         x = self._data(x, "points")
         c = self._bridge_condition(cond, x.shape[0])
         self.ema_models.eval()
-        unit = DiagonalCovariance(torch.ones((), device=self.device))
-        logp, self.last_nfe = log_prob_ode(lambda y, t: self.velocity(y, t, c), x, t0=0.0, t1=1.0,
-                                           prior_log_prob=unit.log_prob, method=method, rtol=rtol, atol=atol,
-                                           divergence=divergence, seed=seed, return_nfe=True)
+        t0, t1 = self._time_span()
+        logp, self.last_nfe = log_prob_ode(lambda y, t: self.velocity(y, t, c), x, t0=t0, t1=t1,
+                                           prior_log_prob=self._prior_log_prob, method=method, rtol=rtol,
+                                           atol=atol, divergence=divergence, seed=seed, return_nfe=True)
         return logp
 
     # ---- monitoring --------------------------------------------------------------------------------------------

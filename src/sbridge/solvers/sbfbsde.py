@@ -1,0 +1,372 @@
+"""SB-FBSDE (Chen, Liu & Theodorou, ICLR 2022; math.md §1.4): a Schrödinger bridge trained by likelihood.
+
+Over a linear reference ``dX = f dt + g dW`` (VP, VE or Brownian; :mod:`sbridge.processes`), the bridge has a
+forward policy ``Z`` (network ``"fwd"``) and a backward policy ``Z_hat`` (network ``"bwd"``):
+
+* forward SDE ``dX = (f + g Z) dt + g dW`` from the data (the *encode* SDE of math.md §A);
+* backward SDE ``dX = (f - g Z_hat) dt + g dW_bar`` from the prior (the *decode* SDE), and Nelson's relation
+  ``Z + Z_hat = g grad log p_t`` gives the probability flow ``dx/dt = f + g (Z - Z_hat) / 2``.
+
+``Z_hat = g s`` with ``s = -net_bwd(x, t) / std(t)`` (``std`` of the reference's transition): the parametrisation of
+SGM, so an SGM run's weights warm-start the backward policy, and with ``Z = 0`` the backward policy *is* a score
+model. The forward policy is the network's output itself.
+
+Training (``mode``):
+
+* ``"alternate"`` (the paper's IPF-like scheme): stages of (a) the backward policy on cached forward trajectories,
+  ``E[|Z_hat|^2 / 2 + g div Z_hat + Z . Z_hat]``, then (b) the forward policy on cached backward trajectories,
+  ``E[|Z|^2 / 2 + g div Z + Z_hat . Z]`` (Eq. 18-19). Both are :class:`DriftMatching`, the part of the path bound's
+  integrand (:func:`sbridge.likelihood.path_elbo`) that the trained network changes. Works between two data sets too.
+* ``"joint"``: one phase on the whole negative bound ``-log pi(X_T) + int (|Z + Z_hat|^2 / 2 + g div Z_hat) dt``
+  along Euler–Maruyama paths from the data that carry gradients to both policies (:class:`PathBound`).
+
+The divergences are exact up to 16 coordinates and Hutchinson estimates beyond (``divergence``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from sbridge.device import make_generator, stream_seed
+from sbridge.errors import ConfigError
+from sbridge.likelihood import DIVERGENCE_METHODS, divergence, elbo_grid, rademacher
+from sbridge.processes import LinearSDE, make_process
+from sbridge.sampling import euler_maruyama
+from sbridge.solvers.base import FitData
+from sbridge.solvers.bridge import CACHE_STREAM, BridgeSolver, RefreshingSource
+from sbridge.tensors import expand_as_batch, sum_event
+from sbridge.training import Batch, Phase, Terms, TrainConfig
+from sbridge.validation import check_choice, check_positive_int, check_seed
+
+#: A policy's drift in forward time from the given models: ``drift(models, x, t, cond)``.
+Drift = Callable[[Mapping[str, nn.Module], torch.Tensor, Any, Any], torch.Tensor]
+
+#: Coordinates up to which divergences are exact when ``divergence="auto"``.
+EXACT_MAX_DIM = 16
+
+
+def _divergence_method(method: str, x: torch.Tensor) -> str:
+    if method == "auto":
+        return "exact" if x[0].numel() <= EXACT_MAX_DIM else "hutchinson"
+    return check_choice(method, DIVERGENCE_METHODS, "divergence")
+
+
+def _drift_and_div(drift: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, method: str,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A drift and its divergence at ``x``, differentiable (``create_graph``) for training."""
+    method = _divergence_method(method, x)
+    noise = (rademacher(tuple(x.shape), generator=generator, dtype=x.dtype, device=x.device)
+             if method == "hutchinson" else None)
+    return divergence(lambda y, _t: drift(y), x, 0.0, method=method, noise=noise, create_graph=True)
+
+
+class DriftMatching:
+    """Drift matching of one network on cached states of the other direction (math.md §A.2, §1.4):
+
+        E[ |F - B|^2 / (2 g^2) + sign * div(trained drift) ]  over rows ``batch = {"x", "t", "other"}``,
+
+    where ``F`` and ``B`` are the encode and decode drifts in forward time, ``other`` the cached drift of the frozen
+    direction and ``sign = -1`` when the trained network is the decoder ``B`` (states from forward paths), ``+1``
+    when it is the encoder ``F`` (states from backward paths, the same bound read in reverse time). Up to terms the
+    trained network does not change this is SB-FBSDE's backward (Eq. 18) or forward (Eq. 19) policy loss; for a
+    decoder ``B = f - g^2 s`` over a fixed reference it is implicit score matching weighted by ``g^2``.
+    """
+
+    def __init__(self, drift: Drift, diffusion: Callable[[torch.Tensor], torch.Tensor], trains: str,
+                 divergence: str = "auto") -> None:
+        self.drift, self.diffusion, self.divergence = drift, diffusion, divergence
+        self.trains = check_choice(trains, ("encoder", "decoder"), "trained direction")
+
+    def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
+                 generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        x, t, other, cond = batch["x"], batch["t"], batch["other"], batch.get("cond")
+        value, div = _drift_and_div(lambda y: self.drift(models, y, t, cond), x, self.divergence, generator)
+        g2 = self.diffusion(t) ** 2
+        sign = -1.0 if self.trains == "decoder" else 1.0
+        integrand = 0.5 * sum_event((value - other) ** 2) / g2 + sign * div
+        return integrand.mean(), {}
+
+
+def bound_along_paths(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                      decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], process: LinearSDE,
+                      x: torch.Tensor, times: list[float], *, divergence_method: str = "auto",
+                      generator: torch.Generator | None = None, create_graph: bool = False,
+                      score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                      ) -> dict[str, torch.Tensor]:
+    """Per-sample terms of the path bound along one encode path from each row of ``x`` (math.md §A.2, §A.4):
+
+    * ``"prior_nll"``: ``-log pi(X_T)``;
+    * ``"drift"``: ``int (|F - B|^2 / (2 g^2) - div B) dt``, so that ``prior_nll + drift`` is the negative path
+      bound of :func:`sbridge.likelihood.path_elbo`;
+    * ``"entropy"`` (when ``score``, an estimate of ``grad log p_t``, is given): ``int (div F + g^2 |score|^2 / 2)
+      dt``, the entropy production of the encode SDE, so that ``prior_nll - entropy`` is the prior loss
+      ``KL(p_T || pi)`` plus the data's entropy.
+
+    ``encode(x, t)`` and ``decode(x, t)`` are the drifts in forward time, ``t`` a ``(batch,)`` tensor. The path
+    takes :meth:`LinearSDE.step` (the reference exactly, the rest of ``F`` by Euler), the integrals the trapezoid
+    rule. ``create_graph=True`` keeps the graph through the paths and the divergences (training); else the terms
+    are detached.
+    """
+    t0 = torch.full((x.shape[0],), times[0], dtype=x.dtype, device=x.device)
+
+    def integrands(state: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        method = _divergence_method(divergence_method, state)
+        noise = (rademacher(tuple(state.shape), generator=generator, dtype=state.dtype, device=state.device)
+                 if method == "hutchinson" else None)
+        b, div_b = divergence(lambda y, _t: decode(y, tt), state, 0.0, method=method, noise=noise,
+                              create_graph=create_graph)
+        g2 = expand_as_batch(process.diffusion(tt), state) ** 2
+        if score is None:
+            with torch.set_grad_enabled(create_graph):
+                f = encode(state, tt)
+            return f, 0.5 * sum_event((f - b) ** 2 / g2) - div_b, None
+        f, div_f = divergence(lambda y, _t: encode(y, tt), state, 0.0, method=method, noise=noise,
+                              create_graph=create_graph)
+        with torch.no_grad():
+            s = score(state, tt)
+        return f, 0.5 * sum_event((f - b) ** 2 / g2) - div_b, div_f + 0.5 * sum_event(g2 * s**2)
+
+    state = x if create_graph else x.detach()
+    f, drift_h, entropy_h = integrands(state, t0)
+    drift = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    entropy = torch.zeros_like(drift)
+    for t, t_next in zip(times[:-1], times[1:], strict=True):
+        dt = t_next - t
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        state = process.step(state, t, t_next, z, extra=f - process.drift(state, t))
+        f_next, drift_next, entropy_next = integrands(state, torch.full_like(t0, t_next))
+        drift = drift + 0.5 * dt * (drift_h + drift_next)
+        if entropy_h is not None:
+            entropy = entropy + 0.5 * dt * (entropy_h + entropy_next)
+        f, drift_h, entropy_h = f_next, drift_next, entropy_next
+    out = {"prior_nll": -process.prior_log_prob(state), "drift": drift}
+    if score is not None:
+        out["entropy"] = entropy
+    return out if create_graph else {k: v.detach() for k, v in out.items()}
+
+
+class PathBound:
+    """The negative path-space bound of a minibatch, ``-log pi(X_T) + int (|F - B|^2 / (2 g^2) - div B) dt``
+    (math.md §A.2; :func:`bound_along_paths`), along encode paths from ``batch["x"]`` that keep the graph: its
+    gradient trains the encoder through the paths and the decoder through the drift matching. SB-FBSDE's joint
+    likelihood training; SB-VAE's objective (prior loss + drift matching)."""
+
+    def __init__(self, encode: Drift, decode: Drift, process: LinearSDE, times: list[float],
+                 divergence: str = "auto") -> None:
+        self.encode, self.decode, self.process = encode, decode, process
+        self.times, self.divergence = times, divergence
+
+    def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
+                 generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        x, cond = batch["x"], batch.get("cond")
+        terms = bound_along_paths(lambda y, t: self.encode(models, y, t, cond),
+                                  lambda y, t: self.decode(models, y, t, cond), self.process, x, self.times,
+                                  divergence_method=self.divergence, generator=generator, create_graph=True)
+        prior, drift = terms["prior_nll"].mean(), terms["drift"].mean()
+        return prior + drift, {"prior_nll": prior.detach(), "drift": drift.detach()}
+
+
+class SBFBSDE(BridgeSolver):
+    """SB-FBSDE between data and the prior of ``process`` (generation) or between two data sets.
+
+    ``process``: the reference, ``"vp"`` (default), ``"ve"``, ``"brownian"`` or a dict / process object as for
+    :class:`~sbridge.SGM` (isotropic processes). ``mode``: ``"alternate"`` or ``"joint"`` (generation only).
+    ``iterations``: alternating stages (each a backward then a forward phase of ``steps // (2 iterations)`` steps;
+    ``joint`` runs ``steps`` steps of one phase). ``sim_steps``: Euler–Maruyama steps of the simulated paths;
+    ``cache_size`` trajectories per cache, refreshed every ``cache_refresh`` steps; ``divergence``: ``"auto"``,
+    ``"exact"`` or ``"hutchinson"``. ``warm_start``: the folder of an SGM run with the same process and network,
+    whose score network initialises the backward policy.
+    """
+
+    method = "sbfbsde"
+    fit_options = ("iterations", "cache_size", "cache_refresh")
+    default_steps = 6000
+    default_iterations = 3
+
+    def __init__(self, dim: int | None = None, *, process: str | dict[str, Any] | LinearSDE = "vp",
+                 mode: str = "alternate", sim_steps: int = 50, cache_size: int = 1000, cache_refresh: int = 250,
+                 divergence: str = "auto", warm_start: str | None = None, **options: Any) -> None:
+        self.process = make_process(process)
+        if not self.process.isotropic:
+            raise ConfigError("SB-FBSDE needs an isotropic reference (vp, ve, brownian or a scalar drift); "
+                              f"got a {self.process.D.kind} drift matrix.")
+        self.mode = check_choice(mode, ("alternate", "joint"), "mode")
+        self.sim_steps = check_positive_int(sim_steps, "sim_steps")
+        self.cache_size = check_positive_int(cache_size, "cache_size")
+        self.cache_refresh = check_positive_int(cache_refresh, "cache_refresh")
+        self.divergence = divergence if divergence == "auto" else check_choice(divergence, DIVERGENCE_METHODS,
+                                                                              "divergence")
+        self.warm_start = None if warm_start is None else str(warm_start)
+        options.setdefault("sigma", 1.0)  # the Brownian bridges' noise: unused, the process sets the noise
+        super().__init__(dim, **options)
+        self.process.to(self.device)
+
+    def set_option(self, key: str, value: Any) -> None:
+        if key in ("cache_size", "cache_refresh"):
+            value = check_positive_int(value, key)
+        super().set_option(key, value)
+
+    def options(self) -> dict[str, Any]:
+        return {"process": self.process.config(), "mode": self.mode, "iterations": self.iterations,
+                "sim_steps": self.sim_steps, "cache_size": self.cache_size, "cache_refresh": self.cache_refresh,
+                "divergence": self.divergence, "warm_start": self.warm_start}
+
+    def _build_models(self) -> dict[str, nn.Module]:
+        return {name: self.network(name, time_scale=1000.0 / self.process.T) for name in self.model_names}
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.process.state_dict())
+
+    def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            self.process.load_state_dict(tensors)
+            self.process.to(self.device)
+
+    # ---- the reference ------------------------------------------------------------------------------------------
+    def _make_reference(self) -> LinearSDE:
+        return self.process
+
+    def _time_span(self) -> tuple[float, float]:
+        return self.process.t_min, self.process.T
+
+    def _diffusion(self, t: float | torch.Tensor) -> torch.Tensor:
+        return self.process.diffusion(torch.as_tensor(t, dtype=torch.float32, device=self.device))
+
+    def _prior_draw(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        return self.process.prior_sample(shape, generator=generator, device=self.device)
+
+    def _prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.process.prior_log_prob(x)
+
+    # ---- the policies ---------------------------------------------------------------------------------------------
+    def encode_drift(self, models: Mapping[str, nn.Module], x: torch.Tensor, t: Any, cond: Any = None
+                     ) -> torch.Tensor:
+        """``F = f + g Z``: the forward SDE's drift with the networks ``models`` (training or EMA)."""
+        return self.process.drift(x, t) + self.process.g(t, x) * models["fwd"](x, t, cond)
+
+    def decode_drift(self, models: Mapping[str, nn.Module], x: torch.Tensor, t: Any, cond: Any = None
+                     ) -> torch.Tensor:
+        """``B = f - g Z_hat = f - g^2 s`` with ``s = -net_bwd / std``: the backward SDE's drift in forward time."""
+        return self.process.drift(x, t) - self.process.g(t, x) ** 2 * self.decoder_score(models, x, t, cond)
+
+    def decoder_score(self, models: Mapping[str, nn.Module], x: torch.Tensor, t: Any, cond: Any = None
+                      ) -> torch.Tensor:
+        """``s = Z_hat / g = -net_bwd(x, t) / std(t)``, SGM's noise parametrisation."""
+        return -models["bwd"](x, t, cond) / self.process.std(t, x)
+
+    def forward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode_drift(self.ema_models, x, t, cond)
+
+    def backward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return -self.decode_drift(self.ema_models, x, t, cond)
+
+    # ---- training --------------------------------------------------------------------------------------------------
+    def before_fit(self, data: FitData) -> None:
+        if self.mode == "joint" and not self.generative:
+            raise ConfigError("joint SB-FBSDE training maximises the likelihood of a prior density, so it needs "
+                              "generation (no prior data set); bridge two data sets with mode='alternate'.")
+        if self.warm_start is not None:
+            self._warm_start_from(self.warm_start)
+
+    def _warm_start_from(self, run: str) -> None:
+        """Copy the score network of an SGM run with the same process and network into the backward policy."""
+        from sbridge.solvers.base import load
+        from sbridge.solvers.sgm import SGM
+
+        sgm = load(run, device=self.device)
+        if not isinstance(sgm, SGM) or type(sgm) is not SGM:
+            raise ConfigError(f"warm_start must name an SGM run; {run!r} holds a {sgm.method} run.")
+        if sgm.process.config() != self.process.config() or sgm.net_config != self.net_config:
+            raise ConfigError(f"the SGM run {run!r} has another process or network than this SB-FBSDE; train it "
+                              "with the same --process and network options.")
+        self.models["bwd"].load_state_dict(sgm.ema_models["score"].state_dict())
+        self.ema_models["bwd"].load_state_dict(sgm.ema_models["score"].state_dict())
+
+    def _sim_times(self) -> list[float]:
+        """The simulation grid: ``sim_steps`` steps crowded near the data end (uniform in ``sqrt(t)``,
+        :func:`sbridge.likelihood.elbo_grid`), where the decoder's score varies fastest."""
+        t0, t1 = self._time_span()
+        return elbo_grid(t0, t1, self.sim_steps)
+
+    def _g(self, t: torch.Tensor) -> torch.Tensor:
+        return self.process.diffusion(t)
+
+    def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
+        if self.mode == "joint":
+            return [Phase("joint", config.steps, self.path_bound(), data.source(), ("fwd", "bwd"))]
+        per_half = config.steps // (2 * self.iterations)
+        if per_half < 1:
+            raise ConfigError(f"steps ({config.steps}) must be at least 2 x iterations ({2 * self.iterations}).")
+        phases = []
+        for n in range(self.iterations):
+            for half, trains in enumerate(("decoder", "encoder")):
+                model = "bwd" if trains == "decoder" else "fwd"
+                drift = self.decode_drift if trains == "decoder" else self.encode_drift
+                source = RefreshingSource(lambda gen, count, trains=trains: self._simulate_cache(trains, data, gen,
+                                                                                                  count),
+                                          self.cache_size, self.cache_refresh,
+                                          stream_seed(self.seed, CACHE_STREAM, n, half), self.device)
+                on_end = ((lambda n=n: self._monitor(n + 1, data, self.sim_steps)) if trains == "encoder"
+                          else None)
+                phases.append(Phase(f"stage{n + 1}_{'backward' if trains == 'decoder' else 'forward'}", per_half,
+                                    DriftMatching(drift, self._g, trains, self.divergence), source=source,
+                                    train=(model,), on_end=on_end))
+        return phases
+
+    def path_bound(self) -> PathBound:
+        """The joint objective as a loss object (see :class:`PathBound`)."""
+        return PathBound(self.encode_drift, self.decode_drift, self.process, self._sim_times(), self.divergence)
+
+    @torch.no_grad()
+    def _simulate_cache(self, trains: str, data: FitData, generator: torch.Generator,
+                        count: int | None = None) -> dict[str, torch.Tensor]:
+        """States of ``count`` paths of the frozen direction (EMA networks) at every grid time, with that direction's
+        drift there: forward paths from the data to train the decoder, backward paths from the prior end (or the
+        second data set) to train the encoder."""
+        m = self.cache_size if count is None else count
+        times = self._sim_times()
+        ends = data.x0 if trains == "decoder" else data.x1
+        idx = torch.randint(ends.shape[0], (m,), generator=generator, device=ends.device)
+        start, c = ends[idx], None if data.cond is None else data.cond[idx]
+        if trains == "decoder":
+            grid, field = times, (lambda y, t: self.encode_drift(self.ema_models, y, t, c))
+        else:
+            if self.generative:
+                start = self._prior_draw(tuple(start.shape), generator)
+            grid, field = times[::-1], (lambda y, t: self.decode_drift(self.ema_models, y, t, c))
+        path, _ = euler_maruyama(field, self._diffusion, start, grid, generator=generator, return_path=True)
+        xs, ts, others = [], [], []
+        for x, t in zip(path, grid, strict=True):
+            xs.append(x)
+            ts.append(torch.full((m,), t, device=x.device))
+            others.append(field(x, t))
+        cache = {"x": torch.cat(xs), "t": torch.cat(ts), "other": torch.cat(others)}
+        if c is not None:
+            cache["cond"] = c.repeat(len(grid), *([1] * (c.ndim - 1)))
+        return cache
+
+    # ---- the bound ---------------------------------------------------------------------------------------------
+    def elbo(self, x: Any, *, cond: Any = None, steps: int = 200, repeats: int = 1, divergence: str = "auto",
+             seed: int = 0) -> torch.Tensor:
+        """Path-space lower bound on the backward SDE's log-likelihood (nats, shape ``(n,)``; math.md §1.4, §A.2):
+        ``E[log pi(X_T)] - int (|Z + Z_hat|^2 / 2 + g div Z_hat - div f) dt`` along forward-SDE paths from ``x``
+        (taken as ``X_{t_min}``) on ``steps`` steps (:func:`sbridge.likelihood.elbo_grid`), averaged over
+        ``repeats`` paths (:func:`bound_along_paths`)."""
+        self._require_generative()
+        x = self._data(x, "points")
+        c = self._bridge_condition(cond, x.shape[0])
+        self.ema_models.eval()
+        t0, t1 = self._time_span()
+        times = elbo_grid(t0, t1, check_positive_int(steps, "steps"))
+        gen = make_generator(check_seed(seed), self.device)
+        total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for _ in range(check_positive_int(repeats, "repeats")):
+            terms = bound_along_paths(lambda y, t: self.encode_drift(self.ema_models, y, t, c),
+                                      lambda y, t: self.decode_drift(self.ema_models, y, t, c), self.process, x,
+                                      times, divergence_method=divergence, generator=gen)
+            total -= terms["prior_nll"] + terms["drift"]
+        return total / repeats
