@@ -578,12 +578,17 @@ class LinearSDE(nn.Module):
         its exact Gaussian transition, ``alpha X + sqrt(v) noise`` with ``alpha = alpha(t_next) / alpha(t)`` and
         ``v = variance(t_next) - alpha^2 variance(t)``, the extra drift ``h`` (e.g. a learned policy) by an Euler
         step. Exact for ``h = 0`` at any step size, unlike Euler–Maruyama, whose variance drifts by ``O(beta dt)``."""
+        alpha, v = self.step_moments(t, t_next)
+        out = alpha.to(x.dtype) * x + v.sqrt().to(x.dtype) * noise
+        return out if extra is None else out + extra * (t_next - t)
+
+    def step_moments(self, t: float, t_next: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha, v)`` of the exact transition ``X_{t_next} | X_t ~ N(alpha X_t, v I)`` (isotropic processes),
+        float64 scalars."""
         tt = torch.tensor([t, t_next], dtype=torch.float64)
         log_alpha, var = self.log_alpha(tt), self.variance(tt)
         alpha = torch.exp(log_alpha[1] - log_alpha[0])
-        v = (var[1] - alpha**2 * var[0]).clamp_min(0)
-        out = alpha.to(x.dtype) * x + v.sqrt().to(x.dtype) * noise
-        return out if extra is None else out + extra * (t_next - t)
+        return alpha, (var[1] - alpha**2 * var[0]).clamp_min(0)
 
     # ---- given a score ---------------------------------------------------------------------------------------
     def reverse_drift(self, x: torch.Tensor, t: float | torch.Tensor, score: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,11 @@ the encoder is governed by the prior loss alone: once the prior loss stops impro
 and only the decoder trains on, on paths simulated without gradients — the saving over SB-FBSDE's likelihood
 training, whose forward policy trains to the end.
 
-Training is ``stages`` phases. While the encoder trains, a step minimises the whole bound
-(:class:`~sbridge.solvers.sbfbsde.PathBound`): its gradient in ``theta`` is the drift matching's, and in ``phi`` it is
-the prior loss's once the decoder is near its optimum (the drift matching's gradient vanishes there). After every
+Training is ``stages`` phases. While the encoder trains, a step minimises the whole bound, as the exact evidence
+bound of the discretised encoder / decoder pair (:class:`~sbridge.solvers.sbfbsde.PathBound`, whose continuous limit
+is prior loss + drift matching): its gradient in ``theta`` is the drift matching's, and in ``phi`` it is the prior
+loss's once the decoder is near its optimum (the drift matching's gradient vanishes there). After the stop the
+decoder trains on its own steps of that bound (:class:`~sbridge.solvers.sbfbsde.DecoderSteps`). After every
 stage the two terms are estimated on a fixed batch and logged: the prior loss along the encode SDE by the entropy
 production ``-E log pi(X_T) - int E[div F + g^2 |grad log p_phi|^2 / 2] dt`` (§A.4, with the decoder's estimate of
 ``grad log p_phi``; it equals ``KL(p_phi(., T) || pi)`` up to the data's entropy, a constant), the drift matching as
@@ -36,9 +38,8 @@ from torch import nn
 
 from sbridge.device import make_generator, stream_seed
 from sbridge.errors import ConfigError
-from sbridge.sampling import euler_maruyama
 from sbridge.solvers.base import FitData
-from sbridge.solvers.sbfbsde import SBFBSDE, DriftMatching, bound_along_paths
+from sbridge.solvers.sbfbsde import SBFBSDE, DecoderSteps, bound_along_paths
 from sbridge.training import Batch, Phase, Terms, TrainConfig
 from sbridge.validation import check_choice, check_positive_int
 
@@ -47,29 +48,18 @@ TERMS_STREAM = 17
 
 
 class SBVAELoss:
-    """One step of SB-VAE: the whole bound (:class:`PathBound`) while the encoder trains, then the decoder's drift
-    matching (:class:`DriftMatching`) at one random grid time per path of encode paths simulated without
-    gradients. Which one applies is read from the solver at each call (it changes at a stage end)."""
+    """One step of SB-VAE: the whole bound (:class:`~sbridge.solvers.sbfbsde.PathBound`) while the encoder trains,
+    then the decoder's part of it alone (:class:`~sbridge.solvers.sbfbsde.DecoderSteps`, on encode paths simulated
+    without gradients). Which one applies is read from the solver at each call (it changes at a stage end)."""
 
     def __init__(self, solver: SBVAE) -> None:
         self.solver = solver
         self.bound = solver.path_bound()
-        self.matching = DriftMatching(solver.decode_drift, solver._g, "decoder", solver.divergence)
+        self.decoder = DecoderSteps(solver.encode_drift, solver.decode_drift, solver.process, solver._sim_times())
 
     def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
                  generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
-        if not self.solver.encoder_stopped:
-            return self.bound(models, batch, generator)
-        x, cond = batch["x"], batch.get("cond")
-        times = self.solver._sim_times()
-        with torch.no_grad():
-            path, _ = euler_maruyama(lambda y, t: self.solver.encode_drift(models, y, t, cond),
-                                     self.solver._diffusion, x, times, generator=generator, return_path=True)
-            k = torch.randint(len(times) - 1, (x.shape[0],), generator=generator, device=x.device)
-            rows = path[k, torch.arange(x.shape[0], device=x.device)]
-            t = torch.tensor(times, dtype=x.dtype, device=x.device)[k]
-            other = self.solver.encode_drift(models, rows, t, cond)
-        return self.matching(models, {"x": rows, "t": t, "other": other, "cond": cond}, generator)
+        return (self.decoder if self.solver.encoder_stopped else self.bound)(models, batch, generator)
 
 
 class SBVAE(SBFBSDE):
