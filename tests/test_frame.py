@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import sbridge
-from sbridge import DSB, DSBM, SGM, GaussianSB
+from sbridge import DSB, DSBM, SBFBSDE, SBVAE, SGM, VSDM, GaussianSB
 from sbridge.device import make_generator
 from sbridge.errors import ConfigError
 from sbridge.processes import VP
@@ -50,7 +50,10 @@ def test_a_loss_object_in_a_hand_written_loop_gives_the_weights_of_fit() -> None
     lambda: SGM(shape=(1, 4, 4), hidden=32, depth=1),
     lambda: DSBM(shape=(1, 4, 4), hidden=32, depth=1, iterations=2),
     lambda: DSB(shape=(1, 4, 4), hidden=32, depth=1, iterations=1, n_steps=10, cache_size=64),
-], ids=["sgm", "dsbm", "dsb"])
+    lambda: VSDM(shape=(1, 4, 4), hidden=32, depth=1, stages=2, sa_samples=64, sa_steps=10),
+    lambda: SBFBSDE(shape=(1, 4, 4), hidden=32, depth=1, mode="joint", sim_steps=5),
+    lambda: SBVAE(shape=(1, 4, 4), hidden=32, depth=1, stages=2, sim_steps=5, eval_n=64),
+], ids=["sgm", "dsbm", "dsb", "vsdm", "sbfbsde", "sbvae"])
 def test_every_learned_solver_fits_and_samples_on_image_shaped_data(make) -> None:
     # (n, 1, 4, 4) data: 2 x 2 blocks at -1 / +1. Training lowers the loss below its first logged value and the
     # samples keep the event shape with finite values.
@@ -228,7 +231,9 @@ def test_bridges_sample_by_the_probability_flow_too() -> None:
 @pytest.mark.parametrize("make", [lambda: DSBM(2, cond={"kind": "label", "classes": 4}, hidden=64, iterations=2,
                                                sim_steps=30, seed=0),
                                   lambda: DSB(2, cond={"kind": "label", "classes": 4}, hidden=64, iterations=2,
-                                              n_steps=20, cache_refresh=100, seed=0)])
+                                              n_steps=20, cache_refresh=100, seed=0),
+                                  lambda: SBFBSDE(2, cond={"kind": "label", "classes": 4}, hidden=64, iterations=2,
+                                                  sim_steps=20, cache_refresh=100, seed=0)])
 def test_conditional_bridges_put_each_label_on_its_mode(make) -> None:
     # The labelled four-mode mixture of the SGM test, bridged to N(0, I): at least 95 % of the points sampled (SDE)
     # and transported back (ODE) for a label fall nearest its own mode.

@@ -241,3 +241,31 @@ def test_sbvae_freezes_its_encoder_when_the_prior_loss_plateaus_and_logs_both_te
 def test_user_errors_are_sentences(make, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         make()
+
+
+def test_sbfbsde_with_a_ve_reference_samples_its_prior_and_bounds_its_likelihood() -> None:
+    # VE: the prior is N(0, sigma_max^2 I) (sigma_max = 10), what sample() starts from; the path bound of a short
+    # joint fit is finite, and the negative bound is at least the data's entropy (Gibbs) up to 4 standard errors
+    x = toy.sample("gaussian", 2000, seed=0)  # N(0, I_2): entropy 0.5 log(2 pi e) per dimension
+    model = SBFBSDE(2, process="ve", mode="joint", sim_steps=10, hidden=16, depth=1, device="cpu")
+    model.fit(x, steps=40, batch_size=64, quiet=True)
+    prior = model._prior_draw((50_000, 2), torch.Generator().manual_seed(0))
+    assert float(prior.var()) == pytest.approx(100.0, rel=0.02)
+    bound = -model.elbo(x[:500], steps=100) / 2
+    entropy = 0.5 * math.log(2 * math.pi * math.e)
+    assert bool(torch.isfinite(bound).all()) and float(bound.mean()) > entropy - 4 * float(bound.std()) / math.sqrt(500)
+
+
+def test_conditional_sbvae_separates_its_labels() -> None:
+    # the labelled four-mode mixture of test_frame, generated per label by a short SB-VAE fit (P1): most samples of
+    # each label fall nearest its own mode (>= 90 %)
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[2.0, 2.0], [-2.0, 2.0], [-2.0, -2.0], [2.0, -2.0]])
+    labels = torch.randint(4, (4000,), generator=g)
+    x = centres[labels] + 0.15 * torch.randn(4000, 2, generator=g)
+    model = SBVAE(2, cond={"kind": "label", "classes": 4}, stages=3, sim_steps=10, eval_n=200, hidden=64, seed=0,
+                  device="cpu")
+    model.fit(x, cond=labels, steps=900, batch_size=256, lr=2e-3, quiet=True)
+    for k in range(4):
+        s = model.sample(200, steps=20, cond=k)
+        assert float((torch.cdist(s, centres).argmin(1) == k).float().mean()) >= 0.9, k

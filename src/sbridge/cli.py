@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=TRAIN_HELP.get(f.name, "")
                        + f" (default {getattr(defaults, f.name)})")
     t.add_argument("--prior", default=None, help=TRAIN_HELP["prior"])
-    t.add_argument("--process", help="reference process for SGM: vp (default), ve or brownian")
+    t.add_argument("--process", help="reference process for SGM, SB-FBSDE and SB-VAE: vp (default), ve or brownian")
     t.add_argument("--sigma", type=float, help="reference noise of a bridge solver (sigma^2 per unit time)")
     t.add_argument("--hidden", type=int, help="network width (default 128)")
     t.add_argument("--depth", type=int, help="number of hidden layers (default 3)")

@@ -269,11 +269,17 @@ class Solver:
 
     # ---- persistence -------------------------------------------------------------------------------------------
     def extra_tensors(self) -> dict[str, torch.Tensor]:
-        """State outside the networks saved with the weights (e.g. a fitted prior's moments)."""
-        return {}
+        """State outside the networks saved with the weights: by default the buffers of the solver's reference
+        ``process`` when it has one (a fitted prior's moments, VSDM's ``A``)."""
+        process = getattr(self, "process", None)
+        return dict(process.state_dict()) if isinstance(process, nn.Module) else {}
 
     def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`extra_tensors`."""
+        process = getattr(self, "process", None)
+        if tensors and isinstance(process, nn.Module):
+            process.load_state_dict(tensors)
+            process.to(self.device)
 
     def save(self, run_dir: str | Path) -> Path:
         """Write ``config.json`` and the weights ``model.safetensors`` into ``run_dir`` (under the run's lock)."""

@@ -39,7 +39,7 @@ from sbridge.device import make_generator, stream_seed
 from sbridge.errors import ConfigError
 from sbridge.likelihood import DIVERGENCE_METHODS, divergence, elbo_grid, rademacher
 from sbridge.processes import LinearSDE, make_process
-from sbridge.sampling import euler_maruyama
+from sbridge.sampling import euler_maruyama, time_grid
 from sbridge.solvers.base import FitData
 from sbridge.solvers.bridge import CACHE_STREAM, BridgeSolver, RefreshingSource
 from sbridge.tensors import expand_as_batch, sum_event
@@ -256,7 +256,9 @@ class SBFBSDE(BridgeSolver):
         self.divergence = divergence if divergence == "auto" else check_choice(divergence, DIVERGENCE_METHODS,
                                                                               "divergence")
         self.warm_start = None if warm_start is None else str(warm_start)
-        options.setdefault("sigma", 1.0)  # the Brownian bridges' noise: unused, the process sets the noise
+        if "sigma" in options:
+            raise ConfigError(f"{type(self).__name__} takes its noise from its reference process; instead of sigma "
+                              "pass process={'name': 'brownian', 'sigma': ...} (or a vp / ve process).")
         super().__init__(dim, **options)
         self.process.to(self.device)
 
@@ -272,14 +274,6 @@ class SBFBSDE(BridgeSolver):
 
     def _build_models(self) -> dict[str, nn.Module]:
         return {name: self.network(name, time_scale=1000.0 / self.process.T) for name in self.model_names}
-
-    def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.process.state_dict())
-
-    def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        if tensors:
-            self.process.load_state_dict(tensors)
-            self.process.to(self.device)
 
     # ---- the reference ------------------------------------------------------------------------------------------
     def _make_reference(self) -> LinearSDE:
@@ -342,10 +336,10 @@ class SBFBSDE(BridgeSolver):
         self.ema_models["bwd"].load_state_dict(sgm.ema_models["score"].state_dict())
 
     def _sim_times(self) -> list[float]:
-        """The simulation grid: ``sim_steps`` steps crowded near the data end (uniform in ``sqrt(t)``,
-        :func:`sbridge.likelihood.elbo_grid`), where the decoder's score varies fastest."""
+        """The simulation grid: ``sim_steps`` uniform steps across :meth:`_time_span` (a grid crowded near the data
+        end leaves steps near ``T`` too long for Euler–Maruyama where a VP reference's ``beta`` is largest)."""
         t0, t1 = self._time_span()
-        return elbo_grid(t0, t1, self.sim_steps)
+        return time_grid(t0, t1, self.sim_steps)
 
     def _g(self, t: torch.Tensor) -> torch.Tensor:
         return self.process.diffusion(t)

@@ -38,6 +38,7 @@ from torch import nn
 
 from sbridge.device import make_generator, stream_seed
 from sbridge.errors import ConfigError
+from sbridge.likelihood import elbo_grid
 from sbridge.solvers.base import FitData
 from sbridge.solvers.sbfbsde import SBFBSDE, DecoderSteps, bound_along_paths
 from sbridge.training import Batch, Phase, Terms, TrainConfig
@@ -196,7 +197,7 @@ class SBVAE(SBFBSDE):
         """
         terms = bound_along_paths(lambda y, t: self.encode_drift(self.models, y, t, cond),
                                   lambda y, t: self.decode_drift(self.models, y, t, cond), self.process, x,
-                                  self._sim_times(), divergence_method=self.divergence,
+                                  elbo_grid(*self._time_span(), self.sim_steps), divergence_method=self.divergence,
                                   generator=make_generator(seed, self.device),
                                   score=lambda y, t: self.score_estimate(self.models, y, t, cond))
         prior_loss = float((terms["prior_nll"] - terms["entropy"]).mean())

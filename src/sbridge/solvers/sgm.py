@@ -61,14 +61,6 @@ class SGM(Solver):
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         return [Phase("score", config.steps, self.loss, data.source(), ("score",))]
 
-    def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.process.state_dict())
-
-    def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        if tensors:
-            self.process.load_state_dict(tensors)
-            self.process.to(self.device)
-
     # ---- model -------------------------------------------------------------------------------------------------
     def score(self, x: torch.Tensor, t: float | torch.Tensor, cond: torch.Tensor | None = None, *,
               ema: bool = True, guidance: float = 0.0) -> torch.Tensor:
