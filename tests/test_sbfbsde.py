@@ -47,7 +47,7 @@ def test_with_no_encoder_the_drift_matching_is_weighted_denoising_score_matching
     gaps = []
     for seed in (1, 2):
         _randomise(model.models["bwd"], seed)
-        loss = DriftMatching(model.decode_drift, model._g, "decoder", "exact")
+        loss = DriftMatching(model.decode_drift, model.process.diffusion, "decoder", "exact")
         ism = []
         for i in range(0, n, 20_000):
             sl = slice(i, i + 20_000)
@@ -77,8 +77,8 @@ def test_decoder_p2_drift_matching_is_sbfbsde_backward_loss() -> None:
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(5))
     t = torch.linspace(0.05, 0.95, 64)
     other = model.encode_drift(model.models, x, t)
-    loss, _ = DriftMatching(model.decode_drift, model._g, "decoder", "exact")(model.models, {"x": x, "t": t,
-                                                                                             "other": other}, None)
+    matching = DriftMatching(model.decode_drift, model.process.diffusion, "decoder", "exact")
+    loss, _ = matching(model.models, {"x": x, "t": t, "other": other}, None)
     g = model.process.diffusion(t)
     z = model.models["fwd"](x, t).detach()
     zhat, div_zhat = divergence(lambda y, _t: g[:, None] * model.decoder_score(model.models, y, t), x, 0.0)

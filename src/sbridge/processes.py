@@ -573,12 +573,14 @@ class LinearSDE(nn.Module):
         return out
 
     def step(self, x: torch.Tensor, t: float, t_next: float, noise: torch.Tensor,
-             extra: torch.Tensor | None = None) -> torch.Tensor:
+             extra: torch.Tensor | None = None,
+             moments: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One step ``t -> t_next`` of ``dX = (F(t) X + h) dt + g dW`` (isotropic processes): the reference part by
         its exact Gaussian transition, ``alpha X + sqrt(v) noise`` with ``alpha = alpha(t_next) / alpha(t)`` and
         ``v = variance(t_next) - alpha^2 variance(t)``, the extra drift ``h`` (e.g. a learned policy) by an Euler
-        step. Exact for ``h = 0`` at any step size, unlike Euler–Maruyama, whose variance drifts by ``O(beta dt)``."""
-        alpha, v = self.step_moments(t, t_next)
+        step. Exact for ``h = 0`` at any step size, unlike Euler–Maruyama, whose variance drifts by ``O(beta dt)``.
+        ``moments``: :meth:`step_moments` of this step, when the caller holds them for a fixed grid."""
+        alpha, v = self.step_moments(t, t_next) if moments is None else moments
         out = alpha.to(x.dtype) * x + v.sqrt().to(x.dtype) * noise
         return out if extra is None else out + extra * (t_next - t)
 

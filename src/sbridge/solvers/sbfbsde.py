@@ -153,7 +153,27 @@ def bound_along_paths(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
     return out if create_graph else {k: v.detach() for k, v in out.items()}
 
 
-class PathBound:
+class _EncoderSteps:
+    """Encode steps on a fixed grid: the reference's exact transition plus ``(F - f) dt`` (:meth:`LinearSDE.step`),
+    with each step's moments and the decoder step's variance ``g(t_{n+1})^2 dt`` computed once."""
+
+    def __init__(self, encode: Drift, decode: Drift, process: LinearSDE, times: list[float]) -> None:
+        self.encode, self.decode, self.process, self.times = encode, decode, process, times
+        self.moments = [process.step_moments(t, t_next) for t, t_next in zip(times[:-1], times[1:], strict=True)]
+        self.decoder_var = [float(process.diffusion(torch.tensor(t_next, dtype=torch.float64))) ** 2 * (t_next - t)
+                            for t, t_next in zip(times[:-1], times[1:], strict=True)]
+
+    def step(self, models: Mapping[str, nn.Module], x: torch.Tensor, n: int, cond: Any,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(X_{n+1}, noise)`` from ``X_n = x``."""
+        t, t_next = self.times[n], self.times[n + 1]
+        tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+        extra = self.encode(models, x, tt, cond) - self.process.drift(x, tt)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return self.process.step(x, t, t_next, z, extra=extra, moments=self.moments[n]), z
+
+
+class PathBound(_EncoderSteps):
     """The negative evidence bound of the discretised encoder / decoder pair, trained end to end (math.md §A.2 with
     ``N = len(times) - 1`` latent steps, a hierarchical VAE):
 
@@ -169,38 +189,28 @@ class PathBound:
     objective (prior loss + drift matching) while the encoder trains.
     """
 
-    def __init__(self, encode: Drift, decode: Drift, process: LinearSDE, times: list[float]) -> None:
-        self.encode, self.decode, self.process, self.times = encode, decode, process, times
-
     def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
                  generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
         x, cond = batch["x"], batch.get("cond")
-        n = x[0].numel()
+        d = x[0].numel()
         log_ratio = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for t, t_next in zip(self.times[:-1], self.times[1:], strict=True):
-            dt = t_next - t
-            tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-            extra = self.encode(models, x, tt, cond) - self.process.drift(x, tt)
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x_next = self.process.step(x, t, t_next, z, extra=extra)
-            _, v = self.process.step_moments(t, t_next)
-            b = self.decode(models, x_next, torch.full_like(tt, t_next), cond)
-            var = float(self.process.diffusion(torch.tensor(t_next, dtype=torch.float64))) ** 2 * dt
+        for n, t_next in enumerate(self.times[1:]):
+            x_next, z = self.step(models, x, n, cond, generator)
+            dt, var = t_next - self.times[n], self.decoder_var[n]
+            b = self.decode(models, x_next, torch.full((x.shape[0],), t_next, dtype=x.dtype, device=x.device), cond)
             u = (x - x_next + b * dt) / var**0.5
-            log_ratio = log_ratio - 0.5 * sum_event(u**2) + 0.5 * sum_event(z**2) + 0.5 * n * math.log(float(v) / var)
+            log_ratio = (log_ratio - 0.5 * sum_event(u**2) + 0.5 * sum_event(z**2)
+                         + 0.5 * d * math.log(float(self.moments[n][1]) / var))
             x = x_next
         prior = -self.process.prior_log_prob(x)
         return (prior - log_ratio).mean(), {"prior_nll": prior.mean().detach(), "steps": -log_ratio.mean().detach()}
 
 
-class DecoderSteps:
+class DecoderSteps(_EncoderSteps):
     """The decoder's part of :class:`PathBound` with the encoder frozen: encode paths simulated without gradients
     from ``batch["x"]``, one random step per path, and the Gaussian regression ``|x_n - x_{n+1} + B(x_{n+1},
     t_{n+1}) dt|^2 / (2 g^2 dt)`` of the decoder step (scaled by the number of steps, so that it matches the bound's
     sum). Cheap: no gradient through the paths and no divergence (a DSB-like mean matching)."""
-
-    def __init__(self, encode: Drift, decode: Drift, process: LinearSDE, times: list[float]) -> None:
-        self.encode, self.decode, self.process, self.times = encode, decode, process, times
 
     def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
                  generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
@@ -209,11 +219,8 @@ class DecoderSteps:
         lo = torch.zeros_like(x)
         hi = torch.zeros_like(x)
         with torch.no_grad():
-            for n, (t, t_next) in enumerate(zip(self.times[:-1], self.times[1:], strict=True)):
-                tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-                extra = self.encode(models, x, tt, cond) - self.process.drift(x, tt)
-                z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-                x_next = self.process.step(x, t, t_next, z, extra=extra)
+            for n in range(len(self.times) - 1):
+                x_next, _ = self.step(models, x, n, cond, generator)
                 pick = (k == n).reshape(-1, *([1] * (x.ndim - 1)))
                 lo, hi = torch.where(pick, x, lo), torch.where(pick, x_next, hi)
                 x = x_next
@@ -341,9 +348,6 @@ class SBFBSDE(BridgeSolver):
         t0, t1 = self._time_span()
         return time_grid(t0, t1, self.sim_steps)
 
-    def _g(self, t: torch.Tensor) -> torch.Tensor:
-        return self.process.diffusion(t)
-
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         if self.mode == "joint":
             return [Phase("joint", config.steps, self.path_bound(), data.source(), ("fwd", "bwd"))]
@@ -362,8 +366,8 @@ class SBFBSDE(BridgeSolver):
                 on_end = ((lambda n=n: self._monitor(n + 1, data, self.sim_steps)) if trains == "encoder"
                           else None)
                 phases.append(Phase(f"stage{n + 1}_{'backward' if trains == 'decoder' else 'forward'}", per_half,
-                                    DriftMatching(drift, self._g, trains, self.divergence), source=source,
-                                    train=(model,), on_end=on_end))
+                                    DriftMatching(drift, self.process.diffusion, trains, self.divergence),
+                                    source=source, train=(model,), on_end=on_end))
         return phases
 
     def path_bound(self) -> PathBound:
