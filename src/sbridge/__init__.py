@@ -1,9 +1,23 @@
 """sbridge: Schrödinger-bridge generative modelling on PyTorch."""
 
 from sbridge.errors import SBridgeError
-from sbridge.solvers import DSB, DSBM, SBFBSDE, SBVAE, SGM, SOLVERS, VSDM, BridgeSolver, GaussianSB, Solver, load
+from sbridge.solvers import (
+    DSB,
+    DSBM,
+    SBFBSDE,
+    SBVAE,
+    SGM,
+    SOLVERS,
+    VSDM,
+    Autoencoder,
+    BridgeSolver,
+    GaussianSB,
+    SchrodingerFollmer,
+    Solver,
+    load,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["DSB", "DSBM", "SBFBSDE", "SBVAE", "SGM", "SOLVERS", "VSDM", "BridgeSolver", "GaussianSB", "SBridgeError",
-           "Solver", "__version__", "load"]
+__all__ = ["DSB", "DSBM", "SBFBSDE", "SBVAE", "SGM", "SOLVERS", "VSDM", "Autoencoder", "BridgeSolver", "GaussianSB",
+           "SBridgeError", "SchrodingerFollmer", "Solver", "__version__", "load"]

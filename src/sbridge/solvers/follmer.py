@@ -1,0 +1,233 @@
+"""The latent Schrödinger bridge of Jiao et al. (2024) on ``[0, 1]`` with a Brownian reference ``dX = sqrt(tau) dW``:
+its two closed-form cases (math.md §B.2), a regression loss and early stopping at ``T = 1 - delta``.
+
+* **Case H** (heat-flow reversal, the default): ``nu = mu * N(0, tau I)``, so the bridge is the time reversal of the
+  heat flow started at the data, ``X_t = Y + sqrt(tau (1 - t)) Z`` with ``Y ~ mu``, drift
+  ``v_t(x) = tau grad log q_{1-t}(x)``. We believe this is the paper's case: its summary describes the latent SDE as
+  transporting "a Gaussian-convolved encoder distribution" to the encoder's target and stops early before ``t = 1``,
+  where this drift becomes the (singular) data score; this is an inference from the abstract and summaries, not a
+  check of the paper's Eq. (1).
+* **Case F** (Schrödinger–Föllmer): ``nu = delta_0``, ``X_t = t Y + sqrt(tau t (1 - t)) Z``, drift
+  ``v_t(x) = (E[Y | X_t = x] - x) / (1 - t)`` (Huang et al. 2021).
+
+Both drifts are ``v_t(x) = (D(x, t) - x) / (1 - t)`` with the denoiser ``D(x, t) = E[Y | X_t = x]``, and the paper's
+regression ``min_v int_0^T E||v(X_t, t) - (Y - X_t) / (1 - t)||^2 dt`` is ``E||D - Y||^2 / (1 - t)^2``. The network
+predicts ``Y`` (case F) or ``Z`` (case H: ``D = x - sqrt(tau (1 - t)) net``); ``weighting="paper"`` trains with the
+paper's weights, ``"uniform"`` (default) with equal weight on every ``t`` of the network's own target (same
+minimiser for each ``t``, bounded weights near ``T``).
+
+Case H needs draws from ``nu``, which depends on the data: ``prior="gaussian"`` draws ``N(m, C + tau I)`` with the
+data's mean and covariance (exact for Gaussian data, and close when ``tau`` dominates ``C``); ``prior="data"`` draws
+``Y + sqrt(tau) Z`` from stored training points (exact for the empirical law, memorising it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from sbridge.device import make_generator
+from sbridge.errors import ConfigError
+from sbridge.networks import drop_condition
+from sbridge.sampling import euler_maruyama, integrate_ode, time_grid
+from sbridge.solvers.base import FitData, Solver
+from sbridge.solvers.sgm import _mlp_shorthand
+from sbridge.tensors import expand_as_batch, flat, sum_event
+from sbridge.training import Batch, Phase, Terms, TrainConfig
+from sbridge.validation import (
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+    check_probability,
+    check_sample_request,
+    check_seed,
+)
+
+CASES = ("H", "F")
+WEIGHTINGS = ("uniform", "paper")
+PRIORS = ("gaussian", "data")
+
+
+def marginal(case: str, y: torch.Tensor, t: torch.Tensor, z: torch.Tensor, tau: float) -> torch.Tensor:
+    """``X_t`` of the bridge given its end ``Y`` (math.md §B.2): ``t Y + sqrt(tau t (1 - t)) Z`` (F) or
+    ``Y + sqrt(tau (1 - t)) Z`` (H); ``t`` is ``(batch,)``."""
+    t = expand_as_batch(t, y)
+    if case == "F":
+        return t * y + (tau * t * (1 - t)).sqrt() * z
+    return y + (tau * (1 - t)).sqrt() * z
+
+
+class BridgeRegression:
+    """The regression loss of the latent bridge (math.md §B.2, §B.4) as a loss object: ``t ~ U[0, T]``, ``X_t`` from
+    :func:`marginal`, and the squared error of the network's target (``Y`` for case F, ``Z`` for case H), with the
+    paper's weights ``1 / (1 - t)^2`` (F) and ``tau / (1 - t)`` (H) under ``weighting="paper"``."""
+
+    def __init__(self, case: str, tau: float, t_end: float, weighting: str = "uniform", model: str = "drift",
+                 cond_drop: float = 0.0) -> None:
+        self.case, self.tau, self.t_end, self.weighting, self.model = case, tau, t_end, weighting, model
+        self.cond_drop = cond_drop
+
+    def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
+                 generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        y = batch["x"]
+        n = y.shape[0]
+        t = self.t_end * torch.rand(n, generator=generator, device=y.device)
+        z = torch.randn(y.shape, generator=generator, device=y.device)
+        cond = batch.get("cond")
+        if cond is not None and self.cond_drop > 0:
+            cond = drop_condition(cond, torch.rand(n, generator=generator, device=y.device) < self.cond_drop)
+        out = models[self.model](marginal(self.case, y, t, z, self.tau), t, cond)
+        err = sum_event((out - (y if self.case == "F" else z)) ** 2)
+        if self.weighting == "paper":
+            err = err / (1 - t) ** 2 if self.case == "F" else err * self.tau / (1 - t)
+        return err.mean(), {}
+
+
+class SchrodingerFollmer(Solver):
+    """The latent bridge of Jiao et al. 2024 on ``[0, 1]`` (see the module docstring).
+
+    ``case``: ``"H"`` (default) or ``"F"``. ``tau``: the reference's variance per unit time. ``delta``: early
+    stopping, the sampler runs to ``T = 1 - delta``. ``weighting``: ``"uniform"`` or ``"paper"``. ``prior`` (case H):
+    ``"gaussian"`` or ``"data"``. ``denoise``: return ``D(X_T, T)`` (the posterior mean at the last step) instead of
+    ``X_T``. ``cond_drop``: condition dropout for classifier-free guidance.
+    """
+
+    method = "follmer"
+    model_names = ("drift",)
+
+    def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, case: str = "H",
+                 tau: float = 4.0, delta: float = 1e-3, weighting: str = "uniform", prior: str = "gaussian",
+                 denoise: bool = True, cond: dict[str, Any] | None = None, cond_drop: float = 0.0,
+                 hidden: int | None = None, depth: int | None = None, net: Any = None, seed: int = 0,
+                 device: str | torch.device = "auto") -> None:
+        self.case = check_choice(str(case).upper(), CASES, "case")
+        self.tau = check_positive_float(tau, "tau")
+        self.delta = check_probability(delta, "delta")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"delta (early stopping, T = 1 - delta) must lie strictly between 0 and 1, got {delta}.")
+        self.weighting = check_choice(weighting, WEIGHTINGS, "weighting")
+        self.prior = check_choice(prior, PRIORS, "prior")
+        if not isinstance(denoise, bool):
+            raise ConfigError(f"denoise must be true or false, got {denoise!r}.")
+        self.denoise = denoise
+        self.cond_drop = check_probability(cond_drop, "cond_drop")
+        super().__init__(dim, shape=shape, cond=cond, net=_mlp_shorthand(net, hidden, depth, None), seed=seed,
+                         device=device)
+        d = self.dim
+        # nu's moments (case H, prior="gaussian") and stored points (prior="data"), set by fit
+        self.register = {"prior_mean": torch.zeros(d), "prior_chol": torch.eye(d) * math.sqrt(1 + self.tau),
+                         "prior_points": torch.zeros(0, d)}
+
+    @property
+    def t_end(self) -> float:
+        """``T = 1 - delta``, where sampling stops."""
+        return 1.0 - self.delta
+
+    def options(self) -> dict[str, Any]:
+        return {"case": self.case, "tau": self.tau, "delta": self.delta, "weighting": self.weighting,
+                "prior": self.prior, "denoise": self.denoise, "cond_drop": self.cond_drop}
+
+    def _build_models(self) -> dict[str, nn.Module]:
+        return {"drift": self.network("drift", time_scale=1000.0)}
+
+    # ---- training ----------------------------------------------------------------------------------------------
+    @property
+    def loss(self) -> BridgeRegression:
+        return BridgeRegression(self.case, self.tau, self.t_end, self.weighting,
+                                cond_drop=self.cond_drop if self.cond_spec else 0.0)
+
+    def before_fit(self, data: FitData) -> None:
+        if data.x0 is None or self.case != "H":
+            return
+        y = flat(data.x0).double()
+        cov = torch.atleast_2d(torch.cov(y.T)) if y.shape[0] > 1 else torch.zeros(y.shape[1], y.shape[1])
+        cov = cov + self.tau * torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
+        self.register = {"prior_mean": y.mean(0).float().cpu(), "prior_chol": torch.linalg.cholesky(cov).float().cpu(),
+                         "prior_points": flat(data.x0).cpu() if self.prior == "data" else torch.zeros(0, self.dim)}
+
+    def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
+        return [Phase("drift", config.steps, self.loss, data.source(), ("drift",))]
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.contiguous() for k, v in self.register.items()}
+
+    def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            self.register = {k: tensors[k].cpu() for k in self.register}
+
+    def load_weights(self, tensors: dict[str, torch.Tensor], path: Any = "the weights") -> None:
+        # the stored points of prior="data" have as many rows as the training data: adopt the file's size
+        key = "extra.prior_points"
+        if key in tensors:
+            self.register["prior_points"] = torch.zeros(tensors[key].shape)
+        super().load_weights(tensors, path)
+
+    # ---- model -------------------------------------------------------------------------------------------------
+    def denoiser(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None, guidance: float = 0.0
+                 ) -> torch.Tensor:
+        """``D(x, t) = E[Y | X_t = x]`` from the EMA network, with classifier-free guidance ``(1 + w) D(c) - w D()``."""
+        net = self.ema_models["drift"]
+        out = net(x, t, cond)
+        if guidance and cond is not None:
+            out = (1 + guidance) * out - guidance * net(x, t, None)
+        if self.case == "F":
+            return out
+        return x - math.sqrt(self.tau * (1 - t)) * out
+
+    def drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None, guidance: float = 0.0
+              ) -> torch.Tensor:
+        """The bridge's drift ``v_t(x) = (D(x, t) - x) / (1 - t)`` (math.md §B.2, both cases)."""
+        return (self.denoiser(x, t, cond, guidance) - x) / (1 - t)
+
+    def velocity(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None, guidance: float = 0.0
+                 ) -> torch.Tensor:
+        """Probability-flow velocity of case H, ``v - tau grad log p_t / 2 = v / 2`` (there ``v = tau grad log
+        p_t``)."""
+        return 0.5 * self.drift(x, t, cond, guidance)
+
+    def prior_sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` draws of ``X_0 ~ nu``: zeros (case F), ``N(m, C + tau I)`` or stored points plus ``sqrt(tau) Z``."""
+        shape = (n, *self.event_shape)
+        if self.case == "F":
+            return torch.zeros(shape, device=self.device)
+        z = torch.randn(n, self.dim, generator=generator, device=self.device)
+        points = self.register["prior_points"]
+        if self.prior == "data" and points.shape[0]:
+            idx = torch.randint(points.shape[0], (n,), generator=generator, device=self.device)
+            return (points.to(self.device)[idx] + math.sqrt(self.tau) * z).reshape(shape)
+        mean, chol = self.register["prior_mean"].to(self.device), self.register["prior_chol"].to(self.device)
+        return (mean + z @ chol.T).reshape(shape)
+
+    # ---- sampling ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, *, steps: int = 100, ode: bool = False, method: str = "heun", cond: Any = None,
+               guidance: float = 0.0, return_path: bool = False, seed: int | None = None) -> torch.Tensor:
+        """Euler–Maruyama on a uniform grid of ``[0, T]`` from ``X_0 ~ nu`` (math.md §B.1 step 4); ``ode=True``
+        integrates the probability-flow ODE instead (case H only: case F starts from a point). With ``denoise``
+        the last state is replaced by ``D(X_T, T)``. Returns ``(n, *event_shape)`` or the path."""
+        n, steps = check_positive_int(n, "n"), check_positive_int(steps, "steps")
+        check_sample_request(n, steps, self.event_shape, return_path)
+        if ode and self.case == "F":
+            raise ConfigError("case F starts from a single point, which a deterministic flow cannot spread; sample "
+                              "it with the SDE (drop --ode).")
+        gen = make_generator(self.seed + 1 if seed is None else check_seed(seed), self.device)
+        c = self._sampling_condition(cond, n)
+        self.ema_models.eval()
+        x = self.prior_sample(n, gen)
+        times = time_grid(0.0, self.t_end, steps)
+        if ode:
+            out, nfe = integrate_ode(lambda y, t: self.velocity(y, t, c, guidance), x, times, method=method,
+                                     return_path=return_path)
+        else:
+            out, nfe = euler_maruyama(lambda y, t: self.drift(y, t, c, guidance), lambda t: math.sqrt(self.tau), x,
+                                      times, generator=gen, return_path=return_path)
+        if self.denoise:
+            last = self.denoiser(out[-1] if return_path else out, self.t_end, c, guidance)
+            out = torch.cat([out, last[None]]) if return_path else last
+            nfe += 1
+        self.last_nfe = nfe * (2 if guidance and c is not None else 1)
+        return out
