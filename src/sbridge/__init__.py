@@ -1,6 +1,7 @@
 """sbridge: Schrödinger-bridge generative modelling on PyTorch."""
 
 from sbridge.errors import SBridgeError
+from sbridge.latent import LatentBridge
 from sbridge.solvers import (
     DSB,
     DSBM,
@@ -20,4 +21,4 @@ from sbridge.solvers import (
 __version__ = "0.1.0"
 
 __all__ = ["DSB", "DSBM", "SBFBSDE", "SBVAE", "SGM", "SOLVERS", "VSDM", "Autoencoder", "BridgeSolver", "GaussianSB",
-           "SBridgeError", "SchrodingerFollmer", "Solver", "__version__", "load"]
+           "LatentBridge", "SBridgeError", "SchrodingerFollmer", "Solver", "__version__", "load"]

@@ -53,16 +53,28 @@ def _select(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[int] |
     return images[keep], labels[keep]
 
 
-def digits(*, classes: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+#: The digits have no official split: a fixed permutation puts this many of the 1,797 images in the test split.
+DIGITS_TEST_SIZE = 360
+SPLITS = ("train", "test", "all")
+
+
+def digits(split: str = "all", *, classes: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 1,797 handwritten digits, ``(n, 1, 8, 8)`` in ``[0, 1]`` (pixel counts 0..16 divided by 16),
-    with their labels 0..9; ``classes`` keeps only those labels."""
+    with their labels 0..9. ``split``: ``"all"``, or a fixed train (1,437) / test (360) split drawn by a seeded
+    permutation; ``classes`` keeps only those labels."""
+    check_choice(split, SPLITS, "split")
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise DataError("the digits come with scikit-learn; install it with: pip install 'sbridge[images]'.") from None
     data = load_digits()
     images = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
-    return _select(images, torch.tensor(data.target, dtype=torch.int64), classes)
+    labels = torch.tensor(data.target, dtype=torch.int64)
+    if split != "all":
+        order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(0))
+        keep = order[:DIGITS_TEST_SIZE] if split == "test" else order[DIGITS_TEST_SIZE:]
+        images, labels = images[keep.sort().values], labels[keep.sort().values]
+    return _select(images, labels, classes)
 
 
 def fashion_mnist(split: str = "train", *, path: str | Path | None = None, classes: Sequence[int] | None = None
@@ -90,3 +102,19 @@ def fashion_mnist(split: str = "train", *, path: str | Path | None = None, class
                         f"{labels.shape}.")
     tensor = torch.tensor(np.array(images), dtype=torch.float32)[:, None] / 255.0
     return _select(tensor, torch.tensor(np.array(labels), dtype=torch.int64), classes)
+
+
+#: Image data sets by name (``--data``): each is ``load(split, classes=..., path=...)``.
+DATASETS = ("digits", "fashion-mnist")
+
+
+def load(name: str, split: str = "train", *, classes: Sequence[int] | None = None, path: str | Path | None = None
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of the data set ``name`` (:data:`DATASETS`), ``split`` ``"train"`` or ``"test"``;
+    ``path``: where Fashion-MNIST's files are (default: Debian's package folder)."""
+    check_choice(name, DATASETS, "image data set")
+    if name == "digits":
+        if path is not None:
+            raise DataError("the digits ship with scikit-learn and take no data path; drop --data-path.")
+        return digits(split, classes=classes)
+    return fashion_mnist(split, path=path, classes=classes)

@@ -30,6 +30,9 @@ from sbridge.training import Callback, LoaderSource, Phase, Source, TensorSource
 from sbridge.validation import as_condition, as_data_tensor, check_batch_memory, check_event_shape, check_seed
 
 SOLVERS: dict[str, type[Solver]] = {}
+#: Run kinds that are not a single solver (a latent bridge: two stages in sub-folders), by method: ``(path, config,
+#: device) -> model``.
+RUN_LOADERS: dict[str, Any] = {}
 
 
 @dataclass
@@ -321,6 +324,8 @@ def load(run_dir: str | Path, device: str | torch.device = "auto", net: Any = No
     cfg = io.read_run_config(path)
     solver_cfg = cfg.get("solver") or {}
     method = solver_cfg.get("method")
+    if method in RUN_LOADERS:
+        return RUN_LOADERS[method](path, cfg, device)
     if method not in SOLVERS:
         raise RunDirError(f"{str(path)!r} names an unknown method {method!r}; it was written by another version of "
                           "sbridge or edited by hand.")
