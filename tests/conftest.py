@@ -22,3 +22,19 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Cache the image-metric classifiers in a folder of this test session, never in the user's cache."""
+    import os
+
+    previous = os.environ.get("SBRIDGE_CACHE_DIR")
+    os.environ["SBRIDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("SBRIDGE_CACHE_DIR", None)
+        else:
+            os.environ["SBRIDGE_CACHE_DIR"] = previous

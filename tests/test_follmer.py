@@ -61,6 +61,17 @@ def test_exact_denoisers_carry_nu_to_the_data_law(case: str, ode: bool) -> None:
     assert sf.last_nfe == (401 if ode else 201)  # per step one evaluation (Heun: two), then the final denoising
 
 
+def test_case_h_log_prob_is_the_density_of_the_early_stopped_state() -> None:
+    sf = oracle_solver("H")
+    sf.register["prior_mean"] = MEAN  # nu's exact moments for Gaussian data: N(MEAN, COV + tau I)
+    sf.register["prior_chol"] = torch.linalg.cholesky(COV + 2.0 * torch.eye(2))
+    x = gaussian_data(20, seed=3)
+    cov_T = COV + 2.0 * sf.delta * torch.eye(2)  # X_T = Y + sqrt(tau delta) Z
+    exact = torch.distributions.MultivariateNormal(MEAN, cov_T).log_prob(x)
+    assert torch.allclose(sf.log_prob(x), exact, atol=2e-3)
+    assert oracle_solver("F").log_prob is None
+
+
 def test_the_marginals_are_the_closed_forms() -> None:
     y, z, t = torch.ones(4, 2), torch.ones(4, 2), torch.full((4,), 0.25)
     assert torch.allclose(marginal("F", y, t, z, 2.0), torch.full((4, 2), 0.25 + math.sqrt(2 * 0.25 * 0.75)))

@@ -18,7 +18,8 @@ from typing import Any
 from sbridge.errors import ConfigError, SBridgeError
 
 DEMO_OUT = "runs/demo"
-SOLVER_NAMES = ("sgm", "vsdm", "dsb", "dsbm", "gaussian_sb")
+IMAGE_DEMO_OUT = "runs/demo-images"
+SOLVER_NAMES = ("sgm", "vsdm", "dsb", "dsbm", "gaussian_sb", "sbfbsde", "sbvae", "follmer", "autoencoder")
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def _yaml_value(text: str) -> Any:
                           "{key: value}.") from None
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, n: int) -> None:
+def _add_sampling_args(p: argparse.ArgumentParser, n: int, labels: bool = True) -> None:
     p.add_argument("run", help="run directory written by 'sbridge train'")
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=n,
                    help=f"number of samples (default {n}; under torchrun write --num-samples)")
@@ -67,6 +68,12 @@ def _add_sampling_args(p: argparse.ArgumentParser, n: int) -> None:
                    help="time grid of the sampler (SGM): uniform (default), edm or logsnr")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's seed + 1)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    if not labels:
+        return
+    p.add_argument("--label", type=int, default=None,
+                   help="class-conditional runs: draw every sample of this class (default: the classes in turn)")
+    p.add_argument("--guidance", type=float, default=0.0,
+                   help="classifier-free guidance weight w of class-conditional runs (trained with cond_drop > 0)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,8 +90,12 @@ TRAIN_HELP = {
     "prior": "second data set for a bridge (toy set or file): the bridge then connects --data to it",
     "iterations": "outer IPF / IMF iterations of a bridge solver (0: its default)",
     "data": "a toy data set (checkerboard, 8gaussians, moons, swissroll, spiral, pinwheel, circles, scurve, "
-            "gaussian) or a .npy / .csv file of shape (n, d)",
+            "gaussian), an image data set (digits, fashion-mnist: all its training images) or a .npy / .csv file of "
+            "shape (n, d)",
     "n_data": "points drawn from a toy data set",
+    "latent_dim": "train an autoencoder with latents of this dimension first and run the method in its latent space "
+                  "(with --method autoencoder: the autoencoder's latent dimension)",
+    "ae_steps": "training steps of the autoencoder stage of a latent run",
     "out": "run directory",
     "eval_every": "evaluate the EMA model every this many steps (0: never)",
     "loss_growth": "when the loss grows 1000-fold over its lowest value: warn, stop or ignore",
@@ -104,12 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = RunSpec()
     t.add_argument("--config", help="YAML file of options (keys as below, with underscores); flags override it")
     for f in fields(RunSpec):
-        if f.name in ("quiet", "resume", "overwrite", "solver", "prior"):
+        if f.name in ("quiet", "resume", "overwrite", "solver", "prior", "class_cond", "classes", "data_path",
+                      "latent"):
             continue
         kind = type(getattr(defaults, f.name))
         t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, help=TRAIN_HELP.get(f.name, "")
                        + f" (default {getattr(defaults, f.name)})")
     t.add_argument("--prior", default=None, help=TRAIN_HELP["prior"])
+    t.add_argument("--class-cond", action="store_true", default=None,
+                   help="image data: train class-conditional on the labels (add --set cond_drop=0.1 for guidance)")
+    t.add_argument("--classes", default=None, help="image data: keep only these labels, e.g. 0,1,2,3,4")
+    t.add_argument("--data-path", default=None, help="folder of the Fashion-MNIST IDX files (default: the Debian "
+                                                     "package's, /usr/share/datasets/fashion-mnist)")
+    t.add_argument("--latent", default=None, metavar="RUN",
+                   help="run the method in the latent space of this trained autoencoder run (sbridge train --method "
+                        "autoencoder)")
     t.add_argument("--process", help="reference process for SGM, SB-FBSDE and SB-VAE: vp (default), ve or brownian")
     t.add_argument("--sigma", type=float, help="reference noise of a bridge solver (sigma^2 per unit time)")
     t.add_argument("--hidden", type=int, help="network width (default 128)")
@@ -137,11 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images with LEVELS intensity levels in [0, 1]: dequantise uniformly for --nll (e.g. 256)")
 
     p = sub.add_parser("plot", help="write PNG plots (samples, trajectories, loss) into RUN/plots")
-    _add_sampling_args(p, 4_000)
+    _add_sampling_args(p, 4_000, labels=False)
 
     d = sub.add_parser("demo", help="the flagship run: SGM on checkerboard, with plots and metrics")
-    d.add_argument("--out", default=DEMO_OUT, help=f"run directory (default {DEMO_OUT})")
-    d.add_argument("--steps", type=int, default=None, help="training steps (default 8000)")
+    d.add_argument("--out", default=None, help=f"run directory (default {DEMO_OUT}, {IMAGE_DEMO_OUT} with --images)")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default 8000; 4000 with --images)")
+    d.add_argument("--images", action="store_true",
+                   help="the image demo instead: a class-conditional latent SGM (autoencoder, then SGM on its codes)")
+    d.add_argument("--data", default="digits", help="image data set of --images: digits (default) or fashion-mnist")
     d.add_argument("--device", default="auto")
     d.add_argument("--quiet", action="store_true")
     return parser
@@ -175,8 +198,22 @@ def _train_spec(args: argparse.Namespace):
     for f in fields(RunSpec):
         value = getattr(args, f.name, None)
         if value is not None and f.name != "solver":
-            cfg[f.name] = value
+            cfg[f.name] = _class_list(value) if f.name == "classes" else value
+    if isinstance(cfg.get("classes"), str):
+        cfg["classes"] = _class_list(cfg["classes"])
     return RunSpec.from_dict({**cfg, "solver": solver})
+
+
+def _class_list(text: str) -> list[int]:
+    """``"0,1,2"`` or ``"0-4"`` as a list of labels."""
+    labels: list[int] = []
+    try:
+        for part in str(text).split(","):
+            lo, sep, hi = part.strip().partition("-")
+            labels += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except ValueError:
+        raise ConfigError(f"--classes must list labels like 0,1,2 or a range like 0-4, got {text!r}.") from None
+    return labels
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -212,7 +249,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     ctx = distributed.init_from_env(args.device)
     x, nfe = runs.sample(args.run, args.n, steps=args.steps, ode=args.ode, method=args.ode_method, grid=args.grid,
-                         seed=args.seed, device=distributed.local_device(args.device) if ctx.active else args.device)
+                         seed=args.seed, device=distributed.local_device(args.device) if ctx.active else args.device,
+                         label=args.label, guidance=args.guidance)
     if not ctx.is_main:
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -243,21 +281,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = runs.evaluate(args.run, args.n, steps=args.steps, ode=args.ode, method=args.ode_method, grid=args.grid,
                            seed=args.seed, device=args.device, nll=args.nll, nll_n=args.nll_n,
-                           dequantize=args.dequantize)
+                           dequantize=args.dequantize, label=args.label, guidance=args.guidance)
     if args.json:
         print(json.dumps(result, indent=2))
+    elif "reconstruction_mse" in result:
+        r = result["reconstruction_mse"]
+        print(f"{result['run']}: autoencoder with d* = {result['latent_dim']}; reconstruction error (mean squared, per "
+              f"pixel) {r['held_out']:.5f} on {result['n']} held-out {result['data']} images, {r['training']:.5f} on "
+              "as many training images")
     else:
         print(f"{result['run']}: {result['n']} points from the {'ODE' if args.ode else 'SDE'} sampler "
               f"({result['nfe']} network evaluations) against fresh {result['data']} data")
         print(_format_metrics(result))
+        if "classifier_accuracy" in result and result["classifier_accuracy"] is not None:
+            seen = result["training_images"]
+            print(f"features: a classifier trained on {result['data']} (test accuracy "
+                  f"{result['classifier_accuracy']:.4f}), not Inception: these are not FIDs. The floor compares two "
+                  f"halves of the held-out images; real training images score frechet {seen['frechet']:.3f}, kid "
+                  f"{seen['kid']:.3f} (the classifier has seen them).")
+        if "label_accuracy" in result:
+            print(f"samples the classifier assigns to the class they were drawn with: {result['label_accuracy']:.4f}")
         if "displacement" in result:
             d = result["displacement"]
             print(f"mean squared displacement {d['transport']:.4f} (random pairing of {result['source']} with "
                   f"{result['data']}: {d['random_pairing']:.4f})")
         if "nll" in result:
             r = result["nll"]
-            print(f"NLL of {r['n']} fresh data points (exact, probability-flow ODE, {r['nfe']} network evaluations): "
-                  f"{r['nats_per_dim']:.4f} ± {r['se']:.4f} nats/dim = {r['bits_per_dim']:.4f} bits/dim")
+            where = " of their latent codes (latent nats, not a likelihood of the images)" if r["space"] == "latent" \
+                else ""
+            print(f"NLL{where} of {r['n']} fresh data points (exact, probability-flow ODE, {r['nfe']} network "
+                  f"evaluations): {r['nats_per_dim']:.4f} ± {r['se']:.4f} nats/dim = {r['bits_per_dim']:.4f} bits/dim")
             if "bound" in r:
                 b = r["bound"]
                 print(f"negative ELBO (path-space bound on the reverse SDE's NLL): {b['nats_per_dim']:.4f} ± "
@@ -278,8 +331,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sbridge.runs import RunSpec
     from sbridge.validation import check_positive_int
 
+    if args.images:
+        return _image_demo(args)
+    if args.data != "digits":
+        raise ConfigError("--data chooses the image data set of --images; add --images, or drop --data.")
     steps = 8_000 if args.steps is None else check_positive_int(args.steps, "--steps")
-    out = Path(args.out)
+    out = Path(args.out or DEMO_OUT)
     spec = RunSpec(method="sgm", data="checkerboard", n_data=20_000, steps=steps, out=str(out), device=args.device,
                    quiet=args.quiet, resume=(out / "checkpoint.safetensors").exists(), eval_every=max(steps // 8, 1),
                    lr=2e-3, lr_schedule="cosine",
@@ -303,6 +360,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("Plots: " + ", ".join(str(p) for p in plots))
     print(f"Metrics: {out / 'evaluation.json'} and the training log {out / 'metrics.jsonl'}")
     print(f"Next: sbridge sample {out} --n 10000 --ode   |   sbridge evaluate {out} --json")
+    return 0
+
+
+def _image_demo(args: argparse.Namespace) -> int:
+    """A class-conditional latent SGM on digits (or Fashion-MNIST): autoencoder stage, latent stage, evaluation with
+    the classifier Fréchet distance, plots."""
+    from sbridge import io, runs
+    from sbridge.data import images
+    from sbridge.runs import RunSpec
+    from sbridge.validation import check_choice, check_positive_int
+
+    data = check_choice(args.data, images.DATASETS, "image data set")
+    steps = 4_000 if args.steps is None else check_positive_int(args.steps, "--steps")
+    out = Path(args.out or IMAGE_DEMO_OUT)
+    latent_dim = 8 if data == "digits" else 16
+    spec = RunSpec(method="sgm", data=data, steps=steps, out=str(out), device=args.device, quiet=args.quiet,
+                   resume=(out / "config.json").exists(), class_cond=True, latent_dim=latent_dim,
+                   ae_steps=2_000 if data == "digits" else 4_000, batch_size=256, lr=2e-3, lr_schedule="cosine",
+                   solver={"cond_drop": 0.1, "hidden": 256, "depth": 3})
+    print(f"sbridge demo --images: an autoencoder with {latent_dim}-dimensional codes, then a class-conditional "
+          f"score-based diffusion on the codes ({steps} steps), on {data}, into {out} ...", flush=True)
+    runs.train(spec)
+    result = runs.evaluate(out, 2_000, steps=100, device=args.device)
+    guided = runs.evaluate(out, 2_000, steps=100, device=args.device, guidance=1.0)
+    plots = runs.plot(out, steps=100, device=args.device)
+    io.write_json(out / "evaluation.json", {"sde": result, "sde_guidance_1": guided})
+    print(f"\nSamples from the reverse SDE in latent space ({result['nfe']} network evaluations), decoded, against "
+          f"{result['n']} held-out images:")
+    print(_format_metrics(result))
+    print(f"with guidance w = 1: frechet {guided['metrics']['frechet']['value']:.4f}; samples of the drawn class "
+          f"{guided['label_accuracy']:.3f} (without guidance {result['label_accuracy']:.3f})")
+    print(f"\nFeatures come from a classifier trained here on {data} (test accuracy "
+          f"{result['classifier_accuracy']:.4f}): classifier Fréchet distance and KID, not FID. The floor compares "
+          "two halves of the held-out images.")
+    print("Plots: " + ", ".join(str(p) for p in plots))
+    print(f"Next: sbridge sample {out} --n 64 --label 3   |   sbridge evaluate {out} --guidance 2")
     return 0
 
 

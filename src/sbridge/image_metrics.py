@@ -32,7 +32,9 @@ from sbridge.data import images
 from sbridge.errors import ConfigError
 
 #: Bump when the classifier's architecture or training changes: cached classifiers of another version are retrained.
-CLASSIFIER_VERSION = 1
+CLASSIFIER_VERSION = 2
+#: Width of the classifier's penultimate layer; the features are it and the 64 average-pooled channels of the last
+#: convolution, 2 * FEATURE_DIM numbers per image.
 FEATURE_DIM = 64
 
 
@@ -47,7 +49,9 @@ def cache_dir() -> Path:
 class FeatureClassifier(nn.Module):
     """A small CNN for ``(C, H, W)`` images: two 3x3 conv layers (32, 64 channels; the second of stride 2 for images
     larger than 8x8, and a third stride-2 layer for 28x28), average-pooled to 4x4, a ``FEATURE_DIM``-wide ReLU
-    layer (the features) and a linear layer to the class logits."""
+    layer and a linear layer to the class logits. :meth:`features` joins the penultimate layer with the last
+    convolution's channels averaged over space (mid-level features, as Inception's pool features are), divided by
+    ``scale`` (set after training so that a training image's features have mean square 1)."""
 
     def __init__(self, shape: tuple[int, ...], classes: int = 10) -> None:
         super().__init__()
@@ -56,15 +60,17 @@ class FeatureClassifier(nn.Module):
                                    nn.Conv2d(32, 64, 3, padding=1, stride=1 if h <= 8 else 2), nn.ReLU()]
         if h > 16:
             layers += [nn.Conv2d(64, 64, 3, padding=1, stride=2), nn.ReLU()]
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                                  nn.Linear(64 * 16, FEATURE_DIM), nn.ReLU())
+        self.convs = nn.Sequential(*layers)
+        self.dense = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 16, FEATURE_DIM), nn.ReLU())
         self.head = nn.Linear(FEATURE_DIM, classes)
+        self.register_buffer("scale", torch.ones(()))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        maps = self.convs(x)
+        return torch.cat([maps.mean((2, 3)), self.dense(maps)], dim=1) / self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return self.head(self.dense(self.convs(x)))
 
 
 #: Training budget per data set: (epochs, batch size).
@@ -104,6 +110,7 @@ def train_classifier(dataset: str, *, path: str | Path | None = None, seed: int 
         model.eval()
         with torch.no_grad():
             accuracy = float((_batched(model, xt).argmax(1) == yt).float().mean())
+            model.scale.fill_(float(_batched(model.features, x).pow(2).mean().sqrt()))
     finally:
         torch.set_num_threads(threads)
     return model, accuracy

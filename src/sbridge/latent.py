@@ -111,9 +111,9 @@ class LatentBridge:
         return self.solver.train_config
 
     def config(self) -> dict[str, Any]:
-        return {"method": self.method, "shape": list(self.event_shape), "latent_dim": self.latent_dim, "autoencoder": self.autoencoder.config(),
-                "latent": self.solver.config(), "latent_mean": self.latent_mean.tolist(),
-                "latent_std": self.latent_std.tolist()}
+        return {"method": self.method, "shape": list(self.event_shape), "latent_dim": self.latent_dim,
+                "autoencoder": self.autoencoder.config(), "latent": self.solver.config(),
+                "latent_mean": self.latent_mean.tolist(), "latent_std": self.latent_std.tolist()}
 
     # ---- latent space ------------------------------------------------------------------------------------------
     def encode(self, x: Any) -> torch.Tensor:

@@ -192,3 +192,53 @@ def _save(fig: Any, path: str | Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+def _tile(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """Images ``(n, C, H, W)`` in ``[0, 1]`` tiled into one ``(rows * (H + 1) - 1, nrow * (W + 1) - 1)`` array with
+    one-pixel gutters of intensity 0 (the first channel; grey images)."""
+    x = images.detach().float().cpu().clamp(0, 1)[:, 0]
+    n, h, w = x.shape
+    rows = -(-n // nrow)
+    canvas = torch.zeros(rows * (h + 1) - 1, nrow * (w + 1) - 1)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = x[i]
+    return canvas
+
+
+def plot_image_grids(grids: list[tuple[str, torch.Tensor]], path: str | Path, *, nrow: int = 8,
+                     title: str = "") -> Path:
+    """Panels of image grids side by side, e.g. ``[("data", real), ("samples", generated)]``; each panel tiles its
+    ``(n, C, H, W)`` images ``nrow`` per row (black on white, like ink)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.4), squeeze=False)
+    for ax, (name, images) in zip(axes[0], grids, strict=True):
+        ax.imshow(1 - _tile(images, nrow), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_image_rows(rows: torch.Tensor, path: str | Path, *, row_label: str = "",
+                    column_labels: list[str] | None = None, title: str = "") -> Path:
+    """A table of images ``(r, c, C, H, W)``: one row per sequence (a sampling trajectory, an interpolation, an
+    image and its reconstruction), columns labelled by ``column_labels``."""
+    plt = _pyplot()
+    r, c = rows.shape[:2]
+    fig, ax = plt.subplots(figsize=(0.9 * c + 1, 0.9 * r + 1))
+    ax.imshow(1 - _tile(rows.reshape(r * c, *rows.shape[2:]), c), cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+    h, w = rows.shape[-2:]
+    if column_labels:
+        ax.set_xticks([(w + 1) * j + (w - 1) / 2 for j in range(c)], column_labels, fontsize=7)
+        ax.tick_params(length=0)
+    else:
+        ax.set_xticks([])
+    ax.set_yticks([])
+    if row_label:
+        ax.set_ylabel(row_label)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -39,7 +39,8 @@ def holds_run(path: Path) -> bool:
 #: Files sbridge writes atomically into a run (their temporary files are ``.NAME.XXXX.tmp``).
 WRITTEN_FILES = (*RUN_FILES, "evaluation.json", "samples.npy")
 #: Plots ``sbridge plot`` writes into ``RUN/plots``.
-PLOT_FILES = ("samples.png", "trajectories.png", "loss.png", "iterations.png", "transport.png", "variational.png")
+PLOT_FILES = ("samples.png", "trajectories.png", "loss.png", "iterations.png", "transport.png", "variational.png",
+              "reconstructions.png", "interpolations.png")
 
 
 def temporary_files(path: Path) -> list[Path]:

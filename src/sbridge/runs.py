@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from sbridge import distributed, io, metrics
-from sbridge.data import toy
+from sbridge.data import images, toy
 from sbridge.device import resolve_device, stream_seed
 from sbridge.errors import ConfigError, DataError, RunDirError
 from sbridge.solvers.base import SOLVERS, Solver, load
@@ -59,6 +59,12 @@ class RunSpec:
     resume: bool = False
     overwrite: bool = False
     solver: dict[str, Any] = field(default_factory=dict)
+    class_cond: bool = False
+    classes: list[int] | None = None
+    data_path: str | None = None
+    latent: str | None = None
+    latent_dim: int = 0
+    ae_steps: int = 3_000
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
@@ -95,8 +101,9 @@ class RunSpec:
             raise ConfigError(f"solver option name {bad_solver_keys[0]!r} is not a name; solver options are words "
                               "such as sigma.")
         for name in (spec.data, spec.prior):
-            if name is not None and not is_data_file(name):
-                check_choice(name, toy.DATASETS, "dataset")
+            if name is not None and not is_data_file(name) and name not in images.DATASETS:
+                check_choice(name, toy.DATASETS + images.DATASETS, "dataset")
+        _check_image_options(spec)
         if spec.prior is not None and not can_transport(SOLVERS[spec.method]):
             bridges = ", ".join(m for m, c in SOLVERS.items() if can_transport(c))
             raise ConfigError(f"method {spec.method!r} generates from noise and takes no --prior; use a bridge "
@@ -116,10 +123,41 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "steps": (int,), "seed": (int,), "out": (str,), "device": (str,), "batch_size": (int,), "lr": (int, float),
     "lr_schedule": (str,), "ema_decay": (int, float), "grad_clip": (int, float), "checkpoint_every": (int,),
     "eval_every": (int,), "eval_n": (int,), "loss_growth": (str,), "shards": (int,), "precision": (str,),
-    "quiet": (bool,), "resume": (bool,), "overwrite": (bool,), "solver": (dict,),
+    "quiet": (bool,), "resume": (bool,), "overwrite": (bool,), "solver": (dict,), "class_cond": (bool,),
+    "classes": (list, type(None)), "data_path": (str, type(None)), "latent": (str, type(None)), "latent_dim": (int,),
+    "ae_steps": (int,),
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a mapping",
-               type(None): "empty"}
+               list: "a list", type(None): "empty"}
+
+
+def _check_image_options(spec: RunSpec) -> None:
+    """The options of image data (labels, classes, data path) and of latent runs, checked together."""
+    image = spec.data in images.DATASETS
+    if not image:
+        for key, flag in (("class_cond", "--class-cond"), ("classes", "--classes"), ("data_path", "--data-path")):
+            if getattr(spec, key):
+                raise ConfigError(f"{flag} applies to the image data sets ({', '.join(images.DATASETS)}), not to "
+                                  f"{spec.data!r}; drop it.")
+    if spec.classes is not None:
+        if not spec.classes or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 9
+                                   for c in spec.classes):
+            raise ConfigError(f"classes must be a non-empty list of labels 0-9, got {spec.classes!r}; e.g. --classes "
+                              "0,1,2,3,4.")
+    if spec.data_path is not None and spec.data != "fashion-mnist":
+        raise ConfigError("--data-path locates the Fashion-MNIST files; the digits ship with scikit-learn. Drop it.")
+    if isinstance(spec.latent_dim, bool) or spec.latent_dim < 0:
+        raise ConfigError(f"latent_dim must be a positive integer (0: no latent space), got {spec.latent_dim!r}.")
+    check_positive_int(spec.ae_steps, "ae_steps")
+    latent = spec.latent is not None or (spec.latent_dim and spec.method != "autoencoder")
+    if spec.latent is not None and spec.latent_dim:
+        raise ConfigError("--latent reuses a trained autoencoder (its latent dimension is fixed) and --latent-dim "
+                          "trains a new one; pass only one of them.")
+    if latent and (spec.prior is not None or spec.method == "autoencoder" or not can_sample(SOLVERS[spec.method])):
+        raise ConfigError(f"a latent run needs a generative method (sgm, vsdm, follmer, ...) and no --prior; "
+                          f"{spec.method!r} cannot run in the latent space.")
+    if spec.class_cond and spec.method == "autoencoder":
+        raise ConfigError("the autoencoder is not conditional; drop --class-cond (condition the latent solver).")
 
 
 def _coerce_number(value: Any, types: tuple[type, ...]) -> Any:
@@ -190,8 +228,20 @@ def read_data_file(path: str | Path) -> torch.Tensor:
     return as_data_tensor(array, name=f"data file {str(p)!r}")
 
 
+def is_image_spec(spec: dict[str, Any] | None) -> bool:
+    """Whether a recorded data spec names an image data set."""
+    return spec is not None and spec.get("kind") == "images"
+
+
+def load_images(spec: dict[str, Any], split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of an image data spec (``split`` ``"train"`` or ``"test"``)."""
+    return images.load(spec["name"], split, classes=spec.get("classes"), path=spec.get("data_path"))
+
+
 def load_data(spec: dict[str, Any], n: int | None = None, seed_offset: int = 0) -> torch.Tensor:
     """The data a run was trained on (``seed_offset`` 0) or fresh draws from the same law (toy sets only)."""
+    if is_image_spec(spec):
+        return load_images(spec)[0]
     if "path" in spec:
         return read_data_file(spec["path"])
     return toy.sample(spec["name"], n or spec["n"], seed=spec["seed"] + seed_offset)
@@ -203,9 +253,15 @@ SAMPLE_SHARD_STREAM = 15
 PRIOR_SEED_OFFSET = 500
 
 
-def _data_info(name: str, n: int, seed: int) -> dict[str, Any]:
+def _data_info(name: str, n: int, seed: int, spec: RunSpec | None = None) -> dict[str, Any]:
     """How a run's data is recorded: a toy set by name, size and seed; a file by path and the SHA-256 of its bytes
-    (so a resume notices a file whose contents changed)."""
+    (so a resume notices a file whose contents changed); an image set by name, classes and data folder (all its
+    training images)."""
+    if name in images.DATASETS:
+        classes = None if spec is None or spec.classes is None else sorted(set(spec.classes))
+        folder = None if spec is None or spec.data_path is None else str(Path(spec.data_path).resolve())
+        info = {"name": name, "kind": "images", "classes": classes, "data_path": folder, "seed": seed}
+        return {**info, "n": int(load_images(info)[0].shape[0])}
     if is_data_file(name):
         return {"name": Path(name).stem, "path": str(Path(name).resolve()), "seed": seed, "sha256": _file_digest(name)}
     return {"name": name, "n": n, "seed": seed}
@@ -248,19 +304,28 @@ def data_spec(run_dir: Path) -> dict[str, Any]:
     return spec
 
 
-def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
-    """Build the solver named by ``spec``, train it on its toy data set and write the run directory."""
+def train(spec: RunSpec, callbacks: tuple = ()) -> Any:
+    """Build the solver named by ``spec`` (in the latent space of an autoencoder with ``latent`` / ``latent_dim``),
+    train it on its data set and write the run directory."""
     out = Path(spec.out)
-    data_info = _data_info(spec.data, spec.n_data, spec.seed)
+    data_info = _data_info(spec.data, spec.n_data, spec.seed, spec)
     x = load_data(data_info)
+    labels = load_images(data_info)[1] if spec.class_cond else None
     cls = SOLVERS[spec.method]
     options = dict(spec.solver)
     if spec.iterations:
         if "iterations" not in cls.fit_options:
             raise ConfigError(f"method {spec.method!r} has no outer iterations; drop --iterations.")
         options["iterations"] = spec.iterations
+    if spec.class_cond:
+        options.setdefault("cond", {"kind": "label", "classes": 10})
+    if spec.method == "autoencoder" and spec.latent_dim:
+        options["latent_dim"] = spec.latent_dim
+    latent = spec.latent is not None or bool(spec.latent_dim and spec.method != "autoencoder")
+    autoencoder = _latent_autoencoder(spec, tuple(x.shape[1:])) if latent else None
+    shape = (autoencoder.latent_dim,) if autoencoder is not None else tuple(x.shape[1:])
     try:
-        solver = cls(shape=tuple(x.shape[1:]), seed=spec.seed, device=spec.device, **options)
+        solver = cls(shape=shape, seed=spec.seed, device=spec.device, **options)
     except TypeError as exc:
         raise ConfigError(_solver_option_error(spec.method, cls, str(exc))) from None
     common = {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "lr_schedule": spec.lr_schedule,
@@ -271,16 +336,66 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Solver:
     prior_info = None if spec.prior is None else _data_info(spec.prior, spec.n_data, spec.seed + PRIOR_SEED_OFFSET)
     prior = None if prior_info is None else load_data(prior_info)
     run_info: dict[str, Any] = {"data": data_info, "prior": prior_info}
+    if autoencoder is not None:
+        from sbridge.latent import LatentBridge
+
+        model: Any = LatentBridge(autoencoder, solver)
+        run_info["latent_source"] = None if spec.latent is None else str(Path(spec.latent).resolve())
+        common.update(autoencoder_steps=spec.ae_steps,
+                      autoencoder_options={k: common[k] for k in ("batch_size", "checkpoint_every", "precision",
+                                                                  "shards", "loss_growth", "grad_clip")})
+    else:
+        model = solver
     evaluate = None
-    if spec.eval_every and prior is None and can_sample(solver):
+    if spec.eval_every and prior is None and can_sample(model):
         reference, _ = _reference_and_floor(data_info, spec.eval_n)
+        scorer = _image_scorer(data_info) if is_image_spec(data_info) else None
 
         def evaluate(step: int) -> dict[str, Any]:
-            samples = solver.sample(spec.eval_n)
+            samples = _generate(model, None, spec.eval_n, None, False, "heun", None)
+            if scorer is not None:
+                return {"frechet": {"value": frechet_of(scorer, samples, reference)}}
             return {"energy": {"value": metrics.energy_distance(samples.flatten(1), reference.flatten(1))}}
 
-    solver.fit(x, prior=prior, evaluate=evaluate, run_info=run_info, **common)
-    return solver
+    if labels is not None:
+        common["cond"] = labels
+    model.fit(x, prior=prior, evaluate=evaluate, run_info=run_info, **common)
+    return model
+
+
+def _latent_autoencoder(spec: RunSpec, shape: tuple[int, ...]) -> Any:
+    """The autoencoder of a latent run: loaded from ``spec.latent`` (its event shape checked against the data) or a
+    new one of ``spec.latent_dim`` to be trained as the run's first stage."""
+    from sbridge.latent import load_autoencoder
+    from sbridge.solvers.autoencoder import Autoencoder
+
+    if spec.latent is None:
+        return Autoencoder(shape=shape, latent_dim=spec.latent_dim, seed=spec.seed, device=spec.device)
+    autoencoder = load_autoencoder(io.require_run_dir(spec.latent), device=spec.device)
+    if autoencoder.event_shape != shape:
+        raise ConfigError(f"the autoencoder in {spec.latent!r} encodes samples of shape {autoencoder.event_shape}, "
+                          f"but {spec.data!r} has shape {shape}; pretrain one on data of this shape.")
+    return autoencoder
+
+
+def training_images(spec: dict[str, Any], n: int) -> torch.Tensor:
+    """``n`` random training images of an image data spec (seeded)."""
+    train_images = load_images(spec)[0]
+    gen = torch.Generator().manual_seed(spec["seed"] + REFERENCE_SEED_OFFSET)
+    return train_images[torch.randperm(train_images.shape[0], generator=gen)[:n]]
+
+
+def _image_scorer(spec: dict[str, Any]) -> Any:
+    from sbridge.image_metrics import ImageMetrics
+
+    return ImageMetrics(spec["name"], path=spec.get("data_path"))
+
+
+def frechet_of(scorer: Any, samples: torch.Tensor, reference: torch.Tensor) -> float:
+    """Classifier Fréchet distance of ``samples`` to ``reference``."""
+    from sbridge.image_metrics import frechet_distance
+
+    return frechet_distance(scorer.features(samples), scorer.features(reference))
 
 
 def _solver_option_error(method: str, cls: type, message: str) -> str:
@@ -324,8 +439,17 @@ def _reference_and_floor(spec: dict[str, Any], n: int) -> tuple[torch.Tensor, to
 
     Toy sets draw fresh points with seeds that do not overlap the training data. A data file is shuffled and split
     into two disjoint halves (``n`` shrinks to half the file when the file is small); they are not held out from
-    training, so the comparison measures fit, not generalisation.
+    training, so the comparison measures fit, not generalisation. Image sets: the reference and the floor sample
+    are two disjoint halves of the held-out test split (``n`` shrinks to half its size): training images are not a
+    fair floor, because the feature classifier was trained on them and sees them differently
+    (:func:`training_images`).
     """
+    if is_image_spec(spec):  # two disjoint halves of the held-out test split
+        held_out = load_images(spec, "test")[0]
+        gen = torch.Generator().manual_seed(spec["seed"] + FLOOR_SEED_OFFSET)
+        order = torch.randperm(held_out.shape[0], generator=gen)
+        n = min(n, held_out.shape[0] // 2)
+        return held_out[order[:n]], held_out[order[held_out.shape[0] - n:]]
     if "path" not in spec:
         return (load_data(spec, n, REFERENCE_SEED_OFFSET), load_data(spec, n, FLOOR_SEED_OFFSET))
     data = load_data(spec)
@@ -336,22 +460,42 @@ def _reference_and_floor(spec: dict[str, Any], n: int) -> tuple[torch.Tensor, to
     return data[order[:n]], data[order[n:2 * n]]
 
 
-def _generate(solver: Solver, run_dir: Path, n: int, steps: int | None, ode: bool, method: str, seed: int | None,
-              return_path: bool = False, grid: str = "uniform", rows: slice | None = None) -> torch.Tensor:
+def _generate(solver: Any, run_dir: Path | None, n: int, steps: int | None, ode: bool, method: str, seed: int | None,
+              return_path: bool = False, grid: str = "uniform", rows: slice | None = None, label: int | None = None,
+              guidance: float = 0.0) -> torch.Tensor:
     """Model samples of the data end (generative runs) or of the second data set: fresh points of the first data
     set transported forward (bridges between two data sets). ``rows``: only this part of the ``n`` (one process's
-    share of a distributed draw)."""
+    share of a distributed draw). Class-conditional runs draw the labels ``0, 1, ..., K - 1, 0, ...`` in turn (or
+    ``label`` for all), with classifier-free guidance weight ``guidance``."""
     kwargs: dict[str, Any] = {"steps": steps} if steps is not None else {}
+    if not can_sample(solver) and not can_transport(solver):
+        raise ConfigError(f"a {solver.method} run neither samples nor transports; use it as the autoencoder of a "
+                          "latent run (sbridge train --latent RUN) or evaluate its reconstructions.")
     if grid != "uniform":
         if "grid" not in inspect.signature(solver.sample).parameters:
             raise ConfigError(f"{solver.method} samples on its own time grid; drop --grid {grid}.")
         kwargs["grid"] = grid
-    prior = prior_spec(run_dir)
+    prior = None if run_dir is None else prior_spec(run_dir)
     if prior is not None and not can_transport(solver):
         raise RunDirError(f"{str(run_dir / io.CONFIG_FILE)!r} records a second data set, but {solver.method} does not "
                           "transport between data sets; restore the file or retrain the run.")
+    cond_spec = solver.cond_spec
+    if (label is not None or guidance) and (cond_spec is None or cond_spec["kind"] != "label"):
+        raise ConfigError("--label and --guidance apply to class-conditional runs (trained with --class-cond).")
+    if guidance:
+        inner = getattr(solver, "solver", solver)  # a latent run samples with its latent solver
+        if "guidance" not in inspect.signature(inner.sample).parameters:
+            raise ConfigError(f"{inner.method} has no classifier-free guidance; drop --guidance.")
+        kwargs["guidance"] = guidance
     if prior is None:
         count = n if rows is None else len(range(n)[rows])
+        if cond_spec is not None and cond_spec["kind"] == "label":
+            classes = cond_spec["classes"]
+            if label is not None and not 0 <= label < classes:
+                raise ConfigError(f"--label must lie in 0..{classes - 1}, got {label}.")
+            first = 0 if rows is None else range(n)[rows].start
+            kwargs["cond"] = (torch.full((count,), label) if label is not None
+                              else (torch.arange(first, first + count) % classes))
         return solver.sample(count, ode=ode, method=method, seed=seed, return_path=return_path, **kwargs)
     source, _ = _reference_and_floor(data_spec(run_dir), n)
     if rows is not None:
@@ -361,20 +505,21 @@ def _generate(solver: Solver, run_dir: Path, n: int, steps: int | None, ode: boo
 
 def sample(run_dir: str | Path, n: int, *, steps: int | None = None, ode: bool = False, method: str = "heun",
            grid: str = "uniform", seed: int | None = None, device: str = "auto",
-           return_path: bool = False) -> tuple[torch.Tensor, int]:
+           return_path: bool = False, label: int | None = None, guidance: float = 0.0) -> tuple[torch.Tensor, int]:
     """Load a run and draw ``n`` samples (see :func:`_generate`); returns ``(samples, nfe)``."""
     path = io.require_run_dir(run_dir)
     solver = load(path, device=device)
     ctx = distributed.context()
+    labels = {"label": label, "guidance": guidance}
     if not ctx.active or return_path:
-        x = _generate(solver, path, n, steps, ode, method, seed, return_path, grid)
+        x = _generate(solver, path, n, steps, ode, method, seed, return_path, grid, **labels)
         return x.cpu(), int(solver.last_nfe or 0)
     # distributed: each process draws a contiguous share with its own seed; the shares are gathered in rank order
     n = check_positive_int(n, "n")
     lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
     base = check_seed(seed) if seed is not None else solver.seed + 1
     local_seed = base if ctx.rank == 0 else stream_seed(base, SAMPLE_SHARD_STREAM, ctx.rank)
-    x = _generate(solver, path, n, steps, ode, method, local_seed, False, grid, rows=slice(lo, hi))
+    x = _generate(solver, path, n, steps, ode, method, local_seed, False, grid, rows=slice(lo, hi), **labels)
     parts = distributed.all_gather_objects(x.cpu(), ctx)
     return torch.cat(parts), int(solver.last_nfe or 0)
 
@@ -382,12 +527,16 @@ def sample(run_dir: str | Path, n: int, *, steps: int | None = None, ode: bool =
 def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int | None = None, ode: bool = False,
              method: str = "heun", grid: str = "uniform", seed: int | None = None, device: str = "auto",
              metric_names: list[str] | None = None, nll: bool = False, nll_n: int = 1_000,
-             dequantize: int | None = None) -> dict[str, Any]:
+             dequantize: int | None = None, label: int | None = None, guidance: float = 0.0) -> dict[str, Any]:
     """Score ``n`` model samples against fresh data, each metric beside its noise floor.
 
     For a bridge between two data sets the samples are fresh points of the first set transported forward, scored
     against fresh points of the second; the result also holds the mean squared displacement of the transport
     beside that of a random pairing (an optimal-transport-like bridge moves points much less).
+
+    Image runs are scored by the classifier Fréchet distance and KID (:mod:`sbridge.image_metrics`) against held-out
+    test images, beside the same metrics of real training images; class-conditional runs add the fraction of samples
+    the classifier assigns to the label they were drawn with. An autoencoder run reports its reconstruction error.
 
     ``nll=True`` adds the exact negative log-likelihood of ``nll_n`` fresh data points
     (:func:`negative_log_likelihood`).
@@ -398,12 +547,31 @@ def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int | None = None, o
     if nll and prior is not None:
         raise ConfigError("--nll needs a generative run (data to noise); a bridge between two data sets has no "
                           "likelihood of its own.")
-    samples, nfe = sample(path, n, steps=steps, ode=ode, method=method, grid=grid, seed=seed, device=device)
+    model = load(path, device=device)
+    if not can_sample(model) and not can_transport(model):
+        return _evaluate_autoencoder(model, path, target, n)
+    samples, nfe = sample(path, n, steps=steps, ode=ode, method=method, grid=grid, seed=seed, device=device,
+                          label=label, guidance=guidance)
     reference, floor = _reference_and_floor(target, n)
     samples = samples[: reference.shape[0]]
     result = {"run": str(path), "data": target["name"], "n": int(samples.shape[0]), "steps": steps, "ode": ode,
-              "sampler": method if ode else "euler_maruyama", "nfe": nfe,
-              "metrics": metrics.evaluate(samples, reference, floor, metrics=metric_names)}
+              "sampler": method if ode else "euler_maruyama", "nfe": nfe}
+    if is_image_spec(target):
+        if metric_names:
+            raise ConfigError("image runs are scored by the classifier Fréchet distance and KID; drop the metric list.")
+        scorer = _image_scorer(target)
+        scores = scorer.compare(samples, reference, floor)
+        result["metrics"] = {k: scores[k] for k in ("frechet", "kid")}
+        seen = scorer.compare(training_images(target, samples.shape[0]), reference)
+        result["training_images"] = {k: seen[k]["value"] for k in ("frechet", "kid")}
+        result["features"] = scores["features"]
+        result["classifier_accuracy"] = scores["classifier_accuracy"]
+        if model.cond_spec is not None and model.cond_spec["kind"] == "label":
+            drawn = (torch.full((samples.shape[0],), label) if label is not None
+                     else torch.arange(samples.shape[0]) % model.cond_spec["classes"])
+            result["label_accuracy"] = float((scorer.predict(samples) == drawn).float().mean())
+    else:
+        result["metrics"] = metrics.evaluate(samples, reference, floor, metrics=metric_names)
     if prior is not None:
         source, _ = _reference_and_floor(data_spec(path), n)
         source = source[: samples.shape[0]]
@@ -412,8 +580,17 @@ def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int | None = None, o
                                   "random_pairing": float(((reference[: source.shape[0]] - source) ** 2).sum(1).mean())}
     if nll:
         points, _ = _reference_and_floor(target, check_positive_int(nll_n, "nll_n"))
-        result["nll"] = negative_log_likelihood(load(path, device=device), points, dequantize=dequantize)
+        result["nll"] = negative_log_likelihood(model, points, dequantize=dequantize)
     return result
+
+
+def _evaluate_autoencoder(model: Any, path: Path, spec: dict[str, Any], n: int) -> dict[str, Any]:
+    """Reconstruction error (per-pixel MSE) of held-out data beside that of training data."""
+    reference, _ = _reference_and_floor(spec, n)
+    seen = training_images(spec, reference.shape[0]) if is_image_spec(spec) else load_data(spec)[:n]
+    return {"run": str(path), "data": spec["name"], "n": int(reference.shape[0]), "latent_dim": model.latent_dim,
+            "reconstruction_mse": {"held_out": model.reconstruction_error(reference),
+                                   "training": model.reconstruction_error(seen)}}
 
 
 def negative_log_likelihood(solver: Solver, x: torch.Tensor, *, dequantize: int | None = None,
@@ -426,15 +603,22 @@ def negative_log_likelihood(solver: Solver, x: torch.Tensor, *, dequantize: int 
     from sbridge.likelihood import uniform_dequantize
 
     if not has_likelihood(solver):
-        raise ConfigError(f"{solver.method} has no likelihood; drop --nll.")
+        inner = getattr(solver, "solver", None)
+        what = f"this latent run's solver ({inner.method})" if inner is not None else solver.method
+        raise ConfigError(f"{what} has no likelihood; drop --nll.")
     x = x.to(solver.device)
+    d = getattr(solver, "likelihood_dim", solver.dim)
+    latent = d != solver.dim
+    if dequantize is not None and latent:
+        raise ConfigError("a latent run's likelihood is a density of the latent codes, which are not quantised; "
+                          "drop --dequantize.")
     if dequantize is not None:
         x = uniform_dequantize(x, dequantize, generator=torch.Generator(device=x.device).manual_seed(seed))
     logp = solver.log_prob(x, seed=seed).double().cpu()
-    result = {"n": int(x.shape[0]), **_per_dim(logp, solver.dim, dequantize), "dequantized": dequantize,
-              "nfe": int(solver.last_nfe or 0)}
+    result = {"n": int(x.shape[0]), **_per_dim(logp, d, dequantize), "dequantized": dequantize,
+              "nfe": int(solver.last_nfe or 0), "space": "latent" if latent else "data"}
     if has_elbo(solver):  # the bound beside the exact value: -ELBO >= NLL of the SDE sampler
-        result["bound"] = _per_dim(solver.elbo(x, seed=seed).double().cpu(), solver.dim, dequantize)
+        result["bound"] = _per_dim(solver.elbo(x, seed=seed).double().cpu(), d, dequantize)
     return result
 
 
@@ -461,6 +645,8 @@ def _plot(run_dir: str | Path, *, n: int, steps: int | None, ode: bool, device: 
 
     path = io.require_run_dir(run_dir)
     solver = load(path, device=device)
+    if is_image_spec(_checked_data_spec(path, "data")) or not (can_sample(solver) or can_transport(solver)):
+        return _plot_images(solver, path, steps, ode)
     if can_transport(solver):
         return _plot_bridge(solver, path, n, steps)
     spec = data_spec(path)
@@ -512,3 +698,62 @@ def _plot_bridge(solver: Solver, path: Path, n: int, steps: int | None) -> list[
         written.append(plots.plot_transport(paths[0], paths[-1], target, out / "transport.png",
                                             title=f"{data_spec(path)['name']} -> {target_spec['name']}"))
     return written
+
+
+def _plot_images(model: Any, path: Path, steps: int | None, ode: bool) -> list[Path]:
+    """Image runs: a grid of samples beside real images (one class per row for class-conditional runs), the sampling
+    trajectory of a few images, the loss; with an autoencoder (its own run or a latent run's stage) also
+    reconstructions of held-out images and decoded interpolations between pairs of codes."""
+    from sbridge import plot as plots
+
+    out = path / "plots"
+    spec = data_spec(path)
+    held_out, _ = _reference_and_floor(spec, 80)
+    written = []
+    autoencoder = model if not can_sample(model) else getattr(model, "autoencoder", None)
+    if can_sample(model):
+        kwargs = {"steps": steps} if steps is not None else {}
+        label_rows = model.cond_spec is not None and model.cond_spec["kind"] == "label"
+        count = 8 * model.cond_spec["classes"] if label_rows else 64
+        cond = {"cond": torch.arange(count) // 8} if label_rows else {}
+        inner = getattr(model, "solver", model)
+        kind = "probability-flow ODE" if ode else "SDE"
+        samples = model.sample(count, ode=ode, **kwargs, **cond).cpu()
+        by_class = ", one class per row" if label_rows else ""
+        name = f"latent {inner.method.upper()} (d* = {model.latent_dim})" if inner is not model else \
+            model.method.upper()
+        written.append(plots.plot_image_grids([("held-out data", held_out[:count]), ("samples", samples)],
+                                              out / "samples.png", title=f"{name} on {spec['name']} ({kind}"
+                                                                         f"{by_class})"))
+        steps_used = steps or 100
+        sub = {"cond": torch.arange(8) % model.cond_spec["classes"]} if label_rows else {}
+        paths = model.sample(8, return_path=True, **kwargs, **sub).cpu()  # (steps + 1 [+ 1], 8, C, H, W)
+        cols = torch.linspace(0, paths.shape[0] - 1, 9).round().long()
+        written.append(plots.plot_image_rows(paths[cols].transpose(0, 1), out / "trajectories.png",
+                                             column_labels=[f"{int(c)}" for c in cols],
+                                             title=f"sampling trajectories (SDE, {steps_used} steps; column = step)"))
+        rows = io.read_jsonl(_metrics_file(path, model))
+        written.append(plots.plot_loss(rows, out / "loss.png"))
+    if autoencoder is not None:
+        recon = autoencoder.reconstruct(held_out[:16]).cpu()
+        written.append(plots.plot_image_grids([("held-out images", held_out[:16]), ("reconstructions", recon)],
+                                              out / "reconstructions.png", nrow=4,
+                                              title=f"autoencoder, d* = {autoencoder.latent_dim}"))
+        codes = autoencoder.encode(held_out[:12])
+        weights = torch.linspace(0, 1, 9, device=codes.device)[:, None, None]
+        lines = (1 - weights) * codes[0::2][None] + weights * codes[1::2][None]  # (9, 6, d*)
+        decoded = autoencoder.decode(lines.reshape(-1, autoencoder.latent_dim)).cpu()
+        decoded = decoded.reshape(9, 6, *autoencoder.event_shape).transpose(0, 1)
+        written.append(plots.plot_image_rows(decoded, out / "interpolations.png",
+                                             column_labels=[f"{float(w):.2g}" for w in weights.flatten()],
+                                             title="decoded straight lines between the codes of two held-out images"))
+        if not can_sample(model):
+            written.append(plots.plot_loss(io.read_jsonl(path / io.METRICS_FILE), out / "loss.png"))
+    return written
+
+
+def _metrics_file(path: Path, model: Any) -> Path:
+    """The training log of a run: a latent run's is its latent stage's."""
+    from sbridge.latent import LATENT_DIR
+
+    return path / LATENT_DIR / io.METRICS_FILE if getattr(model, "method", "") == "latent" else path / io.METRICS_FILE

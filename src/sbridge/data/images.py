@@ -54,13 +54,13 @@ def _select(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[int] |
 
 
 #: The digits have no official split: a fixed permutation puts this many of the 1,797 images in the test split.
-DIGITS_TEST_SIZE = 360
+DIGITS_TEST_SIZE = 600
 SPLITS = ("train", "test", "all")
 
 
 def digits(split: str = "all", *, classes: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 1,797 handwritten digits, ``(n, 1, 8, 8)`` in ``[0, 1]`` (pixel counts 0..16 divided by 16),
-    with their labels 0..9. ``split``: ``"all"``, or a fixed train (1,437) / test (360) split drawn by a seeded
+    with their labels 0..9. ``split``: ``"all"``, or a fixed train (1,197) / test (600) split drawn by a seeded
     permutation; ``classes`` keeps only those labels."""
     check_choice(split, SPLITS, "split")
     try:

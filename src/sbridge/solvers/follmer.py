@@ -231,3 +231,33 @@ class SchrodingerFollmer(Solver):
             nfe += 1
         self.last_nfe = nfe * (2 if guidance and c is not None else 1)
         return out
+
+    # ---- likelihood --------------------------------------------------------------------------------------------
+    @property
+    def log_prob(self) -> Any:
+        """``log_prob(x, cond=None, **kw)``: the exact log-density (nats, ``(n,)``) of ``X_T`` — the early-stopped
+        state, before the final denoising — under case H's probability-flow ODE from the Gaussian ``nu``
+        (instantaneous change of variables, :func:`sbridge.likelihood.log_prob_ode`, in the reversed time
+        ``s = 1 - t``). ``None`` (no likelihood) for case F (a point start has no density) and for
+        ``prior="data"``."""
+        if self.case == "F" or self.prior == "data":
+            return None
+        return self._log_prob
+
+    def _log_prob(self, x: Any, *, cond: Any = None, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+                  divergence: str = "auto", seed: int = 0) -> torch.Tensor:
+        from sbridge.likelihood import log_prob_ode
+
+        x = self._data(x, "points")
+        c = None if cond is None else self._condition(cond, x.shape[0])
+        mean, chol = self.register["prior_mean"].to(self.device), self.register["prior_chol"].to(self.device)
+
+        def prior_log_prob(y: torch.Tensor) -> torch.Tensor:
+            white = torch.linalg.solve_triangular(chol, (flat(y) - mean).T, upper=False).T
+            return (-0.5 * (white**2).sum(1) - chol.diagonal().log().sum() - 0.5 * self.dim * math.log(2 * math.pi))
+
+        self.ema_models.eval()
+        logp, self.last_nfe = log_prob_ode(lambda y, s: -self.velocity(y, 1.0 - s, c), x, t0=self.delta, t1=1.0,
+                                           prior_log_prob=prior_log_prob, method=method, rtol=rtol, atol=atol,
+                                           divergence=divergence, seed=seed, return_nfe=True)
+        return logp
