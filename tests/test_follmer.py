@@ -63,8 +63,8 @@ def test_exact_denoisers_carry_nu_to_the_data_law(case: str, ode: bool) -> None:
 
 def test_case_h_log_prob_is_the_density_of_the_early_stopped_state() -> None:
     sf = oracle_solver("H")
-    sf.register["prior_mean"] = MEAN  # nu's exact moments for Gaussian data: N(MEAN, COV + tau I)
-    sf.register["prior_chol"] = torch.linalg.cholesky(COV + 2.0 * torch.eye(2))
+    sf.nu_state["prior_mean"] = MEAN  # nu's exact moments for Gaussian data: N(MEAN, COV + tau I)
+    sf.nu_state["prior_chol"] = torch.linalg.cholesky(COV + 2.0 * torch.eye(2))
     x = gaussian_data(20, seed=3)
     cov_T = COV + 2.0 * sf.delta * torch.eye(2)  # X_T = Y + sqrt(tau delta) Z
     exact = torch.distributions.MultivariateNormal(MEAN, cov_T).log_prob(x)
@@ -106,7 +106,7 @@ def test_save_load_round_trip_with_stored_points(tmp_path) -> None:  # noqa: ANN
     sf = sbridge.SchrodingerFollmer(2, prior="data", hidden=16, device="cpu")
     sf.fit(gaussian_data(300), steps=20, batch_size=64, quiet=True, out=tmp_path / "run")
     back = sbridge.load(tmp_path / "run", device="cpu")
-    assert back.register["prior_points"].shape == (300, 2)
+    assert back.nu_state["prior_points"].shape == (300, 2)
     assert torch.equal(back.sample(50, seed=3), sf.sample(50, seed=3))
 
 
@@ -115,5 +115,10 @@ def test_errors() -> None:
         sbridge.SchrodingerFollmer(2, case="G")
     with pytest.raises(ConfigError, match="delta"):
         sbridge.SchrodingerFollmer(2, delta=0.0)
+    with pytest.raises(ConfigError, match="takes no prior"):
+        sbridge.SchrodingerFollmer(2, case="F", prior="data")
+    loader = torch.utils.data.DataLoader(gaussian_data(32), batch_size=8)
+    with pytest.raises(ConfigError, match="DataLoader"):
+        sbridge.SchrodingerFollmer(2, device="cpu").fit(loader, steps=1, quiet=True)
     with pytest.raises(ConfigError, match="single point"):
         sbridge.SchrodingerFollmer(2, case="F", device="cpu").sample(4, ode=True)

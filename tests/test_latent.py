@@ -4,6 +4,7 @@ class-conditional sampling, the CLI's image options and errors."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
@@ -23,7 +24,7 @@ from sbridge.cli import main
 from sbridge.data import images
 from sbridge.errors import ConfigError
 from sbridge.image_metrics import ImageMetrics, frechet_distance, kernel_distance, train_classifier
-from sbridge.runs import _reference_and_floor, has_likelihood
+from sbridge.runs import _reference_and_floor, drawn_labels, has_likelihood
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 DIGITS = {"name": "digits", "kind": "images", "classes": None, "data_path": None, "seed": 0, "n": 1197}
@@ -106,7 +107,7 @@ def test_latent_log_prob_is_the_solvers_density_of_the_codes(digits_train: tuple
     z = (codes - lb.latent_mean) / lb.latent_std
     expected = lb.solver.log_prob(z) - lb.latent_std.log().sum()  # change of variables of the standardisation
     assert torch.allclose(lb.log_prob(x[:5]), expected, atol=1e-4)
-    lb.solver = sbridge.SchrodingerFollmer(dim=4, device="cpu")  # no likelihood: the latent run has none either
+    lb.solver = sbridge.SchrodingerFollmer(dim=4, case="F", device="cpu")  # no likelihood: nor has the latent run
     assert lb.log_prob is None and not has_likelihood(lb)
 
 
@@ -194,8 +195,14 @@ def test_cli_latent_sgm_on_digits_is_near_the_floor_and_follows_its_labels(tmp_p
     assert code == 0, err
     for name in ("samples", "trajectories", "reconstructions", "interpolations", "loss"):
         assert (lat / "plots" / f"{name}.png").is_file()
+    pretrained, reused = sbridge.load(ae).ema_models.state_dict(), sbridge.load(lat).autoencoder.ema_models.state_dict()
+    assert all(torch.equal(pretrained[k], reused[k]) for k in pretrained)  # --latent reuses it, never retrains it
     code, _, err = cli(capsys, "sample", ae, "--n", "4")
     assert code == 2 and "neither samples" in err
+    code, _, err = cli(capsys, "evaluate", ae, "--nll")
+    assert code == 2 and "reconstruction error only" in err
+    code, _, err = cli(capsys, "train", "--data", "digits", "--latent-dim", "4", "--resume", "--out", ae, "--quiet")
+    assert code == 2 and "not a latent one" in err  # a resume never writes a latent run over another run
     code, _, err = cli(capsys, "sample", lat, "--n", "4", "--label", "11")
     assert code == 2 and "0..9" in err
     assert io.read_run_config(lat)["solver"]["method"] == "latent"
@@ -210,6 +217,8 @@ def test_cli_latent_sgm_on_digits_is_near_the_floor_and_follows_its_labels(tmp_p
     (["--data", "digits", "--method", "dsbm", "--prior", "moons", "--latent-dim", "4"], "latent"),
     (["--data", "digits", "--method", "autoencoder", "--class-cond"], "not conditional"),
     (["--data", "fashion-mnist", "--data-path", "/nonexistent"], "Fashion-MNIST was not found"),
+    (["--data", "moons", "--method", "autoencoder"], "decodes into [0, 1]"),
+    (["--data", "moons", "--latent-dim", "2"], "decodes into [0, 1]"),
 ])
 def test_cli_image_option_errors(argv: list[str], message: str, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,8 +233,17 @@ def test_pixel_sgm_on_images_and_its_label_errors(tmp_path: Path, capsys: pytest
     assert code == 0, err
     cfg = io.read_run_config(tmp_path / "p")
     assert cfg["data"]["classes"] == [0, 1, 2] and cfg["solver"]["shape"] == [1, 8, 8]
+    assert cfg["data"]["n"] == int(sum((images.digits("train")[1] == c).sum() for c in (0, 1, 2)))
     code, _, err = cli(capsys, "evaluate", tmp_path / "p", "--n", "50", "--guidance", "1")
     assert code == 2 and "class-conditional" in err
+    code, _, err = cli(capsys, "train", "--data", "digits", "--classes", "3,5", "--class-cond", "--steps", "4",
+                       "--batch-size", "16", "--set", "net={name: mlp, hidden: 8, depth: 1}", "--out",
+                       tmp_path / "c", "--quiet")
+    assert code == 0, err
+    model = sbridge.load(tmp_path / "c")
+    assert drawn_labels(model, tmp_path / "c", 5).tolist() == [3, 5, 3, 5, 3]  # only the trained classes
+    code, _, err = cli(capsys, "sample", tmp_path / "c", "--n", "4", "--label", "4")
+    assert code == 2 and "3, 5" in err
 
 
 def test_image_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,3 +255,19 @@ def test_image_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (tmp_path / "demo" / "plots" / "samples.png").is_file()
     code, _, err = cli(capsys, "demo", "--data", "fashion-mnist", "--out", tmp_path / "x")
     assert code == 2 and "--images" in err
+
+
+def test_a_users_own_encoder_and_decoder(tmp_path: Path) -> None:
+    enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    dec = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.Sigmoid(), torch.nn.Unflatten(1, (1, 8, 8)))
+    ae = sbridge.Autoencoder(shape=(1, 8, 8), latent_dim=3, net={"encoder": enc, "decoder": dec}, device="cpu")
+    x = images.digits("test")[0]
+    before = ae.reconstruction_error(x)
+    ae.fit(x, steps=100, batch_size=64, quiet=True, out=tmp_path / "own")
+    assert ae.reconstruction_error(x) < before
+    with pytest.raises(sbridge.SBridgeError, match="custom network"):
+        sbridge.load(tmp_path / "own")
+    back = sbridge.load(tmp_path / "own", net={"encoder": copy.deepcopy(enc), "decoder": copy.deepcopy(dec)})
+    assert torch.allclose(back.encode(x[:5]), ae.encode(x[:5]))
+    with pytest.raises(ConfigError, match="two networks"):
+        sbridge.Autoencoder(shape=(1, 8, 8), net=enc)

@@ -6,8 +6,8 @@ The paper pre-trains ``E: [0, 1]^d -> R^{d*}`` and ``D: R^{d*} -> [0, 1]^d`` by 
 * :class:`ConvEncoder` / :class:`ConvDecoder` for images ``(C, H, W)``: stride-2 3x3 convolutions halve the
   resolution ``levels`` times (28 -> 14 -> 7), a linear layer maps to ``latent_dim``; the decoder mirrors it with
   nearest-neighbour upsampling to the exact sizes of the encoder's feature maps (so odd sizes work);
-* :class:`MLPEncoder` / :class:`MLPDecoder` for anything, flattened (the default for small images such as the 8x8
-  digits and for vectors).
+* :class:`MLPEncoder` / :class:`MLPDecoder` for any event shape, flattened (the default for small images such as
+  the 8x8 digits); its outputs too lie in ``[0, 1]``.
 
 The decoder ends in a sigmoid, so decoded images lie in ``[0, 1]`` like the data. The encoder is unbounded (the
 paper's lies in ``[0, 1]^{d*}``): :class:`~sbridge.latent.LatentBridge` standardises the latents, an affine map the

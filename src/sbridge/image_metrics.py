@@ -80,12 +80,13 @@ _BUDGET = {"digits": (40, 64), "fashion-mnist": (3, 128)}
 def train_classifier(dataset: str, *, path: str | Path | None = None, seed: int = 0,
                      progress: bool = False) -> tuple[FeatureClassifier, float]:
     """Train :class:`FeatureClassifier` on the training split of ``dataset`` (Adam, lr 1e-3 with cosine decay,
-    fixed seed, one thread) and return it with its accuracy on the test split."""
+    fixed seed, one thread: the same weights on every run on one machine; other CPUs' kernels may round
+    differently) and return it with its accuracy on the test split."""
     x, y = images.load(dataset, "train", path=path)
     xt, yt = images.load(dataset, "test", path=path)
     epochs, batch = _BUDGET[dataset]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same floating-point reduction order on every machine with this torch build
+    torch.set_num_threads(1)  # one reduction order, whatever the number of cores
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -120,15 +121,21 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: 
     return torch.cat([fn(x[i:i + size]) for i in range(0, x.shape[0], size)])
 
 
-def classifier_path(dataset: str) -> Path:
-    return cache_dir() / "classifiers" / f"{dataset}-v{CLASSIFIER_VERSION}.safetensors"
+def classifier_path(dataset: str, path: str | Path | None = None) -> Path:
+    """The cache file of ``dataset``'s classifier; files read from another folder (``path``) get their own."""
+    tag = ""
+    if path is not None:
+        import hashlib
+
+        tag = "-" + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    return cache_dir() / "classifiers" / f"{dataset}{tag}-v{CLASSIFIER_VERSION}.safetensors"
 
 
 def load_classifier(dataset: str, *, path: str | Path | None = None, force: bool = False,
                     progress: bool = False) -> tuple[FeatureClassifier, float]:
     """The cached classifier of ``dataset`` and its test accuracy, trained and cached on first use (or with
     ``force``). The cache holds only tensors and JSON (safetensors): loading it runs no code."""
-    file = classifier_path(dataset)
+    file = classifier_path(dataset, path)
     shape = tuple(images.load(dataset, "test", path=path)[0].shape[1:])
     if file.is_file() and not force:
         try:
@@ -138,6 +145,10 @@ def load_classifier(dataset: str, *, path: str | Path | None = None, force: bool
             return model.eval(), float(meta["accuracy"])
         except Exception:  # noqa: BLE001 - a damaged cache is retrained, not reported
             pass
+    import sys
+
+    print(f"sbridge: training the feature classifier of {dataset} (once; cached in {file.parent})", file=sys.stderr,
+          flush=True)
     model, accuracy = train_classifier(dataset, path=path, progress=progress)
     file.parent.mkdir(parents=True, exist_ok=True)
     io.write_tensors(file, {k: v.contiguous() for k, v in model.state_dict().items()},
@@ -145,11 +156,20 @@ def load_classifier(dataset: str, *, path: str | Path | None = None, force: bool
     return model, accuracy
 
 
+def _two_sets(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ConfigError(f"feature sets must be (n, k) arrays of the same width, got {a.shape} and {b.shape}.")
+    if min(a.shape[0], b.shape[0]) < 2:
+        raise ConfigError("a Fréchet distance or KID needs at least 2 images in each set; draw more samples.")
+    return a, b
+
+
 def frechet_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``(n, k)``:
     ``|m_a - m_b|^2 + tr(C_a + C_b - 2 (C_a^{1/2} C_b C_a^{1/2})^{1/2})`` (Dowson & Landau 1982), in float64 with
     symmetric eigendecompositions (no complex ``sqrtm``)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = _two_sets(a, b)
     ma, mb = a.mean(0), b.mean(0)
     ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     w, v = np.linalg.eigh(ca)
@@ -163,7 +183,7 @@ def kernel_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, 
                     subset_size: int = 1000, seed: int = 0) -> float:
     """KID: the unbiased MMD^2 with the polynomial kernel ``(x.y / k + 1)^3``, averaged over ``subsets`` random
     subsets of ``min(subset_size, n_a, n_b)`` rows of each set (Bińkowski et al. 2018)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = _two_sets(a, b)
     k = a.shape[1]
     m = min(subset_size, a.shape[0], b.shape[0])
     rng = np.random.default_rng(seed)
@@ -231,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain even when a cached classifier exists")
     args = parser.parse_args(argv)
     _, accuracy = load_classifier(args.data, path=args.data_path, force=args.force, progress=True)
-    print(f"{args.data}: test accuracy {accuracy:.4f}; cached at {classifier_path(args.data)}")
+    print(f"{args.data}: test accuracy {accuracy:.4f}; cached at {classifier_path(args.data, args.data_path)}")
     return 0
 
 

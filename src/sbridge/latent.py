@@ -16,6 +16,7 @@ standardisation's Jacobian included): it is not a likelihood of the images.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ class LatentBridge:
                               f"dimension {autoencoder.latent_dim}; build it with dim={autoencoder.latent_dim}.")
         self.autoencoder, self.solver = autoencoder, solver
         #: Whether :meth:`fit` trains the autoencoder first (default: when it has not been trained yet).
-        self.train_autoencoder = autoencoder.steps_done is None if train_autoencoder is None else train_autoencoder
+        untrained = autoencoder.steps_done is None and not autoencoder.history  # a loaded one has its history
+        self.train_autoencoder = untrained if train_autoencoder is None else train_autoencoder
         self.latent_mean = torch.zeros(autoencoder.latent_dim)
         self.latent_std = torch.ones(autoencoder.latent_dim)
 
@@ -136,22 +138,37 @@ class LatentBridge:
         standardised codes with ``cond`` and ``options`` (the solver's fit options). ``out``: the run folder."""
         if prior is not None:
             raise ConfigError("a latent bridge generates from noise here; it takes no prior data set.")
+        if resume and overwrite:
+            raise ConfigError("--resume continues a run and --overwrite replaces it; pass only one of them.")
         run_dir = Path(out) if out is not None else None
         ctx = distributed.context()
-        if run_dir is not None and ctx.is_main:
-            self._open_run_dir(run_dir, resume, overwrite, run_info)
-        distributed.barrier(ctx)
+        with contextlib.ExitStack() as held:
+            if run_dir is not None:
+                def open_run() -> None:  # rank 0 holds the run's lock through both stages
+                    held.enter_context(rundir.locked(run_dir))
+                    self._open_run_dir(run_dir, resume, overwrite, run_info)
+
+                distributed.on_main(open_run, ctx)
+            self._fit_stages(x, cond, run_dir, resume, autoencoder_steps, autoencoder_options, run_info, evaluate,
+                             options)
+        return self
+
+    def _fit_stages(self, x: Any, cond: Any, run_dir: Path | None, resume: bool, autoencoder_steps: int | None,
+                    autoencoder_options: dict | None, run_info: dict[str, Any] | None, evaluate: Any,
+                    options: dict[str, Any]) -> None:
+        ctx = distributed.context()
         ae_dir = None if run_dir is None else run_dir / AUTOENCODER_DIR
         quiet = {"quiet": options["quiet"]} if "quiet" in options else {}
         if self.train_autoencoder:
-            finished = ae_dir is not None and (ae_dir / io.WEIGHTS_FILE).is_file() and resume
-            if finished:
-                self.autoencoder = load_autoencoder(ae_dir, device=self.device)
+            if resume and ae_dir is not None and (ae_dir / io.WEIGHTS_FILE).is_file():  # stage 1 finished before
+                tensors, meta = io.read_tensors(ae_dir / io.WEIGHTS_FILE)
+                self.autoencoder.load_weights(tensors, ae_dir / io.WEIGHTS_FILE)
+                self.autoencoder.history = list(meta.get("history", []))
             else:
                 kwargs = {**quiet, **(autoencoder_options or {})}
                 if autoencoder_steps is not None:
                     kwargs["steps"] = autoencoder_steps
-                ae_resume = resume and ae_dir is not None and (ae_dir / io.CHECKPOINT_FILE).is_file()
+                ae_resume = resume and ae_dir is not None and rundir.holds_run(ae_dir)
                 self.autoencoder.fit(x, out=ae_dir, resume=ae_resume, run_info=run_info, **kwargs)
             self.train_autoencoder = False
         elif ae_dir is not None and ctx.is_main:
@@ -164,24 +181,27 @@ class LatentBridge:
         latent_resume = resume and latent_dir is not None and rundir.holds_run(latent_dir)
         self.solver.fit(self.encode(x), cond=cond, out=latent_dir, resume=latent_resume, run_info=run_info,
                         evaluate=evaluate, **options)
-        return self
 
     def _open_run_dir(self, run_dir: Path, resume: bool, overwrite: bool, run_info: dict[str, Any] | None) -> None:
-        """Refuse to start over an existing run (its stages included) unless resuming or overwriting it."""
+        """Refuse to start over an existing run (its stages included) unless resuming or overwriting it; a resume
+        must find a latent run there."""
         stages = (run_dir, run_dir / AUTOENCODER_DIR, run_dir / LATENT_DIR)
-        with rundir.locked(run_dir):
-            if resume:
-                if not (run_dir / io.CONFIG_FILE).is_file():
-                    raise RunDirError(f"{str(run_dir)!r} holds no latent run to resume; drop --resume to start one "
-                                      "there, or point --out to the run you meant.")
-                return
-            if any(rundir.holds_run(p) for p in stages):
-                if not overwrite:
-                    raise RunDirError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it, "
-                                      "--overwrite to replace it, or choose a new --out folder.")
-                for p in stages:
-                    rundir.clear(p)
-            self._write_config(run_dir, run_info)  # marks the folder as a latent run from the first stage on
+        if resume:
+            if not (run_dir / io.CONFIG_FILE).is_file():
+                raise RunDirError(f"{str(run_dir)!r} holds no latent run to resume; drop --resume to start one "
+                                  "there, or point --out to the run you meant.")
+            method = (io.read_run_config(run_dir).get("solver") or {}).get("method")
+            if method != self.method:
+                raise RunDirError(f"{str(run_dir)!r} holds a {method} run, not a latent one; resume it without "
+                                  "--latent / --latent-dim, or choose a new --out folder.")
+            return
+        if any(rundir.holds_run(p) for p in stages):
+            if not overwrite:
+                raise RunDirError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it, "
+                                  "--overwrite to replace it, or choose a new --out folder.")
+            for p in stages:
+                rundir.clear(p)
+        self._write_config(run_dir, run_info)  # marks the folder as a latent run from the first stage on
 
     def _write_config(self, run_dir: Path, run_info: dict[str, Any] | None) -> None:
         with rundir.locked(run_dir):
@@ -201,8 +221,9 @@ class LatentBridge:
     @torch.no_grad()
     def sample(self, n: int, *, return_path: bool = False, **kwargs: Any) -> torch.Tensor:
         """Draw ``n`` latents with the solver's ``sample`` (its keyword arguments: ``steps``, ``ode``, ``cond``,
-        ``guidance``, ``seed``, ...) and decode them: ``(n, *event_shape)``, or the decoded path
-        ``(steps + 1, n, *event_shape)`` with ``return_path``."""
+        ``guidance``, ``seed``, ...) and decode them: ``(n, *event_shape)``, or the decoded path (the solver's
+        states, ``(steps + 1, n, *event_shape)``, plus the final denoised state for solvers that add one) with
+        ``return_path``."""
         return self.decode(self.solver.sample(n, return_path=return_path, **kwargs))
 
     def sample_latent(self, n: int, **kwargs: Any) -> torch.Tensor:
@@ -223,20 +244,27 @@ class LatentBridge:
         return log_prob
 
 
-def load_autoencoder(path: str | Path, device: str | torch.device = "auto") -> Autoencoder:
-    """The autoencoder of a run: an autoencoder run itself, or the ``autoencoder`` stage of a latent run."""
+def load_autoencoder(path: str | Path, device: str | torch.device = "auto", net: Any = None) -> Autoencoder:
+    """The autoencoder of a run: an autoencoder run itself, or the ``autoencoder`` stage of a latent run (``net``:
+    your own encoder / decoder modules, for a run trained with them)."""
     path = Path(path)
     if (path / AUTOENCODER_DIR / io.CONFIG_FILE).is_file():
         path = path / AUTOENCODER_DIR
-    model = load(path, device=device)
+    model = load(path, device=device, net=net)
     if not isinstance(model, Autoencoder):
         raise RunDirError(f"{str(path)!r} holds a {model.method} run, not an autoencoder; train one with 'sbridge "
                           "train --method autoencoder' and pass its folder.")
     return model
 
 
-def load_latent_run(path: Path, cfg: dict[str, Any], device: Any) -> LatentBridge:
-    """Rebuild a :class:`LatentBridge` from its run folder (``sbridge.load`` calls this for method ``"latent"``)."""
+def load_latent_run(path: Path, cfg: dict[str, Any], device: Any, net: Any = None) -> LatentBridge:
+    """Rebuild a :class:`LatentBridge` from its run folder (``sbridge.load`` calls this for method ``"latent"``);
+    ``net``: ``{"autoencoder": {"encoder": ..., "decoder": ...}, "latent": module}`` for runs trained with your own
+    networks (either key may be left out)."""
+    if net is not None and (not isinstance(net, dict) or not set(net) <= {"autoencoder", "latent"}):
+        raise ConfigError("for a latent run pass net={'autoencoder': {'encoder': ..., 'decoder': ...}, 'latent': "
+                          "module} (either key may be left out).")
+    net = net or {}
     solver_cfg = cfg.get("solver") or {}
     try:
         mean = torch.tensor(solver_cfg["latent_mean"], dtype=torch.float32)
@@ -244,8 +272,8 @@ def load_latent_run(path: Path, cfg: dict[str, Any], device: Any) -> LatentBridg
     except (KeyError, TypeError, ValueError):
         raise RunDirError(f"{str(path / io.CONFIG_FILE)!r} lacks valid latent statistics; restore it or retrain the "
                           "run.") from None
-    autoencoder = load_autoencoder(path / AUTOENCODER_DIR, device=device)
-    latent = load(path / LATENT_DIR, device=device)
+    autoencoder = load_autoencoder(path / AUTOENCODER_DIR, device=device, net=net.get("autoencoder"))
+    latent = load(path / LATENT_DIR, device=device, net=net.get("latent"))
     bridge = LatentBridge(autoencoder, latent, train_autoencoder=False)
     if mean.shape != (bridge.latent_dim,) or std.shape != mean.shape or not bool((std > 0).all()):
         raise RunDirError(f"{str(path / io.CONFIG_FILE)!r} holds latent statistics of the wrong size; restore it or "

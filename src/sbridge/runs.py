@@ -156,6 +156,9 @@ def _check_image_options(spec: RunSpec) -> None:
     if latent and (spec.prior is not None or spec.method == "autoencoder" or not can_sample(SOLVERS[spec.method])):
         raise ConfigError(f"a latent run needs a generative method (sgm, vsdm, follmer, ...) and no --prior; "
                           f"{spec.method!r} cannot run in the latent space.")
+    if (latent or spec.method == "autoencoder") and not image:
+        raise ConfigError(f"the autoencoder decodes into [0, 1] (images); use it with --data "
+                          f"{' or '.join(images.DATASETS)}, not {spec.data!r}.")
     if spec.class_cond and spec.method == "autoencoder":
         raise ConfigError("the autoencoder is not conditional; drop --class-cond (condition the latent solver).")
 
@@ -339,7 +342,7 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Any:
     if autoencoder is not None:
         from sbridge.latent import LatentBridge
 
-        model: Any = LatentBridge(autoencoder, solver)
+        model: Any = LatentBridge(autoencoder, solver, train_autoencoder=spec.latent is None)
         run_info["latent_source"] = None if spec.latent is None else str(Path(spec.latent).resolve())
         common.update(autoencoder_steps=spec.ae_steps,
                       autoencoder_options={k: common[k] for k in ("batch_size", "checkpoint_every", "precision",
@@ -471,9 +474,10 @@ def _generate(solver: Any, run_dir: Path | None, n: int, steps: int | None, ode:
     if not can_sample(solver) and not can_transport(solver):
         raise ConfigError(f"a {solver.method} run neither samples nor transports; use it as the autoencoder of a "
                           "latent run (sbridge train --latent RUN) or evaluate its reconstructions.")
+    inner = getattr(solver, "solver", solver)  # a latent run samples with its latent solver
     if grid != "uniform":
-        if "grid" not in inspect.signature(solver.sample).parameters:
-            raise ConfigError(f"{solver.method} samples on its own time grid; drop --grid {grid}.")
+        if "grid" not in inspect.signature(inner.sample).parameters:
+            raise ConfigError(f"{inner.method} samples on its own time grid; drop --grid {grid}.")
         kwargs["grid"] = grid
     prior = None if run_dir is None else prior_spec(run_dir)
     if prior is not None and not can_transport(solver):
@@ -483,24 +487,39 @@ def _generate(solver: Any, run_dir: Path | None, n: int, steps: int | None, ode:
     if (label is not None or guidance) and (cond_spec is None or cond_spec["kind"] != "label"):
         raise ConfigError("--label and --guidance apply to class-conditional runs (trained with --class-cond).")
     if guidance:
-        inner = getattr(solver, "solver", solver)  # a latent run samples with its latent solver
         if "guidance" not in inspect.signature(inner.sample).parameters:
             raise ConfigError(f"{inner.method} has no classifier-free guidance; drop --guidance.")
         kwargs["guidance"] = guidance
     if prior is None:
         count = n if rows is None else len(range(n)[rows])
         if cond_spec is not None and cond_spec["kind"] == "label":
-            classes = cond_spec["classes"]
-            if label is not None and not 0 <= label < classes:
-                raise ConfigError(f"--label must lie in 0..{classes - 1}, got {label}.")
             first = 0 if rows is None else range(n)[rows].start
-            kwargs["cond"] = (torch.full((count,), label) if label is not None
-                              else (torch.arange(first, first + count) % classes))
+            kwargs["cond"] = drawn_labels(solver, run_dir, count, label, first)
         return solver.sample(count, ode=ode, method=method, seed=seed, return_path=return_path, **kwargs)
     source, _ = _reference_and_floor(data_spec(run_dir), n)
     if rows is not None:
         source = source[rows]
     return solver.transport(source, seed=seed, return_path=return_path, ode=ode, method=method, **kwargs)
+
+
+def drawn_labels(solver: Any, run_dir: Path | None, count: int, label: int | None = None,
+                 first: int = 0) -> torch.Tensor:
+    """The labels a class-conditional run samples with: ``label`` for all, else the classes it was trained on
+    (its data spec's ``classes``, or all of them) in turn, starting at position ``first``."""
+    classes = list(range(solver.cond_spec["classes"]))
+    spec = None if run_dir is None else _checked_data_spec(run_dir, "data")
+    trained = (spec or {}).get("classes") or classes
+    if label is not None:
+        if label not in trained:
+            raise ConfigError(f"--label must be one of the classes this run was trained on ({_ranges(trained)}), got "
+                              f"{label}.")
+        return torch.full((count,), label)
+    return torch.tensor(trained)[torch.arange(first, first + count) % len(trained)]
+
+
+def _ranges(labels: list[int]) -> str:
+    return f"{labels[0]}..{labels[-1]}" if labels == list(range(labels[0], labels[-1] + 1)) else ", ".join(
+        map(str, labels))
 
 
 def sample(run_dir: str | Path, n: int, *, steps: int | None = None, ode: bool = False, method: str = "heun",
@@ -549,7 +568,12 @@ def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int | None = None, o
                           "likelihood of its own.")
     model = load(path, device=device)
     if not can_sample(model) and not can_transport(model):
+        if nll or label is not None or guidance or ode or metric_names:
+            raise ConfigError("an autoencoder run is evaluated by its reconstruction error only; drop --nll, --label, "
+                              "--guidance, --ode and the metric list.")
         return _evaluate_autoencoder(model, path, target, n)
+    if is_image_spec(target):
+        n = min(n, _reference_and_floor(target, n)[0].shape[0])  # no more samples than held-out images
     samples, nfe = sample(path, n, steps=steps, ode=ode, method=method, grid=grid, seed=seed, device=device,
                           label=label, guidance=guidance)
     reference, floor = _reference_and_floor(target, n)
@@ -567,8 +591,7 @@ def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int | None = None, o
         result["features"] = scores["features"]
         result["classifier_accuracy"] = scores["classifier_accuracy"]
         if model.cond_spec is not None and model.cond_spec["kind"] == "label":
-            drawn = (torch.full((samples.shape[0],), label) if label is not None
-                     else torch.arange(samples.shape[0]) % model.cond_spec["classes"])
+            drawn = drawn_labels(model, path, samples.shape[0], label)
             result["label_accuracy"] = float((scorer.predict(samples) == drawn).float().mean())
     else:
         result["metrics"] = metrics.evaluate(samples, reference, floor, metrics=metric_names)
@@ -607,8 +630,8 @@ def negative_log_likelihood(solver: Solver, x: torch.Tensor, *, dequantize: int 
         what = f"this latent run's solver ({inner.method})" if inner is not None else solver.method
         raise ConfigError(f"{what} has no likelihood; drop --nll.")
     x = x.to(solver.device)
-    d = getattr(solver, "likelihood_dim", solver.dim)
-    latent = d != solver.dim
+    latent = hasattr(solver, "likelihood_dim")
+    d = solver.likelihood_dim if latent else solver.dim
     if dequantize is not None and latent:
         raise ConfigError("a latent run's likelihood is a density of the latent codes, which are not quantised; "
                           "drop --dequantize.")
@@ -714,8 +737,9 @@ def _plot_images(model: Any, path: Path, steps: int | None, ode: bool) -> list[P
     if can_sample(model):
         kwargs = {"steps": steps} if steps is not None else {}
         label_rows = model.cond_spec is not None and model.cond_spec["kind"] == "label"
-        count = 8 * model.cond_spec["classes"] if label_rows else 64
-        cond = {"cond": torch.arange(count) // 8} if label_rows else {}
+        trained = drawn_labels(model, path, 1_000)[:model.cond_spec["classes"]].unique() if label_rows else None
+        count = 8 * len(trained) if label_rows else 64
+        cond = {"cond": trained.repeat_interleave(8)} if label_rows else {}
         inner = getattr(model, "solver", model)
         kind = "probability-flow ODE" if ode else "SDE"
         samples = model.sample(count, ode=ode, **kwargs, **cond).cpu()
@@ -725,13 +749,13 @@ def _plot_images(model: Any, path: Path, steps: int | None, ode: bool) -> list[P
         written.append(plots.plot_image_grids([("held-out data", held_out[:count]), ("samples", samples)],
                                               out / "samples.png", title=f"{name} on {spec['name']} ({kind}"
                                                                          f"{by_class})"))
-        steps_used = steps or 100
-        sub = {"cond": torch.arange(8) % model.cond_spec["classes"]} if label_rows else {}
+        sub = {"cond": drawn_labels(model, path, 8)} if label_rows else {}
         paths = model.sample(8, return_path=True, **kwargs, **sub).cpu()  # (steps + 1 [+ 1], 8, C, H, W)
         cols = torch.linspace(0, paths.shape[0] - 1, 9).round().long()
         written.append(plots.plot_image_rows(paths[cols].transpose(0, 1), out / "trajectories.png",
                                              column_labels=[f"{int(c)}" for c in cols],
-                                             title=f"sampling trajectories (SDE, {steps_used} steps; column = step)"))
+                                             title=f"sampling trajectories (SDE; column = state index, "
+                                                   f"{paths.shape[0] - 1} steps)"))
         rows = io.read_jsonl(_metrics_file(path, model))
         written.append(plots.plot_loss(rows, out / "loss.png"))
     if autoencoder is not None:

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from sbridge.autoencoders import Reconstruction, autoencoder_config, make_autoencoder
+from sbridge.errors import ConfigError, DataError
 from sbridge.solvers.base import FitData, Solver
 from sbridge.training import Phase, TrainConfig
-from sbridge.validation import check_positive_int
+from sbridge.validation import check_event_shape, check_positive_int
 
 
 class Autoencoder(Solver):
@@ -24,7 +25,8 @@ class Autoencoder(Solver):
     ``latent_dim``: the latent dimension ``d*``. ``net``: ``"conv"`` (images of at least 16x16), ``"mlp"`` (the
     default for smaller images and vectors) or a dict with the architecture's options (``{"name": "conv",
     "channels": 32, "levels": 2}``, ``{"name": "mlp", "hidden": 256, "depth": 2}``). The decoder's outputs lie in
-    ``[0, 1]`` (images).
+    ``[0, 1]`` (images). Your own pair: ``net={"encoder": module, "decoder": module}`` (``(n, *shape) -> (n, d*)``
+    and back; ``sbridge.load(path, net=...)`` rebuilds such a run).
     """
 
     method = "autoencoder"
@@ -34,18 +36,23 @@ class Autoencoder(Solver):
     def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, latent_dim: int = 8,
                  net: Any = None, seed: int = 0, device: str | torch.device = "auto",
                  cond: dict[str, Any] | None = None) -> None:
-        from sbridge.validation import check_event_shape
-
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
-        self.arch = autoencoder_config(net if not isinstance(net, nn.Module) else None,
-                                       check_event_shape(dim, shape))
+        self._given: dict[str, nn.Module] | None = None
+        if isinstance(net, dict) and any(isinstance(v, nn.Module) for v in net.values()):
+            if set(net) != {"encoder", "decoder"} or not all(isinstance(v, nn.Module) for v in net.values()):
+                raise ConfigError("pass your own autoencoder as net={'encoder': module, 'decoder': module}.")
+            self._given, self.arch = dict(net), {"name": "custom"}
+        elif isinstance(net, nn.Module):
+            raise ConfigError("an autoencoder has two networks: pass net={'encoder': module, 'decoder': module}.")
+        else:
+            self.arch = autoencoder_config(net, check_event_shape(dim, shape))
         if cond is not None:
-            from sbridge.errors import ConfigError
-
             raise ConfigError("the autoencoder is not conditional; condition the latent solver instead.")
         super().__init__(dim, shape=shape, net="mlp", seed=seed, device=device)
 
     def _build_models(self) -> dict[str, nn.Module]:
+        if self._given is not None:
+            return self._given
         return make_autoencoder(self.arch, self.event_shape, self.latent_dim)
 
     def options(self) -> dict[str, Any]:
@@ -58,7 +65,13 @@ class Autoencoder(Solver):
         return [Phase("autoencoder", config.steps, Reconstruction(), data.source(), ("encoder", "decoder"))]
 
     def _prepare(self, x: Any, prior: Any, cond: Any) -> FitData:
-        return super()._prepare(x, prior, None)
+        if cond is not None:
+            raise ConfigError("the autoencoder is not conditional; pass the labels to the latent solver's fit.")
+        data = super()._prepare(x, prior, None)
+        if data.x0 is not None and (float(data.x0.min()) < 0 or float(data.x0.max()) > 1):
+            raise DataError("the autoencoder's decoder outputs lie in [0, 1] (images); scale the data into [0, 1] "
+                            "first.")
+        return data
 
     # ---- use -------------------------------------------------------------------------------------------------
     @torch.no_grad()

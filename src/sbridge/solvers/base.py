@@ -31,7 +31,7 @@ from sbridge.validation import as_condition, as_data_tensor, check_batch_memory,
 
 SOLVERS: dict[str, type[Solver]] = {}
 #: Run kinds that are not a single solver (a latent bridge: two stages in sub-folders), by method: ``(path, config,
-#: device) -> model``.
+#: device, net) -> model``.
 RUN_LOADERS: dict[str, Any] = {}
 
 
@@ -325,7 +325,7 @@ def load(run_dir: str | Path, device: str | torch.device = "auto", net: Any = No
     solver_cfg = cfg.get("solver") or {}
     method = solver_cfg.get("method")
     if method in RUN_LOADERS:
-        return RUN_LOADERS[method](path, cfg, device)
+        return RUN_LOADERS[method](path, cfg, device, net)
     if method not in SOLVERS:
         raise RunDirError(f"{str(path)!r} names an unknown method {method!r}; it was written by another version of "
                           "sbridge or edited by hand.")

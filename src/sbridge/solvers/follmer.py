@@ -14,7 +14,8 @@ Both drifts are ``v_t(x) = (D(x, t) - x) / (1 - t)`` with the denoiser ``D(x, t)
 regression ``min_v int_0^T E||v(X_t, t) - (Y - X_t) / (1 - t)||^2 dt`` is ``E||D - Y||^2 / (1 - t)^2``. The network
 predicts ``Y`` (case F) or ``Z`` (case H: ``D = x - sqrt(tau (1 - t)) net``); ``weighting="paper"`` trains with the
 paper's weights, ``"uniform"`` (default) with equal weight on every ``t`` of the network's own target (same
-minimiser for each ``t``, bounded weights near ``T``).
+minimiser for each ``t``, bounded weights near ``T``). The "paper" weights are derived from the regression of
+math.md §B.2; the paper's exact loss display is not verified (math.md §F).
 
 Case H needs draws from ``nu``, which depends on the data: ``prior="gaussian"`` draws ``N(m, C + tau I)`` with the
 data's mean and covariance (exact for Gaussian data, and close when ``tau`` dominates ``C``); ``prior="data"`` draws
@@ -111,6 +112,9 @@ class SchrodingerFollmer(Solver):
             raise ConfigError(f"delta (early stopping, T = 1 - delta) must lie strictly between 0 and 1, got {delta}.")
         self.weighting = check_choice(weighting, WEIGHTINGS, "weighting")
         self.prior = check_choice(prior, PRIORS, "prior")
+        if self.case == "F" and self.prior != "gaussian":
+            raise ConfigError("case F starts from the point 0, so it takes no prior; drop prior= (it applies to case "
+                              "H).")
         if not isinstance(denoise, bool):
             raise ConfigError(f"denoise must be true or false, got {denoise!r}.")
         self.denoise = denoise
@@ -118,8 +122,9 @@ class SchrodingerFollmer(Solver):
         super().__init__(dim, shape=shape, cond=cond, net=_mlp_shorthand(net, hidden, depth, None), seed=seed,
                          device=device)
         d = self.dim
-        # nu's moments (case H, prior="gaussian") and stored points (prior="data"), set by fit
-        self.register = {"prior_mean": torch.zeros(d), "prior_chol": torch.eye(d) * math.sqrt(1 + self.tau),
+        #: nu's moments (case H, prior="gaussian": mean, Cholesky factor of C + tau I) and stored points
+        #: (prior="data"), set by fit and saved with the weights
+        self.nu_state = {"prior_mean": torch.zeros(d), "prior_chol": torch.eye(d) * math.sqrt(1 + self.tau),
                          "prior_points": torch.zeros(0, d)}
 
     @property
@@ -141,29 +146,32 @@ class SchrodingerFollmer(Solver):
                                 cond_drop=self.cond_drop if self.cond_spec else 0.0)
 
     def before_fit(self, data: FitData) -> None:
-        if data.x0 is None or self.case != "H":
+        if self.case != "H":
             return
+        if data.x0 is None:
+            raise ConfigError("case H draws nu from the data's moments (or points), which a DataLoader does not give "
+                              "up front; pass the data as a tensor, or use case='F'.")
         y = flat(data.x0).double()
         cov = torch.atleast_2d(torch.cov(y.T)) if y.shape[0] > 1 else torch.zeros(y.shape[1], y.shape[1])
         cov = cov + self.tau * torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
-        self.register = {"prior_mean": y.mean(0).float().cpu(), "prior_chol": torch.linalg.cholesky(cov).float().cpu(),
+        self.nu_state = {"prior_mean": y.mean(0).float().cpu(), "prior_chol": torch.linalg.cholesky(cov).float().cpu(),
                          "prior_points": flat(data.x0).cpu() if self.prior == "data" else torch.zeros(0, self.dim)}
 
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         return [Phase("drift", config.steps, self.loss, data.source(), ("drift",))]
 
     def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.contiguous() for k, v in self.register.items()}
+        return {k: v.contiguous() for k, v in self.nu_state.items()}
 
     def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         if tensors:
-            self.register = {k: tensors[k].cpu() for k in self.register}
+            self.nu_state = {k: tensors[k].cpu() for k in self.nu_state}
 
     def load_weights(self, tensors: dict[str, torch.Tensor], path: Any = "the weights") -> None:
         # the stored points of prior="data" have as many rows as the training data: adopt the file's size
         key = "extra.prior_points"
         if key in tensors:
-            self.register["prior_points"] = torch.zeros(tensors[key].shape)
+            self.nu_state["prior_points"] = torch.zeros(tensors[key].shape)
         super().load_weights(tensors, path)
 
     # ---- model -------------------------------------------------------------------------------------------------
@@ -195,11 +203,11 @@ class SchrodingerFollmer(Solver):
         if self.case == "F":
             return torch.zeros(shape, device=self.device)
         z = torch.randn(n, self.dim, generator=generator, device=self.device)
-        points = self.register["prior_points"]
+        points = self.nu_state["prior_points"]
         if self.prior == "data" and points.shape[0]:
             idx = torch.randint(points.shape[0], (n,), generator=generator, device=self.device)
             return (points.to(self.device)[idx] + math.sqrt(self.tau) * z).reshape(shape)
-        mean, chol = self.register["prior_mean"].to(self.device), self.register["prior_chol"].to(self.device)
+        mean, chol = self.nu_state["prior_mean"].to(self.device), self.nu_state["prior_chol"].to(self.device)
         return (mean + z @ chol.T).reshape(shape)
 
     # ---- sampling ----------------------------------------------------------------------------------------------
@@ -250,7 +258,7 @@ class SchrodingerFollmer(Solver):
 
         x = self._data(x, "points")
         c = None if cond is None else self._condition(cond, x.shape[0])
-        mean, chol = self.register["prior_mean"].to(self.device), self.register["prior_chol"].to(self.device)
+        mean, chol = self.nu_state["prior_mean"].to(self.device), self.nu_state["prior_chol"].to(self.device)
 
         def prior_log_prob(y: torch.Tensor) -> torch.Tensor:
             white = torch.linalg.solve_triangular(chol, (flat(y) - mean).T, upper=False).T
