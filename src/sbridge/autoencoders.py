@@ -24,10 +24,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from sbridge.errors import ConfigError
+from sbridge.networks import named_config
 from sbridge.tensors import sum_event
 from sbridge.training import Batch, Terms
 from sbridge.unet import group_norm
-from sbridge.validation import check_choice, check_positive_int
+from sbridge.validation import check_positive_int
 
 ARCHITECTURES = ("conv", "mlp")
 
@@ -125,17 +126,12 @@ def default_architecture(shape: tuple[int, ...]) -> str:
 def autoencoder_config(spec: str | dict[str, Any] | None, shape: tuple[int, ...]) -> dict[str, Any]:
     """Normalise an architecture spec (``"conv"``, ``"mlp"``, a dict with ``name`` and its options, or ``None`` for
     :func:`default_architecture`) to a config dict."""
-    if spec is None:
-        spec = default_architecture(shape)
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ConfigError(f"the autoencoder's net must be 'conv', 'mlp' or a dict with a 'name' key, got {spec!r}.")
-    check_choice(spec["name"], ARCHITECTURES, "autoencoder architecture")
+    spec = named_config(spec, default_architecture(shape), ARCHITECTURES, "autoencoder architecture",
+                        "the autoencoder's net must be 'conv', 'mlp' or a dict with a 'name' key")
     if spec["name"] == "conv" and len(shape) != 3:
         raise ConfigError(f"the convolutional autoencoder needs images (C, H, W), got event shape {shape}; use "
                           "net='mlp'.")
-    return dict(spec)
+    return spec
 
 
 def make_autoencoder(config: dict[str, Any], shape: tuple[int, ...], latent_dim: int) -> dict[str, nn.Module]:

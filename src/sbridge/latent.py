@@ -179,7 +179,8 @@ class LatentBridge:
             self._write_config(run_dir, run_info)
         latent_dir = None if run_dir is None else run_dir / LATENT_DIR
         latent_resume = resume and latent_dir is not None and rundir.holds_run(latent_dir)
-        self.solver.fit(self.encode(x), cond=cond, out=latent_dir, resume=latent_resume, run_info=run_info,
+        standardised = (codes - self.latent_mean.to(codes.device)) / self.latent_std.to(codes.device)
+        self.solver.fit(standardised, cond=cond, out=latent_dir, resume=latent_resume, run_info=run_info,
                         evaluate=evaluate, **options)
 
     def _open_run_dir(self, run_dir: Path, resume: bool, overwrite: bool, run_info: dict[str, Any] | None) -> None:

@@ -170,13 +170,21 @@ def default_network(shape: tuple[int, ...]) -> str:
 
 def network_config(spec: str | dict[str, Any] | None, shape: tuple[int, ...]) -> dict[str, Any]:
     """Normalise a network spec (a name, a dict with ``name``, or ``None`` for the default) to a config dict."""
+    return named_config(spec, default_network(shape), tuple(NETWORKS), "network",
+                        "net must be 'mlp', 'unet', a dict with a 'name' key, or an nn.Module")
+
+
+def named_config(spec: str | dict[str, Any] | None, default: str, names: tuple[str, ...], what: str,
+                 shape_error: str) -> dict[str, Any]:
+    """A config spec as a dict with a ``name`` among ``names``: ``None`` gives ``default``, a string its name, a
+    dict is copied; anything else raises ``shape_error`` (a sentence without its full stop)."""
     if spec is None:
-        spec = default_network(shape)
+        spec = default
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
-        raise ConfigError(f"net must be 'mlp', 'unet', a dict with a 'name' key, or an nn.Module; got {spec!r}.")
-    check_choice(spec["name"], tuple(NETWORKS), "network")
+        raise ConfigError(f"{shape_error}; got {spec!r}.")
+    check_choice(spec["name"], names, what)
     return dict(spec)
 
 

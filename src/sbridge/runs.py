@@ -506,15 +506,19 @@ def drawn_labels(solver: Any, run_dir: Path | None, count: int, label: int | Non
                  first: int = 0) -> torch.Tensor:
     """The labels a class-conditional run samples with: ``label`` for all, else the classes it was trained on
     (its data spec's ``classes``, or all of them) in turn, starting at position ``first``."""
-    classes = list(range(solver.cond_spec["classes"]))
-    spec = None if run_dir is None else _checked_data_spec(run_dir, "data")
-    trained = (spec or {}).get("classes") or classes
+    trained = trained_classes(solver, run_dir)
     if label is not None:
         if label not in trained:
             raise ConfigError(f"--label must be one of the classes this run was trained on ({_ranges(trained)}), got "
                               f"{label}.")
         return torch.full((count,), label)
     return torch.tensor(trained)[torch.arange(first, first + count) % len(trained)]
+
+
+def trained_classes(solver: Any, run_dir: Path | None) -> list[int]:
+    """The labels a class-conditional run was trained on: its data spec's ``classes``, or all of them."""
+    spec = None if run_dir is None else _checked_data_spec(run_dir, "data")
+    return (spec or {}).get("classes") or list(range(solver.cond_spec["classes"]))
 
 
 def _ranges(labels: list[int]) -> str:
@@ -572,11 +576,11 @@ def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int | None = None, o
             raise ConfigError("an autoencoder run is evaluated by its reconstruction error only; drop --nll, --label, "
                               "--guidance, --ode and the metric list.")
         return _evaluate_autoencoder(model, path, target, n)
+    reference, floor = _reference_and_floor(target, n)
     if is_image_spec(target):
-        n = min(n, _reference_and_floor(target, n)[0].shape[0])  # no more samples than held-out images
+        n = min(n, reference.shape[0])  # no more samples than held-out images
     samples, nfe = sample(path, n, steps=steps, ode=ode, method=method, grid=grid, seed=seed, device=device,
                           label=label, guidance=guidance)
-    reference, floor = _reference_and_floor(target, n)
     samples = samples[: reference.shape[0]]
     result = {"run": str(path), "data": target["name"], "n": int(samples.shape[0]), "steps": steps, "ode": ode,
               "sampler": method if ode else "euler_maruyama", "nfe": nfe}
@@ -737,7 +741,7 @@ def _plot_images(model: Any, path: Path, steps: int | None, ode: bool) -> list[P
     if can_sample(model):
         kwargs = {"steps": steps} if steps is not None else {}
         label_rows = model.cond_spec is not None and model.cond_spec["kind"] == "label"
-        trained = drawn_labels(model, path, 1_000)[:model.cond_spec["classes"]].unique() if label_rows else None
+        trained = torch.tensor(trained_classes(model, path)) if label_rows else None
         count = 8 * len(trained) if label_rows else 64
         cond = {"cond": trained.repeat_interleave(8)} if label_rows else {}
         inner = getattr(model, "solver", model)
