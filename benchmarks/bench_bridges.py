@@ -29,7 +29,7 @@ import torch
 import sbridge
 from sbridge import metrics
 from sbridge.data import toy
-from sbridge.gaussian import GaussianBridge
+from sbridge.processes.gaussian import GaussianBridge
 
 RESULTS = Path(__file__).parent / "results"
 SIGMA = 1.0

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 import sbridge
-from sbridge import plot as plots
 from sbridge.data import images
-from sbridge.image_metrics import ImageMetrics, frechet_distance
-from sbridge.runs import _reference_and_floor, negative_log_likelihood
+from sbridge.metrics.images import ImageMetrics, frechet_distance
+from sbridge.runs import plots
+from sbridge.runs.api import _reference_and_floor, negative_log_likelihood
 
 RESULTS = Path(__file__).parent / "results"
 LABELS = {"kind": "label", "classes": 10}

@@ -32,7 +32,7 @@ import torch
 import sbridge
 from sbridge import metrics
 from sbridge.data import toy
-from sbridge.gaussian import GaussianNoiseOracle, LinearGaussianBridge, gaussian_kl
+from sbridge.processes.gaussian import GaussianNoiseOracle, LinearGaussianBridge, gaussian_kl
 
 RESULTS = Path(__file__).parent / "results"
 SETS = {"spiral x8 on y": ("spiral", (1.0, 8.0)), "checkerboard x6 on x": ("checkerboard", (6.0, 1.0))}

@@ -12,7 +12,7 @@ import torch
 
 import sbridge
 from sbridge.cli import main
-from sbridge.errors import ConfigError
+from sbridge.core.errors import ConfigError
 from sbridge.solvers.base import SOLVERS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"

@@ -2,7 +2,7 @@
 
 Ground truth is the closed-form Schrödinger bridge between Gaussians (math.md §G): for the Brownian reference
 ``sigma W`` the static SB between N(a, A) and N(b, B) is ``N([a; b], [[A, C], [C^T, B]])`` with
-``C = sbridge.gaussian.coupling(a, A, b, B, sigma)``. The independent coupling has ``C = 0``, so the learned
+``C = sbridge.processes.gaussian.coupling(a, A, b, B, sigma)``. The independent coupling has ``C = 0``, so the learned
 cross-covariance ``Cov(X0, T(X0))`` tells a Schrödinger bridge apart from a random pairing of the two ends.
 
 Every model is trained once in a module-scoped fixture (with ``single_thread``) and reused. Tolerances are written
@@ -22,10 +22,11 @@ import pytest
 import torch
 
 import sbridge
-from sbridge import DSB, DSBM, GaussianSB, metrics
+from sbridge import DSB, DSBM, GaussianSB
+from sbridge.core.errors import ConfigError, DataError, SBridgeError
 from sbridge.data import toy
-from sbridge.errors import ConfigError, DataError, SBridgeError
-from sbridge.gaussian import coupling, sinkhorn_reg
+from sbridge.metrics import samples as metrics
+from sbridge.processes.gaussian import coupling, sinkhorn_reg
 from sbridge.solvers.dsb import symmetric_schedule
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -17,10 +17,10 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import sbridge
-from sbridge import io
+from sbridge.core import io
+from sbridge.core.errors import SBridgeError
 from sbridge.data import toy
-from sbridge.errors import SBridgeError
-from sbridge.networks import TimeMLP
+from sbridge.nets.mlp import TimeMLP
 
 MODEL = {"net": {"name": "mlp", "hidden": 32, "depth": 2}, "seed": 0, "device": "cpu"}
 FIT = {"batch_size": 64, "lr": 2e-3, "quiet": True, "log_every": 10, "checkpoint_every": 10}
@@ -211,7 +211,7 @@ def test_the_deferred_path_reads_losses_every_few_steps_with_the_same_result(tmp
     # On CUDA the trainer reads the loss back only at log, checkpoint and phase-end steps; forced on here, it
     # gives the weights and the log of the per-step path, and still stops on a NaN with the last good checkpoint.
     eager = sbridge.SGM(2, **MODEL).fit(data(), steps=40, out=tmp_path / "eager", **FIT)
-    monkeypatch.setattr(sbridge.training.Trainer, "DEFER_ON", ("cpu", "cuda"))
+    monkeypatch.setattr(sbridge.training.trainer.Trainer, "DEFER_ON", ("cpu", "cuda"))
     deferred = sbridge.SGM(2, **MODEL).fit(data(), steps=40, out=tmp_path / "deferred", **FIT)
     assert_same_weights(tmp_path / "eager", tmp_path / "deferred", atol=0)
     assert deferred.last_loss == eager.last_loss

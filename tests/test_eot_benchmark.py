@@ -1,4 +1,4 @@
-"""Tests for sbridge.data.eot_benchmark (math.md §H) and the BW2-UVP / cBW2-UVP metrics in sbridge.metrics.
+"""Tests for sbridge.data.eot_benchmark (math.md §H) and the BW2-UVP / cBW2-UVP metrics in sbridge.metrics.samples.
 
 The benchmark's plan is checked against an independent solver (POT's Sinkhorn with reg = 2 eps, §G.1), against
 an Euler-Maruyama simulation of its own SB drift, against quadrature and autograd of the h-transform, and, for one
@@ -15,10 +15,10 @@ import ot
 import pytest
 import torch
 
-from sbridge import metrics
+from sbridge.core.errors import ConfigError, DataError
 from sbridge.data.eot_benchmark import EOTBenchmark
-from sbridge.errors import ConfigError, DataError
-from sbridge.gaussian import coupling
+from sbridge.metrics import samples as metrics
+from sbridge.processes.gaussian import coupling
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import sbridge
-from sbridge.errors import ConfigError
+from sbridge.core.errors import ConfigError
 from sbridge.solvers.follmer import BridgeRegression, marginal
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -11,11 +11,11 @@ from torch import nn
 
 import sbridge
 from sbridge import DSB, DSBM, SBFBSDE, SBVAE, SGM, VSDM, GaussianSB
-from sbridge.device import make_generator
-from sbridge.errors import ConfigError
-from sbridge.processes import VP
-from sbridge.runs import can_sample, can_transport, has_likelihood
-from sbridge.training import TensorSource
+from sbridge.core.device import make_generator
+from sbridge.core.errors import ConfigError
+from sbridge.processes.linear import VP
+from sbridge.runs.api import can_sample, can_transport, has_likelihood
+from sbridge.training.sources import TensorSource
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sbridge.cli import _train_spec, build_parser
-from sbridge.errors import SBridgeError
-from sbridge.runs import RunSpec, read_data_file
-from sbridge.validation import as_data_tensor
+from sbridge.core.errors import SBridgeError
+from sbridge.core.validation import as_data_tensor
+from sbridge.runs.api import RunSpec, read_data_file
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -1,4 +1,4 @@
-"""Tests for the closed-form Gaussian Schrödinger bridge (sbridge.gaussian; math.md §G, §E.3).
+"""Tests for the closed-form Gaussian Schrödinger bridge (sbridge.processes.gaussian; math.md §G, §E.3).
 
 Every formula is checked against something computed independently: POT's Sinkhorn plan, scipy's sqrtm, finite
 differences, autograd, Euler-Maruyama / Heun simulation or a matrix ODE. Monte-Carlo tolerances are 5 standard
@@ -16,8 +16,8 @@ import pytest
 import scipy.linalg as sla
 import torch
 
-from sbridge.errors import ConfigError, DataError
-from sbridge.gaussian import GaussianBridge, LinearGaussianBridge, coupling, gaussian_kl, sinkhorn_reg
+from sbridge.core.errors import ConfigError, DataError
+from sbridge.processes.gaussian import GaussianBridge, LinearGaussianBridge, coupling, gaussian_kl, sinkhorn_reg
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from sbridge.core.errors import ConfigError, DataError
 from sbridge.data.images import FASHION_MNIST_DIR, digits, fashion_mnist, read_idx
-from sbridge.errors import ConfigError, DataError
 
 
 def test_digits_are_the_sklearn_images_scaled_to_the_unit_interval() -> None:

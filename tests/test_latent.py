@@ -19,12 +19,12 @@ import torch
 from torch.nn import functional as F
 
 import sbridge
-from sbridge import io
 from sbridge.cli import main
+from sbridge.core import io
+from sbridge.core.errors import ConfigError
 from sbridge.data import images
-from sbridge.errors import ConfigError
-from sbridge.image_metrics import ImageMetrics, frechet_distance, kernel_distance, train_classifier
-from sbridge.runs import _reference_and_floor, drawn_labels, has_likelihood
+from sbridge.metrics.images import ImageMetrics, frechet_distance, kernel_distance, train_classifier
+from sbridge.runs.api import _reference_and_floor, drawn_labels, has_likelihood
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 DIGITS = {"name": "digits", "kind": "images", "classes": None, "data_path": None, "seed": 0, "n": 1197}

@@ -1,4 +1,4 @@
-"""Exact likelihood through the probability-flow ODE (sbridge.likelihood).
+"""Exact likelihood through the probability-flow ODE (sbridge.numerics.likelihood).
 
 With the exact score of a Gaussian data law, the probability-flow ODE of a VP process maps ``p_{t0}`` onto the
 exact law ``p_T`` of ``X_T``, so ``log_prob_ode`` with ``log p_T`` as prior must give the analytic ``log p_{t0}`` up to
@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from sbridge.errors import ConfigError, DataError
-from sbridge.likelihood import divergence, log_prob_ode, nats_to_bits_per_dim, uniform_dequantize
-from sbridge.processes import VP
-from sbridge.tensors import flat, sum_event
+from sbridge.core.errors import ConfigError, DataError
+from sbridge.core.tensors import flat, sum_event
+from sbridge.numerics.likelihood import divergence, log_prob_ode, nats_to_bits_per_dim, uniform_dequantize
+from sbridge.processes.linear import VP
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -280,8 +280,8 @@ def test_divergence_create_graph_differentiates_through_the_trace() -> None:
 def _gaussian_sgm(prior: Any, mean: list[float], var: list[float]) -> Any:
     """An SGM (VP) with the exact noise prediction of N(mean, diag(var)) data and the given prior."""
     from sbridge import SGM
-    from sbridge.gaussian import GaussianNoiseOracle
-    from sbridge.processes import LinearSDE, PowerRate
+    from sbridge.processes.gaussian import GaussianNoiseOracle
+    from sbridge.processes.linear import LinearSDE, PowerRate
 
     vp = LinearSDE(PowerRate(0.1, 20.0), {"kind": "scalar", "value": 1.0}, prior=prior)  # VP with another prior
     model = SGM(2, process=vp, net=GaussianNoiseOracle(mean, torch.diag(torch.tensor(var))), device="cpu")
@@ -318,7 +318,7 @@ def test_elbo_is_tight_for_an_exact_score_and_prior_and_below_for_a_wrong_prior(
 
 
 def test_elbo_checks_its_grid() -> None:
-    from sbridge.likelihood import path_elbo
+    from sbridge.numerics.likelihood import path_elbo
 
     x = torch.zeros(3, 2)
     with pytest.raises(ConfigError, match="increasing"):

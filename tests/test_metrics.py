@@ -1,4 +1,4 @@
-"""Tests for sbridge.metrics against closed forms, exact identities and statistical bounds with fixed seeds."""
+"""Tests for sbridge.metrics.samples against closed forms, exact identities and statistical bounds with fixed seeds."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from sbridge import metrics
-from sbridge.errors import ConfigError, DataError
+from sbridge.core.errors import ConfigError, DataError
+from sbridge.metrics import samples as metrics
 
 
 def normal(n: int, d: int, seed: int, shift: float | list[float] = 0.0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tests for sbridge.processes: closed-form marginals against simulation, scores, priors and configuration."""
+"""Tests for sbridge.processes.linear: closed-form marginals against simulation, scores, priors and configuration."""
 
 from __future__ import annotations
 
@@ -7,18 +7,8 @@ import math
 import pytest
 import torch
 
-from sbridge.errors import ConfigError, NotPositiveDefiniteError
-from sbridge.processes import (
-    OU,
-    VE,
-    VP,
-    Brownian,
-    DriftMatrix,
-    LinearSDE,
-    PowerRate,
-    Process,
-    make_process,
-)
+from sbridge.core.errors import ConfigError, NotPositiveDefiniteError
+from sbridge.processes.linear import OU, VE, VP, Brownian, DriftMatrix, LinearSDE, PowerRate, Process, make_process
 
 F64 = torch.float64
 

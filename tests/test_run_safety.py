@@ -21,9 +21,10 @@ import pytest
 import torch
 
 import sbridge
-from sbridge import io, rundir
 from sbridge.cli import main
-from sbridge.errors import ConfigError, DataError, RunDirError, SBridgeError
+from sbridge.core import io
+from sbridge.core.errors import ConfigError, DataError, RunDirError, SBridgeError
+from sbridge.training import rundir
 
 SMALL = ["--n-data", "400", "--batch-size", "64", "--hidden", "16", "--depth", "1", "--quiet"]
 

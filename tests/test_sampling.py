@@ -1,4 +1,4 @@
-"""Tests for sbridge.sampling with an exact score (no network).
+"""Tests for sbridge.numerics.integrators with an exact score (no network).
 
 Data N(m, s^2 I) under the VP process has the Gaussian marginals p_t = N(alpha m, (alpha^2 s^2 + var) I), so the
 score is known in closed form, -(x - alpha m) / V(t) with V = alpha^2 s^2 + var. The reverse drift f - g^2 score and
@@ -15,10 +15,10 @@ import math
 import pytest
 import torch
 
-from sbridge import metrics
-from sbridge.errors import ConfigError
-from sbridge.processes import VP
-from sbridge.sampling import ODE_METHODS, euler_maruyama, integrate_ode, time_grid
+from sbridge.core.errors import ConfigError
+from sbridge.metrics import samples as metrics
+from sbridge.numerics.integrators import ODE_METHODS, euler_maruyama, integrate_ode, time_grid
+from sbridge.processes.linear import VP
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,4 +1,4 @@
-"""Tests for the time grids of sbridge.sampling (uniform, EDM, log-SNR) and the sampler options: callbacks,
+"""Tests for the time grids of sbridge.numerics.integrators (uniform, EDM, log-SNR) and the sampler options: callbacks,
 backpropagation through the sampler (grad=True), tuple (augmented) states and tensor-valued diffusions.
 
 Everything is deterministic (float64, fixed seeds or quantile points): the grids are checked against their defining
@@ -13,9 +13,8 @@ import math
 import pytest
 import torch
 
-from sbridge.errors import ConfigError
-from sbridge.processes import VE, VP
-from sbridge.sampling import (
+from sbridge.core.errors import ConfigError
+from sbridge.numerics.integrators import (
     GRID_KINDS,
     edm_grid,
     euler_maruyama,
@@ -25,6 +24,7 @@ from sbridge.sampling import (
     make_grid,
     time_grid,
 )
+from sbridge.processes.linear import VE, VP
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

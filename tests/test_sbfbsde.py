@@ -12,12 +12,12 @@ from torch import nn
 
 import sbridge
 from sbridge import SBFBSDE, SBVAE, SGM
+from sbridge.core.errors import ConfigError
+from sbridge.core.tensors import sum_event
 from sbridge.data import toy
-from sbridge.errors import ConfigError
-from sbridge.gaussian import GaussianBridge, GaussianNoiseOracle, LinearGaussianBridge, gaussian_kl
-from sbridge.likelihood import divergence
+from sbridge.numerics.likelihood import divergence
+from sbridge.processes.gaussian import GaussianBridge, GaussianNoiseOracle, LinearGaussianBridge, gaussian_kl
 from sbridge.solvers.sbfbsde import DriftMatching
-from sbridge.tensors import sum_event
 
 SMALL = {"hidden": 32, "depth": 2, "device": "cpu"}
 

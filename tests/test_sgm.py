@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import sbridge
-from sbridge import SGM, SOLVERS, io, metrics
+from sbridge import SGM, SOLVERS
+from sbridge.core import io
+from sbridge.core.errors import ConfigError, DataError, RunDirError, SBridgeError
 from sbridge.data import toy
-from sbridge.errors import ConfigError, DataError, RunDirError, SBridgeError
+from sbridge.metrics import samples as metrics
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from sbridge.core.errors import ConfigError
 from sbridge.data import toy
-from sbridge.errors import ConfigError
 
 TWO_D = [name for name in toy.DATASETS if name != "gaussian"]
 

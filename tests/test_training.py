@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 import sbridge
-from sbridge import SGM, io
+from sbridge import SGM
+from sbridge.core import io
+from sbridge.core.errors import ConfigError, RunDirError, TrainingDivergedError
 from sbridge.data import toy
-from sbridge.errors import ConfigError, RunDirError, TrainingDivergedError
-from sbridge.training import Phase, TrainConfig, Trainer
+from sbridge.training.trainer import Phase, TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sbridge.errors import DataError
-from sbridge.networks import make_network
-from sbridge.unet import UNet
+from sbridge.core.errors import DataError
+from sbridge.nets.registry import make_network
+from sbridge.nets.unet import UNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -11,9 +11,9 @@ from scipy.optimize import brentq
 
 import sbridge
 from sbridge import SGM, VSDM
+from sbridge.core.errors import ConfigError, DataError
 from sbridge.data import toy
-from sbridge.errors import ConfigError, DataError
-from sbridge.gaussian import GaussianNoiseOracle, LinearGaussianBridge, gaussian_kl
+from sbridge.processes.gaussian import GaussianNoiseOracle, LinearGaussianBridge, gaussian_kl
 from sbridge.solvers.vsdm import LinearScore, sa_gradient
 
 

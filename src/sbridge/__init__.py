@@ -1,7 +1,6 @@
 """sbridge: Schrödinger-bridge generative modelling on PyTorch."""
 
-from sbridge.errors import SBridgeError
-from sbridge.latent import LatentBridge
+from sbridge.core.errors import SBridgeError
 from sbridge.solvers import (
     DSB,
     DSBM,
@@ -17,6 +16,7 @@ from sbridge.solvers import (
     Solver,
     load,
 )
+from sbridge.solvers.latent import LatentBridge
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""The ``sbridge`` command line: a thin argparse layer over :mod:`sbridge.runs`.
+"""The ``sbridge`` command line: a thin argparse layer over :mod:`sbridge.runs.api`.
 
 User mistakes raise :class:`sbridge.SBridgeError`; :func:`main` prints the one-sentence message without a
 traceback and exits with status 2.
@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from sbridge.errors import ConfigError, SBridgeError
+from sbridge.core.errors import ConfigError, SBridgeError
 
 DEMO_OUT = "runs/demo"
 IMAGE_DEMO_OUT = "runs/demo-images"
@@ -106,7 +106,7 @@ TRAIN_HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sbridge.runs import RunSpec
+    from sbridge.runs.api import RunSpec
 
     parser = _Parser(prog="sbridge", description="Schrödinger-bridge generative modelling.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_spec(args: argparse.Namespace):
-    from sbridge.runs import RunSpec
+    from sbridge.runs.api import RunSpec
 
     cfg = _load_yaml(args.config) if args.config else {}
     solver = cfg.pop("solver", None) or {}
@@ -217,7 +217,8 @@ def _class_list(text: str) -> list[int]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sbridge import distributed, runs
+    from sbridge.runs import api as runs
+    from sbridge.training import distributed
 
     spec = _train_spec(args)
     ctx = distributed.init_from_env(spec.device)
@@ -239,13 +240,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from sbridge import runs
+    from sbridge.runs import api as runs
 
     out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
     if out.suffix.lower() != ".npy":
         raise ConfigError(f"--out {str(out)!r} must name a .npy file (samples are saved with numpy.save); e.g. "
                           f"--out {out.with_suffix('.npy')}.")
-    from sbridge import distributed
+    from sbridge.training import distributed
 
     ctx = distributed.init_from_env(args.device)
     x, nfe = runs.sample(args.run, args.n, steps=args.steps, ode=args.ode, method=args.ode_method, grid=args.grid,
@@ -254,7 +255,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not ctx.is_main:
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    from sbridge import io
+    from sbridge.core import io
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:  # a file object, so numpy does not append a second .npy
@@ -274,7 +275,7 @@ def _format_metrics(result: dict[str, Any]) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sbridge import runs
+    from sbridge.runs import api as runs
 
     if not args.nll and (args.dequantize is not None or args.nll_n != 1_000):
         raise ConfigError("--nll-n and --dequantize set up the likelihood; add --nll, or drop them.")
@@ -319,7 +320,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from sbridge import runs
+    from sbridge.runs import api as runs
 
     for path in runs.plot(args.run, n=args.n, steps=args.steps, ode=args.ode, device=args.device):
         print(f"wrote {path}")
@@ -327,9 +328,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sbridge import runs
-    from sbridge.runs import RunSpec
-    from sbridge.validation import check_positive_int
+    from sbridge.core.validation import check_positive_int
+    from sbridge.runs import api as runs
+    from sbridge.runs.api import RunSpec
 
     if args.images:
         return _image_demo(args)
@@ -347,7 +348,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     plots = runs.plot(out, steps=100, device=args.device)
     sde = runs.evaluate(out, 5_000, steps=100, device=args.device)
     ode = runs.evaluate(out, 5_000, steps=50, ode=True, device=args.device)
-    from sbridge import io
+    from sbridge.core import io
 
     io.write_json(out / "evaluation.json", {"sde": sde, "ode": ode})
     print(f"\nSamples from the reverse SDE ({sde['nfe']} network evaluations):")
@@ -366,10 +367,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _image_demo(args: argparse.Namespace) -> int:
     """A class-conditional latent SGM on digits (or Fashion-MNIST): autoencoder stage, latent stage, evaluation with
     the classifier Fréchet distance, plots."""
-    from sbridge import io, runs
+    from sbridge.core import io
+    from sbridge.core.validation import check_choice, check_positive_int
     from sbridge.data import images
-    from sbridge.runs import RunSpec
-    from sbridge.validation import check_choice, check_positive_int
+    from sbridge.runs import api as runs
+    from sbridge.runs.api import RunSpec
 
     data = check_choice(args.data, images.DATASETS, "image data set")
     steps = 4_000 if args.steps is None else check_positive_int(args.steps, "--steps")
@@ -405,7 +407,7 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, 
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
                   line: Any = None) -> None:
     """Print sbridge's own warnings as one line (others keep Python's format)."""
-    from sbridge.errors import SBridgeWarning
+    from sbridge.core.errors import SBridgeWarning
 
     if issubclass(category, SBridgeWarning):
         print(f"sbridge: warning: {message}", file=sys.stderr)
@@ -435,8 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         print("sbridge: interrupted; the last checkpoint is kept, continue with --resume.", file=sys.stderr)
         return 130
     finally:
-        if "sbridge.distributed" in sys.modules:  # leave a process group joined under torchrun
-            sys.modules["sbridge.distributed"].shutdown()
+        if "sbridge.training.distributed" in sys.modules:  # leave a process group joined under torchrun
+            sys.modules["sbridge.training.distributed"].shutdown()
 
 
 if __name__ == "__main__":

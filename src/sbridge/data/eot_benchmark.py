@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbridge.errors import ConfigError, DataError
-from sbridge.processes import Brownian
-from sbridge.validation import as_data_tensor, check_positive_float, check_positive_int
+from sbridge.core.errors import ConfigError, DataError
+from sbridge.core.validation import as_data_tensor, check_positive_float, check_positive_int
+from sbridge.processes.linear import Brownian
 
 __all__ = ["EOTBenchmark"]
 

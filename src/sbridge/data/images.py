@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbridge.errors import DataError
-from sbridge.validation import check_choice
+from sbridge.core.errors import DataError
+from sbridge.core.validation import check_choice
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the four IDX files.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbridge.errors import ConfigError
-from sbridge.validation import check_choice, check_memory, check_positive_int, check_seed
+from sbridge.core.errors import ConfigError
+from sbridge.core.validation import check_choice, check_memory, check_positive_int, check_seed
 
 DATASETS: tuple[str, ...] = (
     "checkerboard", "8gaussians", "moons", "swissroll", "spiral", "pinwheel", "circles", "scurve", "gaussian",

@@ -1,5 +1,5 @@
 """The latent bridge's pre-trained autoencoder as a run of its own (math.md §B.1): trained, saved, resumed and loaded
-like any solver, then reused by path (``sbridge train --latent RUN``, :class:`~sbridge.latent.LatentBridge`).
+like any solver, then reused by path (``sbridge train --latent RUN``, :class:`~sbridge.solvers.latent.LatentBridge`).
 
 It neither samples nor transports: it encodes, decodes and reconstructs. Pre-training may use another data set
 than the bridge's target (the paper's distribution-shift setting, e.g. half of the classes).
@@ -12,11 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.autoencoders import Reconstruction, autoencoder_config, make_autoencoder
-from sbridge.errors import ConfigError, DataError
+from sbridge.core.errors import ConfigError, DataError
+from sbridge.core.validation import check_event_shape, check_positive_int
+from sbridge.losses.reconstruction import Reconstruction
+from sbridge.nets.autoencoders import autoencoder_config, make_autoencoder
 from sbridge.solvers.base import FitData, Solver
-from sbridge.training import Phase, TrainConfig
-from sbridge.validation import check_event_shape, check_positive_int
+from sbridge.training.trainer import Phase, TrainConfig
 
 
 class Autoencoder(Solver):

@@ -22,12 +22,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sbridge import distributed, io, rundir
-from sbridge.device import make_generator, resolve_device
-from sbridge.errors import ConfigError, RunDirError
-from sbridge.networks import check_condition_spec, make_network, network_config
-from sbridge.training import Callback, LoaderSource, Phase, Source, TensorSource, TrainConfig, Trainer
-from sbridge.validation import as_condition, as_data_tensor, check_batch_memory, check_event_shape, check_seed
+from sbridge.core import io
+from sbridge.core.device import make_generator, resolve_device
+from sbridge.core.errors import ConfigError, RunDirError
+from sbridge.core.validation import as_condition, as_data_tensor, check_batch_memory, check_event_shape, check_seed
+from sbridge.nets.embeddings import check_condition_spec
+from sbridge.nets.registry import make_network, network_config
+from sbridge.training import distributed, rundir
+from sbridge.training.sources import LoaderSource, Source, TensorSource
+from sbridge.training.trainer import Callback, Phase, TrainConfig, Trainer
 
 SOLVERS: dict[str, type[Solver]] = {}
 #: Run kinds that are not a single solver (a latent bridge: two stages in sub-folders), by method: ``(path, config,
@@ -181,14 +184,14 @@ class Solver:
         ``prior``: a second data set (bridge solvers). ``cond``: one condition per sample (conditional models).
         ``out``: a run directory for checkpoints, metrics and the final weights, locked while this fit writes it.
         A folder that already holds a run is refused unless ``resume=True`` (continue from its checkpoint, with the
-        same settings: see :func:`sbridge.rundir.resume_differences`) or ``overwrite=True`` (replace it).
+        same settings: see :func:`sbridge.training.rundir.resume_differences`) or ``overwrite=True`` (replace it).
         ``evaluate(step) -> dict`` is logged every ``eval_every`` steps. ``run_info`` is stored in the run's
         ``config.json`` beside the solver settings (e.g. the data spec). Other keyword arguments: the solver's
-        :attr:`fit_options` and :class:`~sbridge.training.TrainConfig` fields.
+        :attr:`fit_options` and :class:`~sbridge.training.trainer.TrainConfig` fields.
 
         Distributed: when a ``torch.distributed`` process group of more than one process is initialised (``torchrun``
         with the CLI, or your own ``init_process_group``), every process calls ``fit`` with the same arguments and
-        the fit is data-parallel (:mod:`sbridge.distributed`); rank 0 alone writes ``out``.
+        the fit is data-parallel (:mod:`sbridge.training.distributed`); rank 0 alone writes ``out``.
         """
         train_keys = set(TrainConfig.__dataclass_fields__)
         for key in [k for k in options if k in self.fit_options]:

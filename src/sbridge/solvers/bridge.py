@@ -17,15 +17,9 @@ from typing import Any
 
 import torch
 
-from sbridge import distributed, metrics
-from sbridge.device import make_generator, stream_seed
-from sbridge.errors import ConfigError
-from sbridge.processes import Brownian, LinearSDE
-from sbridge.sampling import ODE_METHODS, euler_maruyama, integrate_ode, time_grid
-from sbridge.solvers.base import FitData, Solver
-from sbridge.solvers.sgm import _mlp_shorthand
-from sbridge.training import TensorSource
-from sbridge.validation import (
+from sbridge.core.device import make_generator, stream_seed
+from sbridge.core.errors import ConfigError
+from sbridge.core.validation import (
     check_choice,
     check_memory,
     check_positive_float,
@@ -33,6 +27,13 @@ from sbridge.validation import (
     check_sample_request,
     check_seed,
 )
+from sbridge.metrics import samples as metrics
+from sbridge.numerics.integrators import ODE_METHODS, euler_maruyama, integrate_ode, time_grid
+from sbridge.processes.linear import Brownian, LinearSDE
+from sbridge.solvers.base import FitData, Solver
+from sbridge.solvers.sgm import _mlp_shorthand
+from sbridge.training import distributed
+from sbridge.training.sources import TensorSource
 
 #: Seed streams of a bridge, offsets added to the solver's seed: the synthetic Gaussian prior end, the default
 #: transport noise, the prior draw of ``sample``, and the per-iteration monitoring / re-coupling simulations.
@@ -215,7 +216,7 @@ class BridgeSolver(Solver):
 
     def _prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Log density of the prior of a generative bridge (``N(0, I)`` here), shape ``(batch,)``."""
-        from sbridge.processes import DiagonalCovariance
+        from sbridge.processes.linear import DiagonalCovariance
 
         return DiagonalCovariance(torch.ones((), device=x.device, dtype=x.dtype)).log_prob(x)
 
@@ -245,7 +246,7 @@ class BridgeSolver(Solver):
         """Exact log-likelihood (nats) of data points under the bridge's probability-flow ODE, integrated across
         :meth:`_time_span` against the prior (``N(0, I)`` for the Brownian bridges; generative bridges only); shape
         ``(n,)``."""
-        from sbridge.likelihood import log_prob_ode
+        from sbridge.numerics.likelihood import log_prob_ode
 
         self._require_generative()
         x = self._data(x, "points")

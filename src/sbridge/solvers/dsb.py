@@ -26,14 +26,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.errors import ConfigError
-from sbridge.processes import OU, LinearSDE
-from sbridge.sampling import euler_maruyama
+from sbridge.core.errors import ConfigError
+from sbridge.core.tensors import expand_as_batch, sum_event
+from sbridge.core.validation import check_choice, check_positive_int
+from sbridge.losses.base import Batch, Terms
+from sbridge.numerics.integrators import euler_maruyama
+from sbridge.processes.linear import OU, LinearSDE
 from sbridge.solvers.base import FitData
 from sbridge.solvers.bridge import CACHE_STREAM, BridgeSolver, RefreshingSource, stream_seed
-from sbridge.tensors import expand_as_batch, sum_event
-from sbridge.training import Batch, Phase, Terms, TrainConfig
-from sbridge.validation import check_choice, check_positive_int
+from sbridge.training.trainer import Phase, TrainConfig
 
 
 def symmetric_schedule(n_steps: int, ratio: float = 10.0) -> torch.Tensor:

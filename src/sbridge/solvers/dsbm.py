@@ -23,15 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge import distributed
-from sbridge.device import make_generator
-from sbridge.errors import ConfigError
-from sbridge.processes import LinearSDE
+from sbridge.core.device import make_generator
+from sbridge.core.errors import ConfigError
+from sbridge.core.tensors import expand_as_batch, sum_event
+from sbridge.core.validation import check_choice, check_positive_int
+from sbridge.losses.base import Batch, Terms
+from sbridge.processes.linear import LinearSDE
 from sbridge.solvers.base import FitData
 from sbridge.solvers.bridge import COUPLING_STREAM, BridgeSolver, stream_seed
-from sbridge.tensors import expand_as_batch, sum_event
-from sbridge.training import Batch, Phase, TensorSource, Terms, TrainConfig
-from sbridge.validation import check_choice, check_positive_int
+from sbridge.training import distributed
+from sbridge.training.sources import TensorSource
+from sbridge.training.trainer import Phase, TrainConfig
 
 
 class BridgeMatching:

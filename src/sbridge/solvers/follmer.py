@@ -31,15 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.device import make_generator
-from sbridge.errors import ConfigError
-from sbridge.networks import drop_condition
-from sbridge.sampling import euler_maruyama, integrate_ode, time_grid
-from sbridge.solvers.base import FitData, Solver
-from sbridge.solvers.sgm import _mlp_shorthand
-from sbridge.tensors import expand_as_batch, flat, sum_event
-from sbridge.training import Batch, Phase, Terms, TrainConfig
-from sbridge.validation import (
+from sbridge.core.device import make_generator
+from sbridge.core.errors import ConfigError
+from sbridge.core.tensors import expand_as_batch, flat, sum_event
+from sbridge.core.validation import (
     check_choice,
     check_positive_float,
     check_positive_int,
@@ -47,6 +42,12 @@ from sbridge.validation import (
     check_sample_request,
     check_seed,
 )
+from sbridge.losses.base import Batch, Terms
+from sbridge.nets.embeddings import drop_condition
+from sbridge.numerics.integrators import euler_maruyama, integrate_ode, time_grid
+from sbridge.solvers.base import FitData, Solver
+from sbridge.solvers.sgm import _mlp_shorthand
+from sbridge.training.trainer import Phase, TrainConfig
 
 CASES = ("H", "F")
 WEIGHTINGS = ("uniform", "paper")
@@ -245,7 +246,7 @@ class SchrodingerFollmer(Solver):
     def log_prob(self) -> Any:
         """``log_prob(x, cond=None, **kw)``: the exact log-density (nats, ``(n,)``) of ``X_T`` — the early-stopped
         state, before the final denoising — under case H's probability-flow ODE from the Gaussian ``nu``
-        (instantaneous change of variables, :func:`sbridge.likelihood.log_prob_ode`, in the reversed time
+        (instantaneous change of variables, :func:`sbridge.numerics.likelihood.log_prob_ode`, in the reversed time
         ``s = 1 - t``). ``None`` (no likelihood) for case F (a point start has no density) and for
         ``prior="data"``."""
         if self.case == "F" or self.prior == "data":
@@ -254,7 +255,7 @@ class SchrodingerFollmer(Solver):
 
     def _log_prob(self, x: Any, *, cond: Any = None, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                   divergence: str = "auto", seed: int = 0) -> torch.Tensor:
-        from sbridge.likelihood import log_prob_ode
+        from sbridge.numerics.likelihood import log_prob_ode
 
         x = self._data(x, "points")
         c = None if cond is None else self._condition(cond, x.shape[0])

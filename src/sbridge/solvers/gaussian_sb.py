@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge import distributed, rundir
-from sbridge.errors import ConfigError, DataError
-from sbridge.gaussian import GaussianBridge
+from sbridge.core.errors import ConfigError, DataError
+from sbridge.processes.gaussian import GaussianBridge
 from sbridge.solvers.bridge import BridgeSolver
-from sbridge.training import TrainConfig
+from sbridge.training import distributed, rundir
+from sbridge.training.trainer import TrainConfig
 
 
 class Moments(nn.Module):

@@ -1,6 +1,6 @@
 """SB-FBSDE (Chen, Liu & Theodorou, ICLR 2022; math.md §1.4): a Schrödinger bridge trained by likelihood.
 
-Over a linear reference ``dX = f dt + g dW`` (VP, VE or Brownian; :mod:`sbridge.processes`), the bridge has a
+Over a linear reference ``dX = f dt + g dW`` (VP, VE or Brownian; :mod:`sbridge.processes.linear`), the bridge has a
 forward policy ``Z`` (network ``"fwd"``) and a backward policy ``Z_hat`` (network ``"bwd"``):
 
 * forward SDE ``dX = (f + g Z) dt + g dW`` from the data (the *encode* SDE of math.md §A);
@@ -16,7 +16,8 @@ Training (``mode``):
 * ``"alternate"`` (the paper's IPF-like scheme): stages of (a) the backward policy on cached forward trajectories,
   ``E[|Z_hat|^2 / 2 + g div Z_hat + Z . Z_hat]``, then (b) the forward policy on cached backward trajectories,
   ``E[|Z|^2 / 2 + g div Z + Z_hat . Z]`` (Eq. 18-19). Both are :class:`DriftMatching`, the part of the path bound's
-  integrand (:func:`sbridge.likelihood.path_elbo`) that the trained network changes. Works between two data sets too.
+  integrand (:func:`~sbridge.numerics.likelihood.path_elbo`) that the trained network changes. Works between two
+  data sets too.
 * ``"joint"``: one phase on the whole negative likelihood bound, whose continuous form is ``-log pi(X_T) + int
   (|Z + Z_hat|^2 / 2 + g div Z_hat - div f) dt``, taken as the exact evidence bound of the discretised forward /
   backward pair along paths that carry gradients to both policies (:class:`PathBound`): a discretised integral
@@ -35,16 +36,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.device import make_generator, stream_seed
-from sbridge.errors import ConfigError
-from sbridge.likelihood import DIVERGENCE_METHODS, divergence, elbo_grid, rademacher
-from sbridge.processes import LinearSDE, make_process
-from sbridge.sampling import euler_maruyama, time_grid
+from sbridge.core.device import make_generator, stream_seed
+from sbridge.core.errors import ConfigError
+from sbridge.core.tensors import expand_as_batch, sum_event
+from sbridge.core.validation import check_choice, check_positive_int, check_seed
+from sbridge.losses.base import Batch, Terms
+from sbridge.numerics.integrators import euler_maruyama, time_grid
+from sbridge.numerics.likelihood import DIVERGENCE_METHODS, divergence, elbo_grid, rademacher
+from sbridge.processes.linear import LinearSDE, make_process
 from sbridge.solvers.base import FitData
 from sbridge.solvers.bridge import CACHE_STREAM, BridgeSolver, RefreshingSource
-from sbridge.tensors import expand_as_batch, sum_event
-from sbridge.training import Batch, Phase, Terms, TrainConfig
-from sbridge.validation import check_choice, check_positive_int, check_seed
+from sbridge.training.trainer import Phase, TrainConfig
 
 #: A policy's drift in forward time from the given models: ``drift(models, x, t, cond)``.
 Drift = Callable[[Mapping[str, nn.Module], torch.Tensor, Any, Any], torch.Tensor]
@@ -105,7 +107,7 @@ def bound_along_paths(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
     * ``"prior_nll"``: ``-log pi(X_T)``;
     * ``"drift"``: ``int (|F - B|^2 / (2 g^2) - div B) dt``, so that ``prior_nll + drift`` is the negative path
-      bound of :func:`sbridge.likelihood.path_elbo`;
+      bound of :func:`sbridge.numerics.likelihood.path_elbo`;
     * ``"entropy"`` (when ``score``, an estimate of ``grad log p_t``, is given): ``int (div F + g^2 |score|^2 / 2)
       dt``, the entropy production of the encode SDE, so that ``prior_nll - entropy`` is the prior loss
       ``KL(p_T || pi)`` plus the data's entropy.
@@ -407,7 +409,7 @@ class SBFBSDE(BridgeSolver):
              seed: int = 0) -> torch.Tensor:
         """Path-space lower bound on the backward SDE's log-likelihood (nats, shape ``(n,)``; math.md §1.4, §A.2):
         ``E[log pi(X_T)] - int (|Z + Z_hat|^2 / 2 + g div Z_hat - div f) dt`` along forward-SDE paths from ``x``
-        (taken as ``X_{t_min}``) on ``steps`` steps (:func:`sbridge.likelihood.elbo_grid`), averaged over
+        (taken as ``X_{t_min}``) on ``steps`` steps (:func:`sbridge.numerics.likelihood.elbo_grid`), averaged over
         ``repeats`` paths (:func:`bound_along_paths`)."""
         self._require_generative()
         x = self._data(x, "points")

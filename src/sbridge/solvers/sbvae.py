@@ -36,13 +36,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.device import make_generator, stream_seed
-from sbridge.errors import ConfigError
-from sbridge.likelihood import elbo_grid
+from sbridge.core.device import make_generator, stream_seed
+from sbridge.core.errors import ConfigError
+from sbridge.core.validation import check_choice, check_positive_int
+from sbridge.losses.base import Batch, Terms
+from sbridge.numerics.likelihood import elbo_grid
 from sbridge.solvers.base import FitData
 from sbridge.solvers.sbfbsde import SBFBSDE, DecoderSteps, bound_along_paths
-from sbridge.training import Batch, Phase, Terms, TrainConfig
-from sbridge.validation import check_choice, check_positive_int
+from sbridge.training.trainer import Phase, TrainConfig
 
 #: Seed stream of the per-stage estimates of the prior loss and the drift matching.
 TERMS_STREAM = 17
@@ -192,7 +193,7 @@ class SBVAE(SBFBSDE):
         * ``prior_loss``: ``-E log pi(X_T) - int E[div F + g^2 |s_hat|^2 / 2] dt`` (math.md §A.4), i.e.
           ``KL(p_phi(., T) || pi)`` plus the data's entropy, with the decoder's score estimate ``s_hat``;
         * ``nll_bound``: ``-E log pi(X_T) + int E[|F - B|^2 / (2 g^2) - div B] dt``, the negative path bound
-          (:func:`sbridge.likelihood.path_elbo`), i.e. ``KL(P_phi || Q_theta)`` plus the data's entropy;
+          (:func:`sbridge.numerics.likelihood.path_elbo`), i.e. ``KL(P_phi || Q_theta)`` plus the data's entropy;
         * ``drift_matching``: their difference, the drift-matching term.
         """
         terms = bound_along_paths(lambda y, t: self.encode_drift(self.models, y, t, cond),

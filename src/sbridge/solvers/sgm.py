@@ -1,7 +1,7 @@
 """Score-based generative model (SGM): the baseline and the first IPF iteration of DSB (math.md §D.1–D.2, §A.3).
 
 The network predicts the noise ``eps`` in ``X_t = M_t X_0 + L_t eps``; the score is ``-L_t^{-T} eps_theta``
-(``-eps_theta / std`` for an isotropic reference). Training is one phase of :class:`~sbridge.losses.
+(``-eps_theta / std`` for an isotropic reference). Training is one phase of :class:`~sbridge.losses.score.
 DenoisingScoreMatching`, simulation-free because ``X_t | X_0`` is known in closed form.
 """
 
@@ -12,17 +12,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.device import make_generator
-from sbridge.losses import DenoisingScoreMatching
-from sbridge.processes import LinearSDE, make_process
-from sbridge.sampling import ODE_METHODS, euler_maruyama, integrate_ode, make_grid
+from sbridge.core.device import make_generator
+from sbridge.core.validation import (
+    check_choice,
+    check_positive_int,
+    check_probability,
+    check_sample_request,
+    check_seed,
+)
+from sbridge.losses.score import DenoisingScoreMatching
+from sbridge.numerics.integrators import ODE_METHODS, euler_maruyama, integrate_ode, make_grid
+from sbridge.processes.linear import LinearSDE, make_process
 from sbridge.solvers.base import FitData, Solver
-from sbridge.training import Phase, TrainConfig
-from sbridge.validation import check_choice, check_positive_int, check_probability, check_sample_request, check_seed
+from sbridge.training.trainer import Phase, TrainConfig
 
 
 class SGM(Solver):
-    """Score-based diffusion with any reference process of :mod:`sbridge.processes`.
+    """Score-based diffusion with any reference process of :mod:`sbridge.processes.linear`.
 
     ``process``: ``"vp"`` (default), ``"ve"``, ``"brownian"``, ``"ou"`` or a dict of the process parameters (e.g.
     ``{"name": "ve", "sigma_max": 20}``), or a process object. ``hidden``/``depth``/``time_dim`` size the default
@@ -51,7 +57,7 @@ class SGM(Solver):
     # ---- training ----------------------------------------------------------------------------------------------
     @property
     def loss(self) -> DenoisingScoreMatching:
-        """The training objective as a public loss object (see :mod:`sbridge.losses`)."""
+        """The training objective as a public loss object (see :mod:`sbridge.losses.score`)."""
         return DenoisingScoreMatching(self.process, "score", cond_drop=self.cond_drop if self.cond_spec else 0.0)
 
     def before_fit(self, data: FitData) -> None:
@@ -90,7 +96,7 @@ class SGM(Solver):
         """Draw ``n`` samples by integrating the reverse SDE (Euler–Maruyama) or, with ``ode=True``, the
         probability-flow ODE (``method`` in euler/heun or a torchdiffeq adaptive solver) from ``T`` to ``t_min``,
         on the time grid ``grid``: ``"uniform"``, ``"edm"`` (Karras et al. 2022, steps crowded at low noise) or
-        ``"logsnr"`` (uniform in log signal-to-noise ratio); see :func:`sbridge.sampling.make_grid`.
+        ``"logsnr"`` (uniform in log signal-to-noise ratio); see :func:`sbridge.numerics.integrators.make_grid`.
 
         ``cond``: one condition per sample (or a single one for all) for conditional models; ``guidance``: the
         classifier-free guidance weight. Returns ``(n, *event_shape)``, or the path ``(steps + 1, n, ...)`` with
@@ -120,7 +126,7 @@ class SGM(Solver):
                  divergence: str = "auto", seed: int = 0) -> torch.Tensor:
         """Exact log-likelihood (nats) of ``x`` under the probability-flow ODE (math.md §1.1; instantaneous change
         of variables), integrated from ``t_min`` to ``T`` against the prior; shape ``(n,)``."""
-        from sbridge.likelihood import log_prob_ode
+        from sbridge.numerics.likelihood import log_prob_ode
 
         x = self._data(x, "points")
         c = None if cond is None else self._condition(cond, x.shape[0])
@@ -137,9 +143,9 @@ class SGM(Solver):
         """Path-space lower bound on the reverse SDE's log-likelihood (nats, shape ``(n,)``; math.md §A.2–A.3): the
         encode SDE is the reference process, the decode SDE the learned reverse SDE, so the bound is
         ``E[log pi(X_T)] - int (g^2 |s|^2 / 2 + g^2 div s - div f) dt`` along forward paths from ``x`` (taken as
-        ``X_{t_min}``), averaged over ``repeats`` paths; see :func:`sbridge.likelihood.path_elbo`. It bounds the
-        SDE sampler's density, while :meth:`log_prob` is the probability-flow ODE's: the two agree for an exact
-        score and prior."""
+        ``X_{t_min}``), averaged over ``repeats`` paths; see :func:`~sbridge.numerics.likelihood.path_elbo`.
+        It bounds the SDE sampler's density, while :meth:`log_prob` is the probability-flow ODE's: the two agree for
+        an exact score and prior."""
         x = self._data(x, "points")
         c = None if cond is None else self._condition(cond, x.shape[0])
         self.ema_models.eval()
@@ -153,9 +159,9 @@ class SGM(Solver):
 def mean_elbo(encode: Any, decode: Any, diffusion: Any, x: torch.Tensor, t0: float, t1: float, prior_log_prob: Any,
               *, steps: int, repeats: int, divergence: str, seed: int, device: torch.device,
               encode_marginal: Any = None) -> torch.Tensor:
-    """:func:`~sbridge.likelihood.path_elbo` on :func:`~sbridge.likelihood.elbo_grid`, averaged over ``repeats``
-    draws from one generator seeded with ``seed``."""
-    from sbridge.likelihood import elbo_grid, path_elbo
+    """:func:`~sbridge.numerics.likelihood.path_elbo` on :func:`~sbridge.numerics.likelihood.elbo_grid`, averaged
+    over ``repeats`` draws from one generator seeded with ``seed``."""
+    from sbridge.numerics.likelihood import elbo_grid, path_elbo
 
     times = elbo_grid(t0, t1, check_positive_int(steps, "steps"))
     gen = make_generator(check_seed(seed), device)
@@ -174,6 +180,6 @@ def _mlp_shorthand(net: Any, hidden: int | None, depth: int | None, time_dim: in
         return {"name": "mlp", **sizes}
     if isinstance(net, dict) and net.get("name") == "mlp":
         return {**net, **sizes}
-    from sbridge.errors import ConfigError
+    from sbridge.core.errors import ConfigError
 
     raise ConfigError(f"hidden/depth/time_dim size the MLP; with net={net!r} set the network's own options instead.")

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.device import stream_seed
-from sbridge.errors import ConfigError, DataError
-from sbridge.processes import DriftMatrix, LinearSDE, PowerRate
-from sbridge.sampling import time_grid
+from sbridge.core.device import stream_seed
+from sbridge.core.errors import ConfigError, DataError
+from sbridge.core.validation import check_choice, check_event_shape, check_positive_float, check_positive_int
+from sbridge.numerics.integrators import time_grid
+from sbridge.processes.linear import DriftMatrix, LinearSDE, PowerRate
 from sbridge.solvers.base import FitData
 from sbridge.solvers.sgm import SGM
-from sbridge.training import Phase, TrainConfig
-from sbridge.validation import check_choice, check_event_shape, check_positive_float, check_positive_int
+from sbridge.training.trainer import Phase, TrainConfig
 
 #: Largest singular value (full) or entry (diagonal) of ``A``: keeps ``D + D^T = 2I - (A + A^T)`` positive definite
 #: with room to spare, so the forward covariance stays bounded (§C.2: ``a_i < 1/2``).

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbridge.errors import ConfigError, DataError
-from sbridge.validation import as_data_tensor, as_float64, check_positive_float, check_positive_int
+from sbridge.core.errors import ConfigError, DataError
+from sbridge.core.validation import as_data_tensor, as_float64, check_positive_float, check_positive_int
 
 __all__ = [
     "GaussianBridge",
@@ -565,7 +565,7 @@ class GaussianNoiseOracle(torch.nn.Module):
     """The exact noise prediction for data ``N(mean, cov)`` under a linear reference process: an oracle network.
 
     For ``X_0 ~ N(m, S)`` and the transition ``X_t | X_0 ~ N(M_t X_0, Sigma_t)`` of a
-    :class:`~sbridge.processes.LinearSDE`, the marginal is ``N(M_t m, M_t S M_t^T + Sigma_t)`` and its score is
+    :class:`~sbridge.processes.linear.LinearSDE`, the marginal is ``N(M_t m, M_t S M_t^T + Sigma_t)`` and its score is
     ``s = -(M_t S M_t^T + Sigma_t)^{-1}(x - M_t m)``; the network returns the noise ``eps = -L_t^T s`` that a
     denoising-score-matching network would learn (``L_t`` the Cholesky factor of ``Sigma_t``, so that the solver's
     ``-L_t^{-T} eps`` gives ``s`` back). It reads the process at call time, so it stays exact while a solver changes
@@ -583,7 +583,7 @@ class GaussianNoiseOracle(torch.nn.Module):
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
     def bind(self, process: Any) -> GaussianNoiseOracle:
-        """Use ``process`` (a :class:`~sbridge.processes.LinearSDE`) as the reference; returns ``self``."""
+        """Use ``process`` (a :class:`~sbridge.processes.linear.LinearSDE`) as the reference; returns ``self``."""
         self.__dict__["process"] = process
         return self
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sbridge.errors import ConfigError
-from sbridge.validation import check_seed
+from sbridge.core.errors import ConfigError
+from sbridge.core.validation import check_seed
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

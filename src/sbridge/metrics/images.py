@@ -10,7 +10,7 @@ distance* and *classifier KID*: they are not comparable with published FIDs. Eac
 same metric between real training images and held-out test images, and the classifier's test accuracy is stored
 with it. Pass ``features=`` (e.g. an Inception feature extractor) to compute a true FID with the same code.
 
-Run ``python -m sbridge.image_metrics --data digits`` to train (or re-train with ``--force``) and print the
+Run ``python -m sbridge.metrics.images --data digits`` to train (or re-train with ``--force``) and print the
 classifier's accuracy.
 """
 
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sbridge import io
+from sbridge.core import io
+from sbridge.core.errors import ConfigError
 from sbridge.data import images
-from sbridge.errors import ConfigError
 
 #: Bump when the classifier's architecture or training changes: cached classifiers of another version are retrained.
 CLASSIFIER_VERSION = 2
@@ -244,7 +244,7 @@ class ImageMetrics:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m sbridge.image_metrics",
+    parser = argparse.ArgumentParser(prog="python -m sbridge.metrics.images",
                                      description="train and cache the feature classifier of an image data set")
     parser.add_argument("--data", default="digits", choices=images.DATASETS)
     parser.add_argument("--data-path", default=None, help="folder of the Fashion-MNIST IDX files")

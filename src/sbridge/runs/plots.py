@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from sbridge.errors import SBridgeError
+from sbridge.core.errors import SBridgeError
 
 
 def _pyplot():

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sbridge import io
-from sbridge.errors import RunDirError
+from sbridge.core import io
+from sbridge.core.errors import RunDirError
 
 LOCK_FILE = ".lock"
 #: Files whose presence means a folder holds a run.

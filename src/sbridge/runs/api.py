@@ -17,13 +17,15 @@ from typing import Any
 
 import torch
 
-from sbridge import distributed, io, metrics
+from sbridge.training import distributed
+from sbridge.core import io
+from sbridge.metrics import samples as metrics
 from sbridge.data import images, toy
-from sbridge.device import resolve_device, stream_seed
-from sbridge.errors import ConfigError, DataError, RunDirError
+from sbridge.core.device import resolve_device, stream_seed
+from sbridge.core.errors import ConfigError, DataError, RunDirError
 from sbridge.solvers.base import SOLVERS, Solver, load
-from sbridge.training import TrainConfig
-from sbridge.validation import as_data_tensor, check_choice, check_positive_int, check_seed
+from sbridge.training.trainer import TrainConfig
+from sbridge.core.validation import as_data_tensor, check_choice, check_positive_int, check_seed
 
 #: Offsets added to the training seed for the evaluation reference and noise-floor samples, so that neither
 #: overlaps the training data.
@@ -340,7 +342,7 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Any:
     prior = None if prior_info is None else load_data(prior_info)
     run_info: dict[str, Any] = {"data": data_info, "prior": prior_info}
     if autoencoder is not None:
-        from sbridge.latent import LatentBridge
+        from sbridge.solvers.latent import LatentBridge
 
         model: Any = LatentBridge(autoencoder, solver, train_autoencoder=spec.latent is None)
         run_info["latent_source"] = None if spec.latent is None else str(Path(spec.latent).resolve())
@@ -369,7 +371,7 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Any:
 def _latent_autoencoder(spec: RunSpec, shape: tuple[int, ...]) -> Any:
     """The autoencoder of a latent run: loaded from ``spec.latent`` (its event shape checked against the data) or a
     new one of ``spec.latent_dim`` to be trained as the run's first stage."""
-    from sbridge.latent import load_autoencoder
+    from sbridge.solvers.latent import load_autoencoder
     from sbridge.solvers.autoencoder import Autoencoder
 
     if spec.latent is None:
@@ -389,14 +391,14 @@ def training_images(spec: dict[str, Any], n: int) -> torch.Tensor:
 
 
 def _image_scorer(spec: dict[str, Any]) -> Any:
-    from sbridge.image_metrics import ImageMetrics
+    from sbridge.metrics.images import ImageMetrics
 
     return ImageMetrics(spec["name"], path=spec.get("data_path"))
 
 
 def frechet_of(scorer: Any, samples: torch.Tensor, reference: torch.Tensor) -> float:
     """Classifier Fréchet distance of ``samples`` to ``reference``."""
-    from sbridge.image_metrics import frechet_distance
+    from sbridge.metrics.images import frechet_distance
 
     return frechet_distance(scorer.features(samples), scorer.features(reference))
 
@@ -557,7 +559,7 @@ def evaluate(run_dir: str | Path, n: int = 5_000, *, steps: int | None = None, o
     against fresh points of the second; the result also holds the mean squared displacement of the transport
     beside that of a random pairing (an optimal-transport-like bridge moves points much less).
 
-    Image runs are scored by the classifier Fréchet distance and KID (:mod:`sbridge.image_metrics`) against held-out
+    Image runs are scored by the classifier Fréchet distance and KID (:mod:`sbridge.metrics.images`) against held-out
     test images, beside the same metrics of real training images; class-conditional runs add the fraction of samples
     the classifier assigns to the label they were drawn with. An autoencoder run reports its reconstruction error.
 
@@ -625,9 +627,9 @@ def negative_log_likelihood(solver: Solver, x: torch.Tensor, *, dequantize: int 
     """Exact NLL of the points ``x`` under ``solver.log_prob`` (probability-flow ODE, dopri5 at 1e-5): the mean in
     nats per dimension with its standard error over points, and in bits per dimension. With ``dequantize = K`` the
     points are images in ``[0, 1]`` with ``K`` levels: they are uniformly dequantised first and bits/dim is the
-    discrete value (:func:`sbridge.likelihood.nats_to_bits_per_dim`). Solvers with a path-space bound add it under
+    discrete value (:func:`sbridge.numerics.likelihood.nats_to_bits_per_dim`). Solvers with a path-space bound add it under
     ``"bound"`` (the negative ELBO, an upper bound on the reverse SDE's NLL; math.md §A.2), on the same points."""
-    from sbridge.likelihood import uniform_dequantize
+    from sbridge.numerics.likelihood import uniform_dequantize
 
     if not has_likelihood(solver):
         inner = getattr(solver, "solver", None)
@@ -651,7 +653,7 @@ def negative_log_likelihood(solver: Solver, x: torch.Tensor, *, dequantize: int 
 
 def _per_dim(logp: torch.Tensor, d: int, dequantize: int | None) -> dict[str, float]:
     """``-logp / d`` in nats (mean and standard error over points) and bits per dimension."""
-    from sbridge.likelihood import nats_to_bits_per_dim
+    from sbridge.numerics.likelihood import nats_to_bits_per_dim
 
     nats = -logp / d
     return {"nats_per_dim": float(nats.mean()), "se": float(nats.std() / math.sqrt(max(nats.shape[0] - 1, 1))),
@@ -668,7 +670,7 @@ def plot(run_dir: str | Path, *, n: int = 4_000, steps: int | None = None, ode: 
 
 
 def _plot(run_dir: str | Path, *, n: int, steps: int | None, ode: bool, device: str) -> list[Path]:
-    from sbridge import plot as plots
+    from sbridge.runs import plots
 
     path = io.require_run_dir(run_dir)
     solver = load(path, device=device)
@@ -704,7 +706,7 @@ def _plot(run_dir: str | Path, *, n: int, steps: int | None, ode: bool, device: 
 def _plot_bridge(solver: Solver, path: Path, n: int, steps: int | None) -> list[Path]:
     """Bridge runs: samples beside the target, SDE trajectories, transport lines (two data sets) and the
     per-iteration marginal errors."""
-    from sbridge import plot as plots
+    from sbridge.runs import plots
 
     prior = prior_spec(path)
     target_spec = prior if prior is not None else data_spec(path)
@@ -731,7 +733,7 @@ def _plot_images(model: Any, path: Path, steps: int | None, ode: bool) -> list[P
     """Image runs: a grid of samples beside real images (one class per row for class-conditional runs), the sampling
     trajectory of a few images, the loss; with an autoencoder (its own run or a latent run's stage) also
     reconstructions of held-out images and decoded interpolations between pairs of codes."""
-    from sbridge import plot as plots
+    from sbridge.runs import plots
 
     out = path / "plots"
     spec = data_spec(path)
@@ -782,6 +784,6 @@ def _plot_images(model: Any, path: Path, steps: int | None, ode: bool) -> list[P
 
 def _metrics_file(path: Path, model: Any) -> Path:
     """The training log of a run: a latent run's is its latent stage's."""
-    from sbridge.latent import LATENT_DIR
+    from sbridge.solvers.latent import LATENT_DIR
 
     return path / LATENT_DIR / io.METRICS_FILE if getattr(model, "method", "") == "latent" else path / io.METRICS_FILE

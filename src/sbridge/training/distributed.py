@@ -2,7 +2,7 @@
 
 A fit is distributed when a process group is initialised with more than one process (``torchrun`` does that for
 the CLI through :func:`init_from_env`; a Python user may call ``torch.distributed.init_process_group`` themselves).
-Then every rank builds the same solver and data, the :class:`~sbridge.training.Trainer` wraps the trained models
+Then every rank builds the same solver and data, the :class:`~sbridge.training.trainer.Trainer` wraps the trained models
 in ``DistributedDataParallel`` (gradients all-reduced), each step's global batch is drawn in *shards* — one per
 rank by default — each with its own generator derived from the run seed and the shard index, and rank 0 alone
 writes the run directory. Because the random draws belong to shards and not to processes, a run with ``S`` shards
@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from sbridge.errors import ConfigError, SBridgeError
+from sbridge.core.errors import ConfigError, SBridgeError
 
 T = TypeVar("T")
 

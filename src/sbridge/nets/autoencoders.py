@@ -10,25 +10,22 @@ The paper pre-trains ``E: [0, 1]^d -> R^{d*}`` and ``D: R^{d*} -> [0, 1]^d`` by 
   the 8x8 digits); its outputs too lie in ``[0, 1]``.
 
 The decoder ends in a sigmoid, so decoded images lie in ``[0, 1]`` like the data. The encoder is unbounded (the
-paper's lies in ``[0, 1]^{d*}``): :class:`~sbridge.latent.LatentBridge` standardises the latents, an affine map the
+paper's lies in ``[0, 1]^{d*}``): :class:`~sbridge.LatentBridge` standardises the latents, an affine map the
 bridge does not depend on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sbridge.errors import ConfigError
-from sbridge.networks import named_config
-from sbridge.tensors import sum_event
-from sbridge.training import Batch, Terms
-from sbridge.unet import group_norm
-from sbridge.validation import check_positive_int
+from sbridge.core.errors import ConfigError
+from sbridge.core.validation import check_positive_int
+from sbridge.nets.registry import named_config
+from sbridge.nets.unet import group_norm
 
 ARCHITECTURES = ("conv", "mlp")
 
@@ -143,14 +140,3 @@ def make_autoencoder(config: dict[str, Any], shape: tuple[int, ...], latent_dim:
                 "decoder": pair[1](tuple(shape), latent_dim, **options)}
     except TypeError as exc:
         raise ConfigError(f"invalid options {sorted(options)} for the {config['name']} autoencoder ({exc}).") from None
-
-
-class Reconstruction:
-    """Squared reconstruction error ``E ||D(E(x)) - x||^2`` summed over the event (math.md §B.1), as a loss object
-    ``(models, batch, generator) -> (loss, terms)``; ``terms["mse"]`` is the per-pixel mean squared error."""
-
-    def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
-                 generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
-        x = batch["x"]
-        err = sum_event((models["decoder"](models["encoder"](x)) - x) ** 2)
-        return err.mean(), {"mse": err.detach().mean() / x[0].numel()}

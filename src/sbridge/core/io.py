@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from sbridge.errors import RunDirError
+from sbridge.core.errors import RunDirError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -27,17 +27,20 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from sbridge import distributed, io
-from sbridge.device import make_generator, stream_seed
-from sbridge.errors import ConfigError, LossGrowthWarning, RunDirError, TrainingDivergedError
-from sbridge.validation import check_choice, check_positive_float, check_positive_int
+from sbridge.core import io
+from sbridge.core.device import make_generator, stream_seed
+from sbridge.core.errors import ConfigError, LossGrowthWarning, RunDirError, TrainingDivergedError
+from sbridge.core.validation import check_choice, check_positive_float, check_positive_int
+from sbridge.losses.base import Loss, Terms
+from sbridge.training import distributed
+from sbridge.training.sources import Source
 
 #: ``constant``, or ``cosine``: cosine decay from ``lr`` to ``lr / 100`` over each phase (Loshchilov & Hutter 2017).
 LR_SCHEDULES = ("constant", "cosine")
@@ -105,72 +108,6 @@ class TrainConfig:
         return asdict(self)
 
 
-# ============================================================================================ losses and data
-Batch = dict[str, torch.Tensor]
-Terms = dict[str, torch.Tensor]
-
-
-class Loss(Protocol):
-    """A training objective: ``loss(models, batch, generator) -> (scalar, named terms)``.
-
-    ``models`` maps names to modules (the trainer's, possibly wrapped); ``batch`` is a dict of tensors from the
-    phase's data source; every random draw goes through ``generator``. ``terms`` are detached scalars logged to
-    ``metrics.jsonl`` beside the loss.
-    """
-
-    def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
-                 generator: torch.Generator) -> tuple[torch.Tensor, Terms]: ...
-
-
-class Source(Protocol):
-    """A data source: ``source.batch(batch_size, generator) -> dict of tensors``."""
-
-    def batch(self, batch_size: int, generator: torch.Generator) -> Batch: ...
-
-
-class TensorSource:
-    """Minibatches drawn uniformly with replacement from in-memory tensors of equal length (``x``, ``cond``, ...)."""
-
-    def __init__(self, **tensors: torch.Tensor | None) -> None:
-        self.tensors = {k: v for k, v in tensors.items() if v is not None}
-        lengths = {v.shape[0] for v in self.tensors.values()}
-        if len(lengths) != 1:
-            raise ConfigError(f"the tensors of a data source must have one length, got {sorted(lengths)}.")
-        self.n = lengths.pop()
-
-    def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        first = next(iter(self.tensors.values()))
-        idx = torch.randint(self.n, (batch_size,), generator=generator, device=first.device)
-        return {k: v[idx] for k, v in self.tensors.items()}
-
-
-class LoaderSource:
-    """Minibatches from a ``torch.utils.data.DataLoader`` (its own batch size), cycled without end.
-
-    A loader item may be a tensor (``x``), a tuple ``(x, cond)`` or a dict. Resuming restarts the loader, so a run
-    resumed from a ``DataLoader`` continues the right number of steps but sees other minibatches than an
-    uninterrupted one; in-memory data (:class:`TensorSource`) resumes exactly.
-    """
-
-    def __init__(self, loader: Any, device: torch.device | str = "cpu") -> None:
-        self.loader, self.device = loader, device
-        self._it: Iterator[Any] | None = None
-
-    def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        if self._it is None:
-            self._it = iter(self.loader)
-        try:
-            item = next(self._it)
-        except StopIteration:
-            self._it = iter(self.loader)
-            item = next(self._it)
-        if isinstance(item, torch.Tensor):
-            item = {"x": item}
-        elif isinstance(item, (tuple, list)):
-            item = dict(zip(("x", "cond"), item, strict=False))
-        return {k: v.to(self.device) for k, v in item.items()}
-
-
 @dataclass
 class Phase:
     """One stage of a fit.
@@ -204,8 +141,8 @@ class Trainer:
     ``callbacks``: called as ``cb(step, loss)`` after every step (tests use them to interrupt a run).
     ``seed``: derives the generators of shards other than shard 0 (which uses ``generator``).
 
-    Distributed (a process group of ``world > 1`` processes, see :mod:`sbridge.distributed`): the trained models
-    of each phase are wrapped in ``DistributedDataParallel``; the global batch ``batch_size`` is drawn in
+    Distributed (a process group of ``world > 1`` processes, see :mod:`.distributed`): the trained models of
+    each phase are wrapped in ``DistributedDataParallel``; the global batch ``batch_size`` is drawn in
     ``config.shards`` shards (default: one per process) of ``batch_size / shards`` samples, each with its own
     generator, a process handling its shards in turn with gradient accumulation; the loss, the NaN/Inf decision
     and Ctrl-C are agreed by an all-reduce every step; rank 0 alone writes checkpoints and ``metrics.jsonl``.

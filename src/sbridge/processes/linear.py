@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.device import make_generator
-from sbridge.errors import ConfigError, NotPositiveDefiniteError
-from sbridge.sampling import euler_maruyama, time_grid
-from sbridge.tensors import as_time, expand_as_batch, flat, sum_event
-from sbridge.validation import check_choice, check_positive_float
+from sbridge.core.device import make_generator
+from sbridge.core.errors import ConfigError, NotPositiveDefiniteError
+from sbridge.core.tensors import as_time, expand_as_batch, flat, sum_event
+from sbridge.core.validation import check_choice, check_positive_float
+from sbridge.numerics.integrators import euler_maruyama, time_grid
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -147,7 +147,7 @@ def _from_spec(spec: dict[str, Any], registry: dict[str, type], what: str) -> An
         accepted = [p for p, v in signature.parameters.items() if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
         need = f"it needs {', '.join(required)}; " if required else ""
         raise ConfigError(f"invalid parameters {sorted(params)} for {what} {name!r}: {need}it takes "
-                          f"{', '.join(accepted)} (see sbridge.processes.{cls.__name__}).") from None
+                          f"{', '.join(accepted)} (see sbridge.processes.linear.{cls.__name__}).") from None
 
 
 def make_schedule(spec: dict[str, Any] | Schedule) -> Schedule:

@@ -1,7 +1,7 @@
 """Sample-based distances between two point clouds ``x`` (n, d) and ``y`` (m, d).
 
 All metrics accept torch tensors, numpy arrays or nested sequences, validate them with
-:func:`sbridge.validation.as_data_tensor` and compute in float64 on the CPU. Pairwise sums are taken over row
+:func:`sbridge.core.validation.as_data_tensor` and compute in float64 on the CPU. Pairwise sums are taken over row
 blocks so that memory stays bounded (a few 64 MB blocks) even for tens of thousands of points.
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import ot
 import torch
 
-from sbridge.errors import ConfigError, DataError
-from sbridge.validation import as_data_tensor, as_float64, check_choice, check_positive_float, check_positive_int
+from sbridge.core.errors import ConfigError, DataError
+from sbridge.core.validation import as_data_tensor, as_float64, check_choice, check_positive_float, check_positive_int
 
 _BLOCK_ELEMENTS = 1 << 23  # pairwise entries per block: 8M float64 = 64 MB
 

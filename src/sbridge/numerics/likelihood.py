@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from sbridge.errors import ConfigError, DataError
-from sbridge.tensors import flat, sum_event
-from sbridge.validation import check_choice, check_positive_int
+from sbridge.core.errors import ConfigError, DataError
+from sbridge.core.tensors import flat, sum_event
+from sbridge.core.validation import check_choice, check_positive_int
 
 Field = Callable[[torch.Tensor, float], torch.Tensor]
 

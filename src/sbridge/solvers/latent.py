@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from sbridge import distributed, io, rundir
-from sbridge.errors import ConfigError, RunDirError
+from sbridge.core import io
+from sbridge.core.errors import ConfigError, RunDirError
 from sbridge.solvers.autoencoder import Autoencoder
 from sbridge.solvers.base import RUN_LOADERS, Solver, load
+from sbridge.training import distributed, rundir
 
 AUTOENCODER_DIR, LATENT_DIR = "autoencoder", "latent"
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sbridge.errors import ConfigError, DataError
+from sbridge.core.errors import ConfigError, DataError
 
 
 def as_data_tensor(x: Any, *, name: str = "data", dim: int | None = None, event_shape: tuple[int, ...] | None = None,

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 import torch
 
-from sbridge.errors import ConfigError
-from sbridge.validation import check_choice, check_memory, check_positive_float, check_positive_int
+from sbridge.core.errors import ConfigError
+from sbridge.core.validation import check_choice, check_memory, check_positive_float, check_positive_int
 
 #: A sampler state: one tensor, or a tuple of tensors integrated together (e.g. ``(x, logp)``).
 State = torch.Tensor | tuple[torch.Tensor, ...]
@@ -44,7 +44,7 @@ _MAX_BISECTIONS = 200  # a cap: float64 bisection on [t_min, T] reaches adjacent
 
 
 class IsotropicProcess(Protocol):
-    """What the noise-level grids need from a reference process (see :class:`sbridge.processes.LinearSDE`)."""
+    """What the noise-level grids need from a reference process (see :class:`sbridge.processes.linear.LinearSDE`)."""
 
     T: float
     t_min: float

@@ -11,13 +11,13 @@ what small images (MNIST-sized or smaller) need:
   condition) embedding enters every block as a per-channel scale and shift applied right after the second
   normalisation (the "scale-shift norm" of Nichol & Dhariwal), with a 1x1 convolution on the shortcut when the
   number of channels changes;
-* a sinusoidal time embedding passed through a two-layer MLP, to which a :class:`~sbridge.networks.ConditionEmbedding`
+* a sinusoidal time embedding passed through a two-layer MLP, to which a :class:`~.embeddings.ConditionEmbedding`
   is added when the network is conditional (class labels or vectors, with a learned "no condition" entry for
   classifier-free guidance);
 * optionally one single-head self-attention block in the middle, at the lowest resolution;
 * a last convolution initialised at zero, so the network outputs exactly 0 at initialisation: a residual
   parametrisation (drift = reference + network) starts at the reference, as with
-  :class:`~sbridge.networks.TimeMLP`.
+  :class:`~sbridge.nets.mlp.TimeMLP`.
 
 Spatial sizes need not be powers of two: downsampling pads, so 28 -> 14 -> 7 and 7 -> 4, and each upsampling
 interpolates straight to the size of the skip tensor it is concatenated with.
@@ -36,10 +36,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sbridge.errors import ConfigError, DataError
-from sbridge.networks import ConditionEmbedding, SinusoidalTimeEmbedding
-from sbridge.tensors import batch_time
-from sbridge.validation import check_positive_int
+from sbridge.core.errors import ConfigError, DataError
+from sbridge.core.tensors import batch_time
+from sbridge.core.validation import check_positive_int
+from sbridge.nets.embeddings import ConditionEmbedding, SinusoidalTimeEmbedding
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -125,7 +125,7 @@ class UNet(nn.Module):
         attention: add a single-head self-attention block at the lowest resolution.
         dropout: dropout rate inside the residual blocks.
         time_scale: factor applied to ``t`` before the sinusoidal embedding (1000 for ``t`` in ``[0, 1]``).
-        cond: condition spec (see :func:`~sbridge.networks.check_condition_spec`) or ``None``.
+        cond: condition spec (see :func:`~sbridge.nets.embeddings.check_condition_spec`) or ``None``.
     """
 
     def __init__(self, shape: tuple[int, int, int], *, channels: int = 32, channel_mults: tuple[int, ...] = (1, 2, 2),

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from sbridge.networks import drop_condition
-from sbridge.processes import LinearSDE
-from sbridge.tensors import sum_event
-from sbridge.training import Batch, Terms
-from sbridge.validation import check_probability
+from sbridge.core.tensors import sum_event
+from sbridge.core.validation import check_probability
+from sbridge.losses.base import Batch, Terms
+from sbridge.nets.embeddings import drop_condition
+from sbridge.processes.linear import LinearSDE
 
 
 class DenoisingScoreMatching:
