@@ -3,10 +3,10 @@
 Parts (``--parts``):
 
 * ``gaussian``: the DSBM paper's Gaussian protocol, N(-0.1 * 1, I) -> N(0.1 * 1, I), sigma = 1, d in {5, 20, 50}:
-  errors of the transported mean, variance and cross-covariance against the closed form (math.md §G), and the
+  errors of the transported mean, variance and cross-covariance against the closed form (maths.md §G), and the
   KL between the learned and the true marginals averaged over t in {0.1, ..., 0.9} (Gaussian fits of the
   simulated paths; the GaussianSB row — exact drift, same n — is the Monte-Carlo floor of that estimate);
-* ``eot``: entropic-OT pairs with a known plan (math.md §H), D in {2, 16}, eps in {0.1, 1, 10}: cBW2-UVP and
+* ``eot``: entropic-OT pairs with a known plan (maths.md §H), D in {2, 16}, eps in {0.1, 1, 10}: cBW2-UVP and
   BW2-UVP beside their Monte-Carlo floors (the true plan sampled the same way);
 * ``toy``: 2-D transports moons -> 8gaussians and N(0, I) -> scurve: W2 to fresh target points, with wall time and NFE.
 
@@ -169,7 +169,7 @@ def markdown(r: dict[str, Any]) -> str:
         out += ["", "Published (DSBM paper, Table 3, mean KL x1e-3 at d = 50): DSBM-IPF 8.75, DSBM-IMF 9.76, "
                 "DSB 32.8, SB-CFM 49.4.", ""]
     if r.get("eot"):
-        out += ["## Entropic-OT pairs with a known plan (math.md §H)", "",
+        out += ["## Entropic-OT pairs with a known plan (maths.md §H)", "",
                 "| D | eps | method | cBW2-UVP % | floor | BW2-UVP % | floor | seconds |",
                 "|---:|---:|---|---:|---:|---:|---:|---:|"]
         out += [f"| {e['dim']} | {e['eps']} | {e['method']} | {e['cbw2_uvp']:.2f} | {e['cbw2_uvp_floor']:.2f} | "

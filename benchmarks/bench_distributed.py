@@ -25,8 +25,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import sbridge
+from sbridge import runs
 from sbridge.data import toy
-from sbridge.runs import api as runs
 
 RESULTS = Path(__file__).parent / "results"
 NET = {"name": "mlp", "hidden": 128, "depth": 3}

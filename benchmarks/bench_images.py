@@ -1,4 +1,4 @@
-"""Benchmark: latent Schrödinger bridges vs pixel-space solvers on images (issue 12; math.md §B).
+"""Benchmark: latent Schrödinger bridges vs pixel-space solvers on images (issue 12; maths.md §B).
 
 For each image data set (scikit-learn's 8x8 digits; Fashion-MNIST 28x28 when Debian's package is installed):
 
@@ -37,7 +37,8 @@ import sbridge
 from sbridge.data import images
 from sbridge.metrics.images import ImageMetrics, frechet_distance
 from sbridge.runs import plots
-from sbridge.runs.api import _reference_and_floor, negative_log_likelihood
+from sbridge.runs.datasets import _reference_and_floor
+from sbridge.runs.scoring import negative_log_likelihood
 
 RESULTS = Path(__file__).parent / "results"
 LABELS = {"kind": "label", "classes": 10}

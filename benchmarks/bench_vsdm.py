@@ -1,4 +1,4 @@
-"""Benchmark: VSDM vs SGM (math.md §C.7) — the anisotropic 2-D sets and the Gaussian check.
+"""Benchmark: VSDM vs SGM (maths.md §C.7) — the anisotropic 2-D sets and the Gaussian check.
 
 Part 1, anisotropic sets: spiral stretched 8x on y, checkerboard stretched 6x on x. Every solver uses beta_max = 10
 (under which SGM leaves the stretched axis under-noised), the MLP 3x128, ``--steps`` steps of batch 512 with a cosine

@@ -43,6 +43,12 @@ def test_the_documented_solver_learns_a_gaussian(straight_flow, tmp_path: Path) 
     torch.testing.assert_close(loaded.sample(100, steps=5, seed=3), model.sample(100, steps=5, seed=3))
     with pytest.raises(ConfigError, match="ODE only"):
         model.sample(10, ode=False)
+    caps = model.capabilities()
+    assert caps.sample and caps.samplers == ("ode",) and not caps.transport and not caps.log_prob
+    with pytest.raises(ConfigError, match="does not transport"):
+        model.transport(x[:5])
+    with pytest.raises(ConfigError, match="does not give exact likelihoods"):
+        model.log_prob(x[:5])
 
 
 def test_the_documented_solver_trains_and_samples_from_the_cli(straight_flow, tmp_path: Path,
@@ -55,3 +61,5 @@ def test_the_documented_solver_trains_and_samples_from_the_cli(straight_flow, tm
     assert s.shape == (500, 2) and abs(s.mean()) < 0.3 and 0.7 < s.std() < 1.3
     assert main(["sample", str(out), "--n", "10"]) == 2
     assert "ODE only" in capsys.readouterr().err
+    assert main(["plot", str(out), "--n", "200", "--steps", "5"]) == 0
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == ["loss.png", "samples.png", "trajectories.png"]

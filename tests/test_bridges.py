@@ -1,6 +1,6 @@
 """Tests for the bridge solvers (GaussianSB, DSBM, DSB): what they learn, history, persistence and user errors.
 
-Ground truth is the closed-form Schrödinger bridge between Gaussians (math.md §G): for the Brownian reference
+Ground truth is the closed-form Schrödinger bridge between Gaussians (maths.md §G): for the Brownian reference
 ``sigma W`` the static SB between N(a, A) and N(b, B) is ``N([a; b], [[A, C], [C^T, B]])`` with
 ``C = sbridge.processes.gaussian.coupling(a, A, b, B, sigma)``. The independent coupling has ``C = 0``, so the learned
 cross-covariance ``Cov(X0, T(X0))`` tells a Schrödinger bridge apart from a random pairing of the two ends.
@@ -345,7 +345,7 @@ def test_dsbm_moons_coupling_is_near_the_entropic_ot_plan_not_random(moons_dsbm:
     # Mean squared displacement E||T(x) - x||^2 of the learned coupling versus
     # * random pairing: E||X - Y||^2 for independent X ~ moons, Y ~ 8gaussians (~12: the 8 modes sit at radius 2.8);
     # * the static SB itself: the cost of the Sinkhorn plan between the two samples with POT reg = 2 sigma^2
-    #   (sinkhorn_reg, math.md §G.1), i.e. the same entropic problem the bridge solves (~3);
+    #   (sinkhorn_reg, maths.md §G.1), i.e. the same entropic problem the bridge solves (~3);
     # * exact OT (emd), a lower bound for every coupling (~1.8).
     # The model must be within 30% of the Sinkhorn cost (allowance for the learned plan and the finite-sample bias
     # of the Sinkhorn estimate), which forces it below 0.4x random pairing; the test also asserts that 1.3x the
@@ -387,7 +387,7 @@ def test_dsbm_history_shows_the_backward_direction_being_learned(name: str, requ
 
 
 def test_dsb_history_marginal_errors_decrease(dsb2: DSB) -> None:
-    # math.md §D.5: IPF's marginal errors shrink with the iterations. After one IPF iteration, the 2-D pair is still
+    # maths.md §D.5: IPF's marginal errors shrink with the iterations. After one IPF iteration, the 2-D pair is still
     # far from converged (the coupling starts from the Brownian reference, whose x1 end is x0 blurred, 1.8 away
     # from the target mean), so its monitor energies are large against the monitor noise (~0.005 at 1000 points).
     # Requiring a 3x decrease by iteration 4 for both ends leaves room for the learned model's plateau.
@@ -517,7 +517,7 @@ def test_errors_are_sbridge_errors_with_one_sentence_messages() -> None:
 def test_dsb_iteration_zero_forward_process_is_the_reference() -> None:
     # Drifts are residuals on the reference with zero-initialised networks, so before any training the forward
     # kernel is the reference's (OU towards N(0, I) for generation, Brownian between data sets) and the first
-    # backward half-step is score matching under the reference, i.e. SGM (math.md §D.4).
+    # backward half-step is score matching under the reference, i.e. SGM (maths.md §D.4).
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     generative = DSB(2, sigma=1.5, hidden=8)
     assert torch.allclose(generative.forward_drift(x, 0.3), -0.5 * 1.5**2 * x)

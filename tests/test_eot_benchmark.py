@@ -1,4 +1,4 @@
-"""Tests for sbridge.data.eot_benchmark (math.md §H) and the BW2-UVP / cBW2-UVP metrics in sbridge.metrics.samples.
+"""Tests for sbridge.data.eot_benchmark (maths.md §H) and the BW2-UVP / cBW2-UVP metrics in sbridge.metrics.samples.
 
 The benchmark's plan is checked against an independent solver (POT's Sinkhorn with reg = 2 eps, §G.1), against
 an Euler-Maruyama simulation of its own SB drift, against quadrature and autograd of the h-transform, and, for one

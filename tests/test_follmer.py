@@ -1,4 +1,4 @@
-"""The latent bridge of Jiao et al. on [0, 1] (math.md §B.2): closed-form denoisers of Gaussian data drive the sampler
+"""The latent bridge of Jiao et al. on [0, 1] (maths.md §B.2): closed-form denoisers of Gaussian data drive the sampler
 of both cases to the data law; training recovers it; save/load; errors."""
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def test_case_h_log_prob_is_the_density_of_the_early_stopped_state() -> None:
     cov_T = COV + 2.0 * sf.delta * torch.eye(2)  # X_T = Y + sqrt(tau delta) Z
     exact = torch.distributions.MultivariateNormal(MEAN, cov_T).log_prob(x)
     assert torch.allclose(sf.log_prob(x), exact, atol=2e-3)
-    assert oracle_solver("F").log_prob is None
+    assert not oracle_solver("F").capabilities().log_prob
+    with pytest.raises(ConfigError, match="does not give exact likelihoods"):
+        oracle_solver("F").log_prob(x)
 
 
 def test_the_marginals_are_the_closed_forms() -> None:

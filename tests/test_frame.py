@@ -14,7 +14,6 @@ from sbridge import DSB, DSBM, SBFBSDE, SBVAE, SGM, VSDM, GaussianSB
 from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
 from sbridge.processes.linear import VP
-from sbridge.runs.api import can_sample, can_transport, has_likelihood
 from sbridge.training.sources import TensorSource
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -211,9 +210,11 @@ def test_gaussian_sb_log_prob_is_the_density_of_its_fitted_gaussian() -> None:
 
 
 def test_capabilities_not_classes() -> None:
-    assert can_sample(SGM) and not can_transport(SGM) and has_likelihood(SGM)
+    caps = SGM.declared
+    assert caps.sample and not caps.transport and caps.log_prob
     for cls in (DSB, DSBM, GaussianSB):
-        assert can_sample(cls) and can_transport(cls) and has_likelihood(cls)
+        caps = cls.declared
+        assert caps.sample and caps.transport and caps.log_prob
 
 
 def test_bridges_sample_by_the_probability_flow_too() -> None:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from sbridge.cli import _train_spec, build_parser
 from sbridge.core.errors import SBridgeError
 from sbridge.core.validation import as_data_tensor
-from sbridge.runs.api import RunSpec, read_data_file
+from sbridge.runs.datasets import read_data_file
+from sbridge.runs.spec import RunSpec
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

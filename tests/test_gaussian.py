@@ -1,4 +1,4 @@
-"""Tests for the closed-form Gaussian Schrödinger bridge (sbridge.processes.gaussian; math.md §G, §E.3).
+"""Tests for the closed-form Gaussian Schrödinger bridge (sbridge.processes.gaussian; maths.md §G, §E.3).
 
 Every formula is checked against something computed independently: POT's Sinkhorn plan, scipy's sqrtm, finite
 differences, autograd, Euler-Maruyama / Heun simulation or a matrix ODE. Monte-Carlo tolerances are 5 standard
@@ -137,7 +137,7 @@ def test_coupling_schrodinger_product_form() -> None:
 
 
 def test_coupling_1d_formula() -> None:
-    # 1-D: c = sqrt(ab + s^4/4) - s^2/2 with variances a, b. math.md §E.3 quotes 1.70544 for standard deviations 1, 2
+    # 1-D: c = sqrt(ab + s^4/4) - s^2/2 with variances a, b. maths.md §E.3 quotes 1.70544 for standard deviations 1, 2
     # (variances 1, 4) and sigma = 0.8.
     for va, vb, s in [(1.0, 4.0, 0.8), (0.3, 2.5, 0.2), (2.0, 0.5, 1.7)]:
         expected = math.sqrt(va * vb + s**4 / 4) - s**2 / 2
@@ -172,7 +172,7 @@ def test_covariance_ode_and_symmetric_drift() -> None:
         S = br.cov(t)
         torch.testing.assert_close(dS, M @ S + S @ M.T + sigma**2 * torch.eye(3, dtype=F64), atol=1e-7, rtol=0)
         # The SB drift is a gradient field (sigma^2 grad log phi_t), so M_t is symmetric: M_t is then the symmetric
-        # Lyapunov solution of math.md §E.3.
+        # Lyapunov solution of maths.md §E.3.
         torch.testing.assert_close(M, M.T, atol=1e-12, rtol=0)
         # drift(t, x) = (b - a) + M_t (x - mu_t)
         x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=F64)

@@ -24,7 +24,9 @@ from sbridge.core import io
 from sbridge.core.errors import ConfigError
 from sbridge.data import images
 from sbridge.metrics.images import ImageMetrics, frechet_distance, kernel_distance, train_classifier
-from sbridge.runs.api import _reference_and_floor, drawn_labels, has_likelihood
+from sbridge.runs.datasets import _reference_and_floor
+from sbridge.runs.scoring import drawn_labels
+from sbridge.solvers.capabilities import CapabilityError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 DIGITS = {"name": "digits", "kind": "images", "classes": None, "data_path": None, "seed": 0, "n": 1197}
@@ -108,7 +110,9 @@ def test_latent_log_prob_is_the_solvers_density_of_the_codes(digits_train: tuple
     expected = lb.solver.log_prob(z) - lb.latent_std.log().sum()  # change of variables of the standardisation
     assert torch.allclose(lb.log_prob(x[:5]), expected, atol=1e-4)
     lb.solver = sbridge.SchrodingerFollmer(dim=4, case="F", device="cpu")  # no likelihood: nor has the latent run
-    assert lb.log_prob is None and not has_likelihood(lb)
+    assert not lb.capabilities().log_prob
+    with pytest.raises(CapabilityError, match="latent follmer.*likelihoods"):
+        lb.log_prob(x[:5])
 
 
 def test_a_latent_run_killed_in_the_autoencoder_stage_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:

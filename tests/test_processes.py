@@ -272,8 +272,8 @@ def test_config_round_trips_through_make_process(proc: Process) -> None:
     assert json.loads(json.dumps(proc.config())) == proc.config()
 
 
-# ---------------------------------------------------------------- matrix-valued coefficients (math.md §C.2, §E.2)
-D_FULL = torch.tensor([[1.5, 0.3], [0.3, 0.6]], dtype=F64)  # math.md §E.2's example
+# ---------------------------------------------------------------- matrix-valued coefficients (maths.md §C.2, §E.2)
+D_FULL = torch.tensor([[1.5, 0.3], [0.3, 0.6]], dtype=F64)  # maths.md §E.2's example
 
 
 def _matrix_processes() -> dict[str, LinearSDE]:
@@ -308,8 +308,8 @@ def test_matrix_coefficient_marginals_match_expm_quadrature(name: str) -> None:
         torch.testing.assert_close(cov.dense(x0)[0], cov_ref, rtol=0, atol=1e-9)
 
 
-def test_matrix_fraction_matches_the_closed_form_of_math_md_e2() -> None:
-    # Symmetric D: Sigma = D^{-1} (I - exp(-B D)) (math.md §E.2), for both code paths, to 1e-13.
+def test_matrix_fraction_matches_the_closed_form_of_maths_e2() -> None:
+    # Symmetric D: Sigma = D^{-1} (I - exp(-B D)) (maths.md §E.2), for both code paths, to 1e-13.
     x0 = torch.zeros(1, 2, dtype=F64)
     for symmetric in (True, False):
         proc = LinearSDE(PowerRate(0.1, 4.0), DriftMatrix("full", D_FULL, symmetric=symmetric))
@@ -321,7 +321,7 @@ def test_matrix_fraction_matches_the_closed_form_of_math_md_e2() -> None:
 @pytest.mark.parametrize("name", ["diagonal", "full-general"])
 def test_matrix_coefficient_marginals_match_euler_maruyama(name: str) -> None:
     # 20k paths of dX = -beta D X / 2 dt + sqrt(beta) dW from a fixed x0 (1000 steps): sample mean within 4 SE and
-    # sample covariance within 4 SE of the closed form plus 1 % for the scheme's O(dt) bias (math.md §E.2 reports
+    # sample covariance within 4 SE of the closed form plus 1 % for the scheme's O(dt) bias (maths.md §E.2 reports
     # ~3e-3 agreement for the same setting with 200k paths).
     proc = _matrix_processes()[name]
     n, steps = 20_000, 1000

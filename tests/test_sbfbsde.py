@@ -1,4 +1,4 @@
-"""SB-FBSDE and SB-VAE (math.md §1.4, §A): the special cases of the drift matching, the prior-loss estimator, the
+"""SB-FBSDE and SB-VAE (maths.md §1.4, §A): the special cases of the drift matching, the prior-loss estimator, the
 closed-form Gaussian coupling, warm start, early stopping, exact resume and the user errors."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _randomise(module: nn.Module, seed: int) -> nn.Module:
 
 
 def test_with_no_encoder_the_drift_matching_is_weighted_denoising_score_matching_up_to_a_constant() -> None:
-    # math.md §A.3: u = 0, decoder P1 (B = f - g^2 s): the drift-matching integrand E[g^2 |s|^2 / 2 + g^2 div s]
+    # maths.md §A.3: u = 0, decoder P1 (B = f - g^2 s): the drift-matching integrand E[g^2 |s|^2 / 2 + g^2 div s]
     # differs from E[g^2 |s - grad log p_{t|0}|^2 / 2] by a constant that no network changes. Two random decoders on
     # the same samples: the difference of the differences has mean 0 (within 4 standard errors, n = 100k).
     model = SBVAE(2, **SMALL)
@@ -69,7 +69,7 @@ def test_with_no_encoder_the_drift_matching_is_weighted_denoising_score_matching
 
 
 def test_decoder_p2_drift_matching_is_sbfbsde_backward_loss() -> None:
-    # math.md §A.3: with B = f - g Z_hat (P2) the integrand |F - B|^2 / (2 g^2) - div B equals SB-FBSDE's backward
+    # maths.md §A.3: with B = f - g Z_hat (P2) the integrand |F - B|^2 / (2 g^2) - div B equals SB-FBSDE's backward
     # loss |Z_hat|^2 / 2 + g div Z_hat + Z . Z_hat plus |Z|^2 / 2 - div f, which no decoder changes
     model = SBVAE(2, decoder="P2", **SMALL)
     _randomise(model.models["fwd"], 3)
@@ -89,7 +89,7 @@ def test_decoder_p2_drift_matching_is_sbfbsde_backward_loss() -> None:
 
 
 def test_prior_loss_along_the_encode_sde_is_the_closed_form_kl_plus_the_data_entropy() -> None:
-    # math.md §A.4: u = 0 and the exact decoder (the Gaussian oracle) on N(m, diag(v)) data under VP: the estimate
+    # maths.md §A.4: u = 0 and the exact decoder (the Gaussian oracle) on N(m, diag(v)) data under VP: the estimate
     # -E log pi(X_T) - int E[div f + g^2 |grad log p_t|^2 / 2] dt is KL(p_T || N(0, I)) + H(data), and the drift
     # matching is 0 (to Monte-Carlo and Euler-Maruyama error)
     mean, var = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 3.0])
@@ -118,7 +118,7 @@ class _Zero(nn.Module):
 
 def test_sbfbsde_recovers_the_gaussian_bridge_coupling_between_two_data_sets() -> None:
     # data to data under Brownian motion (sigma = 1): N(a, A) -> N(b, B) in 2-D, alternating SB-FBSDE; the
-    # forward transport's cross-covariance against the closed form C_sigma (math.md §G.2). Measured: 3 stages give
+    # forward transport's cross-covariance against the closed form C_sigma (maths.md §G.2). Measured: 3 stages give
     # a mean error 0.16 and a coupling error 0.056, 5 stages 0.05 and 0.074; the marginal errors fall every stage.
     a, A = torch.tensor([-1.0, 0.5]), torch.tensor([[1.0, 0.4], [0.4, 0.6]])
     b, B = torch.tensor([1.5, -0.5]), torch.tensor([[0.5, -0.2], [-0.2, 1.2]])

@@ -1,4 +1,4 @@
-"""VSDM's building blocks (math.md §C): the variational score A and its admissible set, and the SA gradient."""
+"""VSDM's building blocks (maths.md §C): the variational score A and its admissible set, and the SA gradient."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_sa_gradient_vanishes_when_backward_and_forward_marginals_agree() -> Non
     grad = sa_gradient(x, -x @ torch.linalg.inv(sigma).T, torch.ones(1, dtype=torch.float64),
                        torch.ones(1, dtype=torch.float64), zeta=1.0)
     assert float(grad.abs().max()) < 0.02, grad
-    # with zeta < 1 the constant push (1 - zeta) I remains (math.md §C.4)
+    # with zeta < 1 the constant push (1 - zeta) I remains (maths.md §C.4)
     grad = sa_gradient(x, -x @ torch.linalg.inv(sigma).T, torch.ones(1, dtype=torch.float64),
                        torch.ones(1, dtype=torch.float64), zeta=0.75)
     torch.testing.assert_close(grad, -0.25 * torch.eye(2, dtype=torch.float64), atol=0.02, rtol=0)
@@ -242,7 +242,7 @@ def _transport_coupling(model: VSDM, n: int, steps: int) -> tuple[torch.Tensor, 
 
 
 def test_gaussian_check_vsdm_moves_its_transport_toward_the_closed_form_bridge() -> None:
-    # math.md §C.7 with centred data: N(0, [[1, 1], [1, 5]]) -> N(0, I) under constant beta = 1 (the reference alone
+    # maths.md §C.7 with centred data: N(0, [[1, 1], [1, 5]]) -> N(0, I) under constant beta = 1 (the reference alone
     # leaves X_T ~ N(0, [[1, .37], [.37, 2.5]]), far from the prior). Exact scores (the oracle network) isolate what
     # the SA on a full A does: VSDM's backward transport from the fixed N(0, I) prior, zeta = 1, is compared with
     # the closed-form SB under the same reference (LinearGaussianBridge). Measured: coupling error 0.31 with A = 0,
@@ -309,7 +309,7 @@ def test_a_scale_of_ones_is_the_time_invariant_process(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["diagonal", "full"])
 def test_sa_gradients_of_a_and_its_scale_are_the_autograd_gradients_of_the_sa_loss(kind: str) -> None:
-    # L(A, h) = sum_n beta_n dt_n E[ |h_k A x|^2 / 2 + (h_k A x)^T (s - h_k A_cur x) + zeta h_k tr A ] (math.md §C.4
+    # L(A, h) = sum_n beta_n dt_n E[ |h_k A x|^2 / 2 + (h_k A x)^T (s - h_k A_cur x) + zeta h_k tr A ] (maths.md §C.4
     # with A_t = h_k A), differentiated at the current (A, h): the solver's closed form must match autograd
     model, a = _scaled_process(kind, [0.5, 1.5, 0.8])
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""The ``sbridge`` command line: a thin argparse layer over :mod:`sbridge.runs.api`.
+"""The ``sbridge`` command line: a thin argparse layer over :mod:`sbridge.runs`.
 
 User mistakes raise :class:`sbridge.SBridgeError`; :func:`main` prints the one-sentence message without a
 traceback and exits with status 2.
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from sbridge.core.errors import ConfigError, SBridgeError
+from sbridge.solvers.base import SOLVERS
 
 DEMO_OUT = "runs/demo"
 IMAGE_DEMO_OUT = "runs/demo-images"
-SOLVER_NAMES = ("sgm", "vsdm", "dsb", "dsbm", "gaussian_sb", "sbfbsde", "sbvae", "follmer", "autoencoder")
 
 
 def _load_yaml(path: str) -> dict[str, Any]:
@@ -86,7 +86,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 TRAIN_HELP = {
-    "method": "solver: " + ", ".join(SOLVER_NAMES),
+    "method": "solver: " + ", ".join(SOLVERS),
     "prior": "second data set for a bridge (toy set or file): the bridge then connects --data to it",
     "iterations": "outer IPF / IMF iterations of a bridge solver (0: its default)",
     "data": "a toy data set (checkerboard, 8gaussians, moons, swissroll, spiral, pinwheel, circles, scurve, "
@@ -106,7 +106,7 @@ TRAIN_HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sbridge.runs.api import RunSpec
+    from sbridge.runs.spec import RunSpec
 
     parser = _Parser(prog="sbridge", description="Schrödinger-bridge generative modelling.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_spec(args: argparse.Namespace):
-    from sbridge.runs.api import RunSpec
+    from sbridge.runs.spec import RunSpec
 
     cfg = _load_yaml(args.config) if args.config else {}
     solver = cfg.pop("solver", None) or {}
@@ -217,7 +217,7 @@ def _class_list(text: str) -> list[int]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sbridge.runs import api as runs
+    from sbridge import runs
     from sbridge.training import distributed
 
     spec = _train_spec(args)
@@ -229,7 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     target = f" -> {spec.prior}" if spec.prior else ""
     done, loss = solver.steps_done, solver.last_loss
-    if done is None:
+    if solver.capabilities().closed_form:
         how = "in closed form (no training steps)"
     else:
         how = f"for {done} steps" + (f" (final loss {loss:.4g})" if loss is not None and loss == loss else "")
@@ -240,7 +240,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from sbridge.runs import api as runs
+    from sbridge import runs
 
     out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
     if out.suffix.lower() != ".npy":
@@ -275,7 +275,7 @@ def _format_metrics(result: dict[str, Any]) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sbridge.runs import api as runs
+    from sbridge import runs
 
     if not args.nll and (args.dequantize is not None or args.nll_n != 1_000):
         raise ConfigError("--nll-n and --dequantize set up the likelihood; add --nll, or drop them.")
@@ -320,7 +320,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from sbridge.runs import api as runs
+    from sbridge import runs
 
     for path in runs.plot(args.run, n=args.n, steps=args.steps, ode=args.ode, device=args.device):
         print(f"wrote {path}")
@@ -328,9 +328,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from sbridge import runs
     from sbridge.core.validation import check_positive_int
-    from sbridge.runs import api as runs
-    from sbridge.runs.api import RunSpec
+    from sbridge.runs.spec import RunSpec
 
     if args.images:
         return _image_demo(args)
@@ -367,11 +367,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _image_demo(args: argparse.Namespace) -> int:
     """A class-conditional latent SGM on digits (or Fashion-MNIST): autoencoder stage, latent stage, evaluation with
     the classifier Fréchet distance, plots."""
+    from sbridge import runs
     from sbridge.core import io
     from sbridge.core.validation import check_choice, check_positive_int
     from sbridge.data import images
-    from sbridge.runs import api as runs
-    from sbridge.runs.api import RunSpec
+    from sbridge.runs.spec import RunSpec
 
     data = check_choice(args.data, images.DATASETS, "image data set")
     steps = 4_000 if args.steps is None else check_positive_int(args.steps, "--steps")

@@ -30,15 +30,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def stream_seed(seed: int, *parts: int) -> int:
-    """A seed for the random stream named by ``parts`` (e.g. ``(MONITOR, iteration, direction)``), distinct from
-    every other stream of the same solver seed (a mixing hash, not offsets that collide after a few iterations)."""
-    h = seed * 1_000_003 + 7
-    for p in parts:
-        h = (h * 1_000_033 + int(p) + 13) % (2**62)
-    return h
-
-
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
     """A seeded generator on ``device`` (all randomness in sbridge goes through explicit generators); the seed must
     lie in ``[0, 2^62]``."""

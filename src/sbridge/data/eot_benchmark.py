@@ -1,15 +1,15 @@
-"""Entropic-OT / Schrödinger-bridge benchmark pairs whose solution is known exactly (math.md §H).
+"""Entropic-OT / Schrödinger-bridge benchmark pairs whose solution is known exactly (maths.md §H).
 
 The construction is the one of Gushchin et al., "Building the Bridge of Schrödinger: A Continuous Entropic Optimal
-Transport Benchmark" (NeurIPS 2023 Datasets & Benchmarks, arXiv 2306.10161), §H.1 of math.md. The published
+Transport Benchmark" (NeurIPS 2023 Datasets & Benchmarks, arXiv 2306.10161), maths.md §H.1. The published
 benchmark ships its mixtures as data files; :class:`EOTBenchmark` instead draws the same kind of mixtures from a
 seed, so every pair is reproducible without downloads (the numbers differ from the published files).
 
-Conventions (math.md §G.1): the reference process is ``dX = sqrt(eps) dW`` on ``[0, 1]``, i.e. ``eps = sigma**2``
+Conventions (maths.md §G.1): the reference process is ``dX = sqrt(eps) dW`` on ``[0, 1]``, i.e. ``eps = sigma**2``
 is the variance per unit time; the static problem is ``min E|X0 - X1|^2 + 2 eps KL(pi || P0 x P1)``, which POT
 solves with ``ot.sinkhorn(a, b, M=|x - y|^2, reg=2 * eps)``.
 
-Construction (math.md §H.1). Pick any input law ``P0`` (here a Gaussian mixture) and any positive potential
+Construction (maths.md §H.1). Pick any input law ``P0`` (here a Gaussian mixture) and any positive potential
 ``f(y) = sum_k p_k N(y | mu_k, Sigma_k)``. The plan
 
     pi*(x, y) = p0(x) N(y | x, eps I) f(y) / Z(x),        Z(x) = int N(y | x, eps I) f(y) dy,
@@ -102,7 +102,7 @@ def _generator_from(*words: int) -> torch.Generator:
 
 
 class EOTBenchmark:
-    """A pair ``(P0, P1)`` whose entropic OT plan and Schrödinger bridge are known exactly (math.md §H.1).
+    """A pair ``(P0, P1)`` whose entropic OT plan and Schrödinger bridge are known exactly (maths.md §H.1).
 
     ``P0`` is a random Gaussian mixture with ``n_input_components`` components and the potential
     ``f(y) = sum_k p_k N(y | mu_k, Sigma_k)`` has ``n_potential_components`` components, both drawn from ``seed``.
@@ -155,12 +155,12 @@ class EOTBenchmark:
 
     @property
     def reference(self) -> Brownian:
-        """The reference process ``dX = sqrt(eps) dW`` on ``[0, 1]`` (math.md §G.1)."""
+        """The reference process ``dX = sqrt(eps) dW`` on ``[0, 1]`` (maths.md §G.1)."""
         return Brownian(math.sqrt(self.eps), T=1.0, prior="marginal")
 
     @property
     def sigma(self) -> float:
-        """Diffusion coefficient of the reference ``dX = sigma dW``: ``sigma = sqrt(eps)`` (math.md §G.1)."""
+        """Diffusion coefficient of the reference ``dX = sigma dW``: ``sigma = sqrt(eps)`` (maths.md §G.1)."""
         return math.sqrt(self.eps)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ class EOTBenchmark:
         return torch.logsumexp(logits, dim=1)
 
     def drift(self, x: Any, t: Any) -> torch.Tensor:
-        """Ground-truth SB drift ``eps grad_x log sum_k p_k N(x | mu_k, Sigma_k + eps (1 - t) I)`` (math.md §H.1).
+        """Ground-truth SB drift ``eps grad_x log sum_k p_k N(x | mu_k, Sigma_k + eps (1 - t) I)`` (maths.md §H.1).
 
         The h-transform of the reference ``dX = sqrt(eps) dW`` by ``h(t, x) = E[f(X_1) | X_t = x]``: simulating
         ``dX = drift(t, X) dt + sqrt(eps) dW`` from ``X_0 ~ P0`` gives ``(X_0, X_1) ~ pi*``. In closed form
@@ -260,7 +260,7 @@ class EOTBenchmark:
         return (self.eps * grad).to(out_dtype)
 
     def conditional_moments(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean (m, d) and covariance (m, d, d) of ``pi*(. | x)`` for inputs ``x`` of shape (m, d) (math.md §H.3).
+        """Mean (m, d) and covariance (m, d, d) of ``pi*(. | x)`` for inputs ``x`` of shape (m, d) (maths.md §H.3).
 
         Mixture moments: ``mean = sum_k w_k m_k`` and ``cov = sum_k w_k Sigma~_k + sum_k w_k (m_k - mean)(m_k -
         mean)^T`` (within- plus between-component covariance). Computed in float64, returned as float32.
@@ -311,7 +311,7 @@ class EOTBenchmark:
         """``n_per_x`` samples of ``pi*(. | x_i)`` for each row of ``x`` (m, d); float32 of shape (m, n_per_x, d).
 
         Draws the component ``k`` with probability ``w_k(x)``, then ``y ~ N(Sigma~_k (Sigma_k^{-1} mu_k + x/eps),
-        Sigma~_k)`` (math.md §H.1).
+        Sigma~_k)`` (maths.md §H.1).
         """
         n_per_x = check_positive_int(n_per_x, "n_per_x")
         xt = self._points(x).detach()
@@ -329,7 +329,7 @@ class EOTBenchmark:
         return self.sample_plan(n, generator)[1]
 
     def test_inputs(self, m: int = 1000, seed: int = 0) -> torch.Tensor:
-        """``m`` fixed inputs ``x ~ P0`` for the conditional metric (cBW2-UVP, math.md §H.3), float32 (m, d).
+        """``m`` fixed inputs ``x ~ P0`` for the conditional metric (cBW2-UVP, maths.md §H.3), float32 (m, d).
 
         Drawn with a generator derived from ``(self.seed, seed)``, so they do not coincide with samples drawn with
         ``torch.Generator().manual_seed(seed)``.
@@ -339,7 +339,7 @@ class EOTBenchmark:
         return self.sample_x0(m, generator=_generator_from(self.seed, seed, 0x7E57))
 
     def x1_var(self) -> float:
-        """``tr Cov(P1)``, the normaliser of BW2-UVP and cBW2-UVP (math.md §H.3), computed once and stored.
+        """``tr Cov(P1)``, the normaliser of BW2-UVP and cBW2-UVP (maths.md §H.3), computed once and stored.
 
         Estimated from 100,000 seeded draws ``x_i ~ P0`` by the law of total variance with the exact conditional
         moments: ``tr Cov(P1) = E[tr Cov(Y | X)] + tr Cov(E[Y | X])`` (lower variance than sampling ``y``).

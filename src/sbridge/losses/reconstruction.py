@@ -1,4 +1,4 @@
-"""The autoencoder's least-squares reconstruction loss (math.md §B.1)."""
+"""The autoencoder's least-squares reconstruction loss (maths.md §B.1)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sbridge.losses.base import Batch, Terms
 
 
 class Reconstruction:
-    """Squared reconstruction error ``E ||D(E(x)) - x||^2`` summed over the event (math.md §B.1), as a loss object
+    """Squared reconstruction error ``E ||D(E(x)) - x||^2`` summed over the event (maths.md §B.1), as a loss object
     ``(models, batch, generator) -> (loss, terms)``; ``terms["mse"]`` is the per-pixel mean squared error."""
 
     def __call__(self, models: Mapping[str, nn.Module], batch: Batch,

@@ -21,7 +21,7 @@ from sbridge.processes.linear import LinearSDE
 
 
 class DenoisingScoreMatching:
-    """Noise-prediction denoising score matching (Vincent 2011; Ho et al. 2020; math.md §A.3, §D.1).
+    """Noise-prediction denoising score matching (Vincent 2011; Ho et al. 2020; maths.md §A.3, §D.1).
 
     Draw ``t ~ U[t_min, T]`` and ``X_t = M_t X_0 + L_t eps`` from the closed-form marginal of ``process``; the model
     ``models[model](X_t, t, cond)`` predicts ``eps`` and the loss is ``E ||eps_theta - eps||^2`` summed over the

@@ -183,7 +183,7 @@ def evaluate(samples: Any, reference: Any, floor_reference: Any,
 
 
 def _bw2_squared(m1: torch.Tensor, S1: torch.Tensor, m2: torch.Tensor, S2: torch.Tensor) -> torch.Tensor:
-    """Batched ``BW2^2 = |m1 - m2|^2 + tr S1 + tr S2 - 2 tr (S1^{1/2} S2 S1^{1/2})^{1/2}`` (math.md §H.3).
+    """Batched ``BW2^2 = |m1 - m2|^2 + tr S1 + tr S2 - 2 tr (S1^{1/2} S2 S1^{1/2})^{1/2}`` (maths.md §H.3).
 
     Means (..., d), covariances (..., d, d), float64. Square roots come from ``eigh`` with tiny negative eigenvalues
     (round-off on positive-semidefinite inputs) clamped to 0; the result is clamped at 0 for the same reason.
@@ -207,7 +207,7 @@ def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def bw2_uvp(samples: Any, target_samples: Any) -> float:
-    """BW2-UVP = 100 BW2^2(N(m1, S1), N(m2, S2)) / tr Cov(target), in percent (math.md §H.3; Gushchin et al. 2023).
+    """BW2-UVP = 100 BW2^2(N(m1, S1), N(m2, S2)) / tr Cov(target), in percent (maths.md §H.3; Gushchin et al. 2023).
 
     ``(m1, S1)`` and ``(m2, S2)`` are the sample mean and covariance of ``samples`` and ``target_samples`` (both
     sides moment-matched to Gaussians), ``BW2^2 = |m1 - m2|^2 + tr S1 + tr S2 - 2 tr (S1^{1/2} S2 S1^{1/2})^{1/2}``

@@ -1,4 +1,4 @@
-"""Encoder / decoder networks and the reconstruction loss of the latent bridge's pre-training (math.md §B.1).
+"""Encoder / decoder networks and the reconstruction loss of the latent bridge's pre-training (maths.md §B.1).
 
 The paper pre-trains ``E: [0, 1]^d -> R^{d*}`` and ``D: R^{d*} -> [0, 1]^d`` by least squares,
 ``min (1/M) sum_i ||D(E(x_i)) - x_i||^2``. Two architectures:

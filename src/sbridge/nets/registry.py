@@ -67,3 +67,15 @@ def make_network(config: dict[str, Any], shape: tuple[int, ...], cond: dict[str,
         return NETWORKS[name](tuple(shape), cond, **options)
     except TypeError as exc:
         raise ConfigError(f"invalid options {sorted(options)} for network {name!r} ({exc}).") from None
+
+
+def mlp_shorthand(net: Any, hidden: int | None, depth: int | None, time_dim: int | None) -> Any:
+    """Fold the ``hidden``/``depth``/``time_dim`` shorthand into an MLP network config."""
+    sizes = {k: v for k, v in (("hidden", hidden), ("depth", depth), ("time_dim", time_dim)) if v is not None}
+    if not sizes:
+        return net
+    if net is None or net == "mlp":
+        return {"name": "mlp", **sizes}
+    if isinstance(net, dict) and net.get("name") == "mlp":
+        return {**net, **sizes}
+    raise ConfigError(f"hidden/depth/time_dim size the MLP; with net={net!r} set the network's own options instead.")

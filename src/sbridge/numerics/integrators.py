@@ -1,7 +1,7 @@
 """Samplers: short, pure functions over drift / velocity callables (k-diffusion style), and their time grids.
 
 * :func:`euler_maruyama` integrates an SDE ``dX = b(X, t) dt + g(t) dW`` along a time grid that may run forward or
-  backward; the reverse-time SDE of math.md §1.1 is integrated backward from ``T`` with ``b = f - g^2 score``.
+  backward; the reverse-time SDE of maths.md §1.1 is integrated backward from ``T`` with ``b = f - g^2 score``.
 * :func:`integrate_ode` integrates ``dx/dt = v(x, t)`` (the probability-flow ODE, ``v = f - g^2 score / 2``) with
   fixed-step Euler or Heun, or any adaptive solver of torchdiffeq.
 * :func:`time_grid` (uniform in ``t``), :func:`edm_grid` (Karras et al. 2022) and :func:`logsnr_grid` (uniform in

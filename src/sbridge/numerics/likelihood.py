@@ -10,7 +10,7 @@ Integrating from the data side ``t0`` to the prior side ``t1`` gives
 
     log p_{t0}(x) = log p_{t1}(x_{t1}) + int_{t0}^{t1} div v(x_t, t) dt,        x_{t0} = x.
 
-For a score-based model ``v`` is the probability-flow velocity ``f - g^2 score / 2`` of math.md §1.1
+For a score-based model ``v`` is the probability-flow velocity ``f - g^2 score / 2`` of maths.md §1.1
 (:meth:`sbridge.processes.LinearSDE.probability_flow`), whose marginals are those of the forward SDE; with the exact
 score and the exact law of ``X_T`` as ``log p_{t1}`` the result is exact up to the ODE solver's error (Song et al.
 2021, *Score-Based Generative Modeling through SDEs*, §4.3 and App. D.2).
@@ -37,6 +37,17 @@ from sbridge.core.validation import check_choice, check_positive_int
 Field = Callable[[torch.Tensor, float], torch.Tensor]
 
 DIVERGENCE_METHODS = ("exact", "hutchinson")
+#: Coordinates per sample up to which ``divergence="auto"`` computes divergences exactly (one backward pass per
+#: coordinate); above it, Hutchinson's estimator (one pass per probe).
+EXACT_MAX_DIM = 16
+
+
+def divergence_method(method: str, n_dims: int, exact_max_dim: int = EXACT_MAX_DIM) -> str:
+    """The divergence a computation uses: ``"exact"`` or ``"hutchinson"`` as asked, or for ``"auto"`` exact when a
+    sample has at most ``exact_max_dim`` coordinates (the one rule of every likelihood, bound and loss)."""
+    if method == "auto":
+        return "exact" if n_dims <= check_positive_int(exact_max_dim, "exact_max_dim") else "hutchinson"
+    return check_choice(method, DIVERGENCE_METHODS, "divergence")
 #: torchdiffeq's adaptive Runge–Kutta solvers: they accept ``step_t``, which makes a step end exactly at ``t1``.
 _RK_ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 
@@ -131,7 +142,7 @@ class _AugmentedField:
 @torch.no_grad()
 def log_prob_ode(velocity: Field, x: torch.Tensor, *, t0: float, t1: float,
                  prior_log_prob: Callable[[torch.Tensor], torch.Tensor], method: str = "dopri5",
-                 rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "auto", exact_max_dim: int = 16,
+                 rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "auto", exact_max_dim: int = EXACT_MAX_DIM,
                  hutchinson_samples: int = 1, seed: int = 0, return_nfe: bool = False,
                  options: dict[str, Any] | None = None) -> torch.Tensor | tuple[torch.Tensor, int]:
     """Log density ``log p_{t0}(x)`` in nats, shape ``(batch,)``, by the instantaneous change of variables.
@@ -143,7 +154,7 @@ def log_prob_ode(velocity: Field, x: torch.Tensor, *, t0: float, t1: float,
 
     and returns ``prior_log_prob(x_{t1}) + delta_{t1}`` (Chen et al. 2018, Theorem 1; Grathwohl et al. 2019:
     ``d log p_t(x_t)/dt = -div v``). For a score model pass ``velocity = lambda x, t: proc.probability_flow(x, t,
-    score(x, t))`` (math.md §1.1), ``t0 = proc.t_min``, ``t1 = proc.T`` and ``prior_log_prob = proc.prior_log_prob``;
+    score(x, t))`` (maths.md §1.1), ``t0 = proc.t_min``, ``t1 = proc.T`` and ``prior_log_prob = proc.prior_log_prob``;
     the result is then the model's density of ``X_{t_min}``, exact up to the ODE error and the gap between the prior
     and the true law of ``X_T``.
 
@@ -172,10 +183,7 @@ def log_prob_ode(velocity: Field, x: torch.Tensor, *, t0: float, t1: float,
     if float(t0) == float(t1):
         raise ConfigError(f"t0 and t1 must differ, got t0 = t1 = {t0}.")
     n = x[0].numel()
-    div_method = divergence  # the argument shadows the module's divergence(); _AugmentedField calls the function
-    if div_method == "auto":
-        div_method = "exact" if n <= check_positive_int(exact_max_dim, "exact_max_dim") else "hutchinson"
-    div_method = check_choice(div_method, DIVERGENCE_METHODS, "divergence")
+    div_method = divergence_method(divergence, n, exact_max_dim)  # (the argument shadows the function divergence)
     noise = None
     if div_method == "hutchinson":
         k = check_positive_int(hutchinson_samples, "hutchinson_samples")
@@ -207,10 +215,10 @@ def elbo_grid(t0: float, t1: float, steps: int, power: float = 2.0) -> list[floa
 def path_elbo(encode_drift: Field, decode_drift: Field, diffusion: Callable[[float], torch.Tensor | float],
               x: torch.Tensor, times: Sequence[float], prior_log_prob: Callable[[torch.Tensor], torch.Tensor], *,
               encode_marginal: Callable[[torch.Tensor, float, torch.Generator | None], torch.Tensor] | None = None,
-              divergence: str = "auto", exact_max_dim: int = 16, generator: torch.Generator | None = None,
+              divergence: str = "auto", exact_max_dim: int = EXACT_MAX_DIM, generator: torch.Generator | None = None,
               ) -> torch.Tensor:
     """The path-space evidence lower bound (nats, shape ``(batch,)``) of a decode SDE, estimated along the encode SDE
-    from each point of ``x`` (math.md §A.2, §1.4; Song, Durkan, Murray & Ermon 2021, Thm. 4; Huang, Lim & Courville
+    from each point of ``x`` (maths.md §A.2, §1.4; Song, Durkan, Murray & Ermon 2021, Thm. 4; Huang, Lim & Courville
     2021):
 
         log q(x) >= E[ log pi(X_T) - int_t0^T ( |F - B|^2 / (2 g^2) - div B )(X_t, t) dt | X_t0 = x ],
@@ -237,10 +245,7 @@ def path_elbo(encode_drift: Field, decode_drift: Field, diffusion: Callable[[flo
     if len(times) < 2 or any(b <= a for a, b in zip(times, times[1:], strict=False)):
         raise ConfigError("times must be increasing, from the data side to the prior side, with at least two values.")
     n = x[0].numel()
-    method = divergence
-    if method == "auto":
-        method = "exact" if n <= check_positive_int(exact_max_dim, "exact_max_dim") else "hutchinson"
-    method = check_choice(method, DIVERGENCE_METHODS, "divergence")
+    method = divergence_method(divergence, n, exact_max_dim)
     x = x.detach()
     state = x
     bound = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)

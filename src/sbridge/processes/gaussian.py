@@ -1,10 +1,10 @@
 """Closed-form Schrödinger bridge (SB) between two Gaussian measures: the ground truth for tests and benchmarks.
 
-The bridge goes from ``mu0 = N(a, A)`` at ``t = 0`` to ``mu1 = N(b, B)`` at ``t = 1`` (math.md §G; Janati et al.,
+The bridge goes from ``mu0 = N(a, A)`` at ``t = 0`` to ``mu1 = N(b, B)`` at ``t = 1`` (maths.md §G; Janati et al.,
 "Entropic optimal transport between unbalanced Gaussian measures has a closed form", NeurIPS 2020, Thm 1; Bunne et
 al., "The Schrödinger bridge between Gaussian measures has a closed form", AISTATS 2023, Thm 3).
 
-Noise-level conventions (math.md §G.1). :class:`GaussianBridge` uses the Brownian reference ``dX = sigma dW`` on
+Noise-level conventions (maths.md §G.1). :class:`GaussianBridge` uses the Brownian reference ``dX = sigma dW`` on
 ``[0, 1]``, so ``sigma**2`` is the variance per unit time. The same static problem appears under other names:
 
 * LightSB and the EOT benchmark of Gushchin et al. use ``epsilon = sigma**2``;
@@ -14,7 +14,7 @@ Noise-level conventions (math.md §G.1). :class:`GaussianBridge` uses the Browni
 All computations use ``torch.float64`` and every returned tensor is float64. Inputs may be numpy arrays, torch
 tensors or nested sequences; a 1-D problem may be given with scalar means and variances.
 
-:class:`LinearGaussianBridge` handles the general linear reference ``dX = c(t) X dt + g(t) dW`` (math.md §G.5).
+:class:`LinearGaussianBridge` handles the general linear reference ``dX = c(t) X dt + g(t) dW`` (maths.md §G.5).
 Every §G formula that the code uses was derived again and checked numerically in ``tests/test_gaussian.py``.
 """
 
@@ -134,7 +134,7 @@ def _psd_factor(S: torch.Tensor) -> torch.Tensor:
 
 
 def _eot_cross_cov(A: torch.Tensor, B: torch.Tensor, sigma2: float) -> torch.Tensor:
-    """C_sigma = Cov(X0, X1) of the EOT coupling for variance ``sigma2`` per unit time (math.md §G.2).
+    """C_sigma = Cov(X0, X1) of the EOT coupling for variance ``sigma2`` per unit time (maths.md §G.2).
 
     Uses the symmetric form ``C = 1/2 A^{1/2} (D - sigma^2 I) A^{-1/2}`` with ``D = (4K + sigma^4 I)^{1/2}`` and
     ``K = A^{1/2} B A^{1/2}``. Since ``D`` is a function of ``K``, ``D - sigma^2 I = 4K (D + sigma^2 I)^{-1}``;
@@ -154,7 +154,7 @@ def _eot_cross_cov(A: torch.Tensor, B: torch.Tensor, sigma2: float) -> torch.Ten
 # Public helpers
 # ----------------------------------------------------------------------------------------------------------------
 def sinkhorn_reg(sigma: float) -> float:
-    """POT ``reg`` for the Brownian reference ``sigma W``: ``reg = 2 sigma**2`` (math.md §G.1).
+    """POT ``reg`` for the Brownian reference ``sigma W``: ``reg = 2 sigma**2`` (maths.md §G.1).
 
     ``ot.sinkhorn(w0, w1, M=||x - y||**2, reg=sinkhorn_reg(sigma))`` solves
     ``min E||X0 - X1||**2 + 2 sigma**2 KL(pi || mu0 x mu1)``, the static SB problem for ``dX = sigma dW``.
@@ -166,7 +166,7 @@ def sinkhorn_reg(sigma: float) -> float:
 def coupling(a: Any, A: Any, b: Any, B: Any, sigma: float) -> torch.Tensor:
     """Cross-covariance ``C_sigma = Cov(X0, X1)`` of the static SB / EOT coupling between N(a, A) and N(b, B).
 
-    Math.md §G.2 (Janati et al. 2020, Thm 1):
+    maths.md §G.2 (Janati et al. 2020, Thm 1):
     ``C_sigma = 1/2 (A^{1/2} D_sigma A^{-1/2} - sigma^2 I)`` with ``D_sigma = (4 A^{1/2} B A^{1/2} + sigma^4 I)^{1/2}``,
     equal to ``(A B + sigma^4/4 I)^{1/2} - sigma^2/2 I``. The coupling is
     ``N([a; b], [[A, C], [C^T, B]])``; ``C`` does not depend on the means and is in general not symmetric.
@@ -249,14 +249,14 @@ class _GaussianSBBase:
         return self._mean_dot(t).to(xc.device) + xc @ M.T
 
     def score(self, x: Any, t: float) -> torch.Tensor:
-        """Score of the time-t marginal: ``grad log p_t(x) = -Sigma_t^{-1} (x - mu_t)`` (math.md §G.3)."""
+        """Score of the time-t marginal: ``grad log p_t(x) = -Sigma_t^{-1} (x - mu_t)`` (maths.md §G.3)."""
         t = _check_time(t)
         xc = self._centered(t, x)
         S = self.cov(t).to(xc.device)
         return -torch.linalg.solve(S, xc.T).T
 
     def velocity(self, x: Any, t: float) -> torch.Tensor:
-        """Probability-flow ODE velocity ``v = f - g(t)^2/2 grad log p_t`` (math.md §1.1, §G.4).
+        """Probability-flow ODE velocity ``v = f - g(t)^2/2 grad log p_t`` (maths.md §1.1, §G.4).
 
         Integrating ``dx/dt = v(t, x)`` from ``X0 ~ N(a, A)`` transports the SB marginals, so ``x(1) ~ N(b, B)``.
         """
@@ -264,14 +264,14 @@ class _GaussianSBBase:
         return self.drift(x, t) - 0.5 * self._diffusion_sq(t) * self.score(x, t)
 
     def backward_drift(self, x: Any, t: float) -> torch.Tensor:
-        """Drift of the time reversal written in reverse time, ``g(t)^2 grad log p_t - f`` (math.md §1.1, §G.4): the
+        """Drift of the time reversal written in reverse time, ``g(t)^2 grad log p_t - f`` (maths.md §1.1, §G.4): the
         reversed process ``Y_s = X_{1-s}`` solves ``dY = backward_drift(Y, 1 - s) ds + g dW`` (the convention of the
         bridge solvers' ``backward_drift``)."""
         t = _check_time(t)
         return self._diffusion_sq(t) * self.score(x, t) - self.drift(x, t)
 
     def conditional(self, x0: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and covariance of ``X1 | X0 = x0`` under the static coupling (math.md §G.2).
+        """Mean and covariance of ``X1 | X0 = x0`` under the static coupling (maths.md §G.2).
 
         ``mean = b + C^T A^{-1} (x0 - a)`` (same shape as ``x0``: (d,) or (n, d)); ``cov = B - C^T A^{-1} C``.
         """
@@ -303,7 +303,7 @@ class _GaussianSBBase:
 
         Draws ``(X0, X1)`` from the coupling, then ``X_t = rbar(t) X0 + r(t) X1 + tau(t) Y_t`` where ``Y`` is a
         Brownian bridge from 0 to 0 in the clock ``xi`` (for the Brownian reference: ``rbar = 1 - t``, ``r = t``,
-        ``tau = 1``, ``xi = sigma^2 t``, math.md §G.3). ``Y`` is sampled sequentially from its exact transition
+        ``tau = 1``, ``xi = sigma^2 t``, maths.md §G.3). ``Y`` is sampled sequentially from its exact transition
         ``Y_t | Y_s = y ~ N(y (xi1 - xi_t)/(xi1 - xi_s), (xi_t - xi_s)(xi1 - xi_t)/(xi1 - xi_s))``, so the joint law
         of the whole grid is exact, not only each marginal.
         """
@@ -367,12 +367,12 @@ class GaussianBridge(_GaussianSBBase):
         return self.b - self.a
 
     def mean(self, t: float) -> torch.Tensor:
-        """Marginal mean ``mu_t = (1 - t) a + t b`` (math.md §G.3)."""
+        """Marginal mean ``mu_t = (1 - t) a + t b`` (maths.md §G.3)."""
         t = _check_time(t)
         return (1.0 - t) * self.a + t * self.b
 
     def cov(self, t: float) -> torch.Tensor:
-        """Marginal covariance ``Sigma_t = (1-t)^2 A + t^2 B + t(1-t)(C + C^T + sigma^2 I)`` (math.md §G.3)."""
+        """Marginal covariance ``Sigma_t = (1-t)^2 A + t^2 B + t(1-t)(C + C^T + sigma^2 I)`` (maths.md §G.3)."""
         t = _check_time(t)
         S = (1 - t) ** 2 * self.A + t**2 * self.B + t * (1 - t) * (self.C + self.C.T + self.sigma**2 * self._eye)
         return 0.5 * (S + S.T)
@@ -448,7 +448,7 @@ class _LinearSchedule:
 
 
 class LinearGaussianBridge(_GaussianSBBase):
-    """SB from N(a, A) to N(b, B) for the linear reference ``dX = c(t) X dt + g(t) dW`` on [0, 1] (math.md §G.5).
+    """SB from N(a, A) to N(b, B) for the linear reference ``dX = c(t) X dt + g(t) dW`` on [0, 1] (maths.md §G.5).
 
     Notation (§G.5): ``tau(t) = exp int_0^t c``, ``xi(t) = int_0^t g^2 tau^{-2}``, ``kappa(t, t') = tau(t) tau(t')
     xi(t)`` for ``t <= t'``, ``r = kappa(t, 1)/kappa(1, 1) = tau xi / (tau1 xi1)``, ``rbar = tau - r tau1 =
@@ -495,11 +495,11 @@ class LinearGaussianBridge(_GaussianSBBase):
         return f"LinearGaussianBridge(dim={self.dim}, sigma_star={self.sigma_star:.6g})"
 
     def tau(self, t: float) -> float:
-        """``tau(t) = exp int_0^t c(s) ds`` (math.md §G.5)."""
+        """``tau(t) = exp int_0^t c(s) ds`` (maths.md §G.5)."""
         return self._schedule(_check_time(t))[2]
 
     def xi(self, t: float) -> float:
-        """``xi(t) = int_0^t g(s)^2 tau(s)^{-2} ds`` (math.md §G.5)."""
+        """``xi(t) = int_0^t g(s)^2 tau(s)^{-2} ds`` (maths.md §G.5)."""
         return self._schedule(_check_time(t))[3]
 
     def _schedule(self, t: float) -> tuple[float, ...]:
@@ -538,18 +538,18 @@ class LinearGaussianBridge(_GaussianSBBase):
         return drbar * self.a + dr * self.b
 
     def mean(self, t: float) -> torch.Tensor:
-        """Marginal mean ``mu_t = rbar(t) a + r(t) b`` (math.md §G.5)."""
+        """Marginal mean ``mu_t = rbar(t) a + r(t) b`` (maths.md §G.5)."""
         rbar, r = self._schedule(_check_time(t))[:2]
         return rbar * self.a + r * self.b
 
     def cov(self, t: float) -> torch.Tensor:
-        """``Sigma_t = rbar^2 A + r^2 B + r rbar (C + C^T) + kappa(t,t)(1 - rho(t)) I`` (math.md §G.5)."""
+        """``Sigma_t = rbar^2 A + r^2 B + r rbar (C + C^T) + kappa(t,t)(1 - rho(t)) I`` (maths.md §G.5)."""
         rbar, r, _, _, _, _, var_bridge, *_ = self._schedule(_check_time(t))
         S = rbar**2 * self.A + r**2 * self.B + r * rbar * (self.C + self.C.T) + var_bridge * self._eye
         return 0.5 * (S + S.T)
 
     def drift_matrix(self, t: float) -> torch.Tensor:
-        """Linear part ``M_t = S_t^T Sigma_t^{-1}`` of ``f(t, x) = mu'_t + M_t (x - mu_t)`` (math.md §G.5).
+        """Linear part ``M_t = S_t^T Sigma_t^{-1}`` of ``f(t, x) = mu'_t + M_t (x - mu_t)`` (maths.md §G.5).
 
         ``S_t^T = r'(rbar C^T + r B) + rbar'(rbar A + r C) + [c_t kappa(t,t)(1 - rho) - g_t^2 rho] I``; ``M_t`` is
         symmetric and satisfies ``Sigma_t' = M_t Sigma_t + Sigma_t M_t^T + g_t^2 I``.

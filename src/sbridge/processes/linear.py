@@ -6,8 +6,8 @@ Every reference in sbridge has the form
 
 with a positive rate ``beta(t)`` (a :class:`Schedule`) and a constant operator ``D`` (a :class:`DriftMatrix`): zero
 (VE, Brownian), a scalar (VP, OU), a diagonal over the event, or a full matrix over the flattened event (VSDM's
-``D = I - 2A``, math.md §C). With the integrated rate ``B(t) = int_0^t beta`` as the clock, ``F`` and ``G G^T``
-commute at all times, which gives the marginal in closed form (math.md §C.2, §E.2):
+``D = I - 2A``, maths.md §C). With the integrated rate ``B(t) = int_0^t beta`` as the clock, ``F`` and ``G G^T``
+commute at all times, which gives the marginal in closed form (maths.md §C.2, §E.2):
 
     X_t | X_0 ~ N(M_t X_0, Sigma_t),   M_t = exp(-B D / 2),   Sigma_t = int_0^B exp(-u D / 2) exp(-u D^T / 2) du.
 
@@ -18,7 +18,7 @@ solves, and gives log-determinants and Cholesky factors.
 
 Time runs from data (``t = 0``) to prior (``t = T``); ``t`` is a float or a ``(batch,)`` tensor, and data have shape
 ``(batch, *event_shape)``. Given a score, a process also gives the reverse-time drift ``f - g^2 score`` and the
-probability-flow velocity ``f - g^2 score / 2`` (math.md §1.1).
+probability-flow velocity ``f - g^2 score / 2`` (maths.md §1.1).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class ConstantRate(Schedule):
 
 class PowerRate(Schedule):
     """``beta(t) = beta_min + (t / T)^power (beta_max - beta_min)``: linear for ``power = 1`` (VP, Song et al. 2021),
-    VSDM's ``beta_t = beta_min + t^r (beta_max - beta_min)`` otherwise (math.md §C)."""
+    VSDM's ``beta_t = beta_min + t^r (beta_max - beta_min)`` otherwise (maths.md §C)."""
 
     name = "power"
 
@@ -264,7 +264,7 @@ def _per_piece(B: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _full_transition(D: torch.Tensor, B: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``M = exp(-B D / 2)`` and ``Sigma = int_0^B exp(-u D / 2) exp(-u D^T / 2) du`` (math.md §C.2) for ``D`` of
+    """``M = exp(-B D / 2)`` and ``Sigma = int_0^B exp(-u D / 2) exp(-u D^T / 2) du`` (maths.md §C.2) for ``D`` of
     shape ``(n, n)`` or ``(batch, n, n)`` and clock ``B`` 0-d or ``(batch,)``: by eigendecomposition for a symmetric
     ``D``, else by the matrix-fraction decomposition."""
     n = D.shape[-1]
@@ -541,7 +541,7 @@ class LinearSDE(nn.Module):
         return self._transition(as_time(t, like), like)[1]
 
     def marginal(self, x0: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, Covariance]:
-        """Mean ``M_t x0`` and covariance operator ``Sigma_t`` of ``X_t | X_0 = x0`` (math.md §C.2)."""
+        """Mean ``M_t x0`` and covariance operator ``Sigma_t`` of ``X_t | X_0 = x0`` (maths.md §C.2)."""
         M, cov = self._transition(as_time(t, x0), x0)
         return self._mean(M, x0), cov
 
@@ -594,11 +594,11 @@ class LinearSDE(nn.Module):
 
     # ---- given a score ---------------------------------------------------------------------------------------
     def reverse_drift(self, x: torch.Tensor, t: float | torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-        """Drift of the reverse-time SDE written in forward time, ``f - g^2 score`` (math.md §1.1)."""
+        """Drift of the reverse-time SDE written in forward time, ``f - g^2 score`` (maths.md §1.1)."""
         return self.drift(x, t) - self.g(t, x) ** 2 * score
 
     def probability_flow(self, x: torch.Tensor, t: float | torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-        """Probability-flow ODE velocity ``f - g^2 score / 2`` (math.md §1.1)."""
+        """Probability-flow ODE velocity ``f - g^2 score / 2`` (maths.md §1.1)."""
         return self.drift(x, t) - 0.5 * self.g(t, x) ** 2 * score
 
     # ---- prior -----------------------------------------------------------------------------------------------
@@ -729,7 +729,7 @@ class VE(LinearSDE):
 
 
 class Brownian(LinearSDE):
-    """Scaled Brownian motion ``dX = sigma dW`` (``sigma^2`` is the variance per unit time, math.md §G.1), the
+    """Scaled Brownian motion ``dX = sigma dW`` (``sigma^2`` is the variance per unit time, maths.md §G.1), the
     reference of bridges between two data sets. Its law at ``T`` is the data blurred by ``N(0, sigma^2 T)``, so a
     generative solver's prior is ``fitted`` to those moments by default (``prior="marginal"`` gives
     ``N(0, sigma^2 T I)``, right only when ``sigma^2 T`` dwarfs the data spread)."""
@@ -746,7 +746,7 @@ class Brownian(LinearSDE):
 
 class OU(LinearSDE):
     """Ornstein–Uhlenbeck ``dX = -(sigma^2 / 2) X dt + sigma dW`` with invariant law ``N(0, I)``: the generative
-    reference of DSB (math.md §D.2, with ``f = -alpha x`` and ``alpha = sigma^2 / 2``)."""
+    reference of DSB (maths.md §D.2, with ``f = -alpha x`` and ``alpha = sigma^2 / 2``)."""
 
     name = "ou"
 

@@ -162,7 +162,7 @@ def plot_forward_backward(forward: torch.Tensor, backward: torch.Tensor, path: s
 
 
 def plot_objective_terms(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """SB-VAE's two terms per stage (math.md §A.2): the prior loss (``KL(p_T || prior)`` plus the data's entropy)
+    """SB-VAE's two terms per stage (maths.md §A.2): the prior loss (``KL(p_T || prior)`` plus the data's entropy)
     and the drift matching, with the stage where the encoder stopped."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))

@@ -1,4 +1,4 @@
-"""The latent bridge's pre-trained autoencoder as a run of its own (math.md §B.1): trained, saved, resumed and loaded
+"""The latent bridge's pre-trained autoencoder as a run of its own (maths.md §B.1): trained, saved, resumed and loaded
 like any solver, then reused by path (``sbridge train --latent RUN``, :class:`~sbridge.solvers.latent.LatentBridge`).
 
 It neither samples nor transports: it encodes, decodes and reconstructs. Pre-training may use another data set
@@ -17,6 +17,7 @@ from sbridge.core.validation import check_event_shape, check_positive_int
 from sbridge.losses.reconstruction import Reconstruction
 from sbridge.nets.autoencoders import autoencoder_config, make_autoencoder
 from sbridge.solvers.base import FitData, Solver
+from sbridge.solvers.capabilities import Capabilities
 from sbridge.training.trainer import Phase, TrainConfig
 
 
@@ -32,6 +33,7 @@ class Autoencoder(Solver):
 
     method = "autoencoder"
     model_names = ("encoder", "decoder")
+    declared = Capabilities(codec=True, plots=("reconstructions", "interpolations", "loss"))
     default_steps = 3000
 
     def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, latent_dim: int = 8,
@@ -50,6 +52,11 @@ class Autoencoder(Solver):
         if cond is not None:
             raise ConfigError("the autoencoder is not conditional; condition the latent solver instead.")
         super().__init__(dim, shape=shape, net="mlp", seed=seed, device=device)
+
+    @property
+    def autoencoder_run(self) -> Autoencoder:
+        """Itself: what ``codec`` plots encode and decode with (a latent run returns its first stage)."""
+        return self
 
     def _build_models(self) -> dict[str, nn.Module]:
         if self._given is not None:

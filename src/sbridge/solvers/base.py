@@ -28,6 +28,7 @@ from sbridge.core.errors import ConfigError, RunDirError
 from sbridge.core.validation import as_condition, as_data_tensor, check_batch_memory, check_event_shape, check_seed
 from sbridge.nets.embeddings import check_condition_spec
 from sbridge.nets.registry import make_network, network_config
+from sbridge.solvers.capabilities import Capabilities, refuse
 from sbridge.training import distributed, rundir
 from sbridge.training.sources import LoaderSource, Source, TensorSource
 from sbridge.training.trainer import Callback, Phase, TrainConfig, Trainer
@@ -69,6 +70,8 @@ class Solver:
     #: Options of the constructor that ``fit(...)`` may also set (e.g. the number of outer iterations).
     fit_options: ClassVar[tuple[str, ...]] = ()
     default_steps: ClassVar[int] = 5000
+    #: What the class can do in its default mode; :meth:`capabilities` refines it for one instance and its fit.
+    declared: ClassVar[Capabilities] = Capabilities()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -106,6 +109,50 @@ class Solver:
     def options(self) -> dict[str, Any]:
         """Constructor keyword arguments beyond ``dim``/``shape``/``cond``/``net``/``seed``/``device``."""
         return {}
+
+    # ---- capabilities ------------------------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        """What this solver can do now (after its fit): :attr:`declared` with the condition it was built for.
+        Solvers whose abilities depend on their options or on how they were fitted extend this."""
+        kind = None if self.cond_spec is None else self.cond_spec["kind"]
+        return self.declared.with_(cond=kind, guidance=self.declared.guidance and kind is not None)
+
+    @property
+    def likelihood_dim(self) -> int:
+        """Dimensions of the space :meth:`log_prob` is a density on (per-dimension NLL divides by it)."""
+        return self.dim
+
+    @property
+    def label(self) -> str:
+        """The model's name in messages and plot titles (its method)."""
+        return self.method
+
+    def _require(self, ability: str, what: str, hint: str = "") -> None:
+        """Raise the one sentence of :func:`~sbridge.solvers.capabilities.refuse` unless ``ability`` (a field of
+        :class:`Capabilities`) is declared."""
+        caps = self.capabilities()
+        if not getattr(caps, ability):
+            raise refuse(what, f"this {self.label} model", caps, hint)
+
+    def sample(self, n: int, **kwargs: Any) -> torch.Tensor:
+        """Draw ``n`` new points of the data end (solvers that declare ``sample`` implement it)."""
+        self._require("sample", "draw samples from noise")
+        raise NotImplementedError
+
+    def transport(self, x: Any, **kwargs: Any) -> torch.Tensor:
+        """Push points of one end to the other (solvers that declare ``transport`` implement it)."""
+        self._require("transport", "transport points between two ends")
+        raise NotImplementedError
+
+    def log_prob(self, x: Any, **kwargs: Any) -> torch.Tensor:
+        """Exact log-likelihood (solvers that declare ``log_prob`` implement it)."""
+        self._require("log_prob", "give exact likelihoods")
+        raise NotImplementedError
+
+    def elbo(self, x: Any, **kwargs: Any) -> torch.Tensor:
+        """Path-space lower bound on the log-likelihood (solvers that declare ``path_bound`` implement it)."""
+        self._require("path_bound", "define a path-space likelihood bound")
+        raise NotImplementedError
 
     # ---- networks ----------------------------------------------------------------------------------------------
     def network(self, name: str, **overrides: Any) -> nn.Module:

@@ -2,7 +2,7 @@
 
 A bridge has a forward drift (``x0 -> x1``, integrated in forward time) and a backward drift (``x1 -> x0``,
 written in reverse time ``s = 1 - t``: ``dY_s = b(Y_s, 1 - s) ds + sigma dB_s``), both with the noise ``sigma`` of
-the reference process (Brownian ``dX = sigma dW``, sigma^2 per unit time, math.md §G.1). Nelson's relation
+the reference process (Brownian ``dX = sigma dW``, sigma^2 per unit time, maths.md §G.1). Nelson's relation
 ``f + b = sigma^2 grad log p_t`` gives the probability-flow velocity ``(f - b) / 2``, so bridges transport and
 sample by SDE or ODE. ``transport`` pushes samples either way; ``sample`` draws the Gaussian prior and transports it
 back to the data; ``log_prob`` integrates the ODE's divergence (generative bridges).
@@ -12,13 +12,13 @@ back to the data; ``log_prob`` integrates the ODE's divergence (generative bridg
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from sbridge.core.device import make_generator, stream_seed
+from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
+from sbridge.core.seeds import BRIDGE_PRIOR_OFFSET, BRIDGE_SAMPLE_OFFSET, MONITOR_STREAM, TRANSPORT_OFFSET, stream_seed
 from sbridge.core.validation import (
     check_choice,
     check_memory,
@@ -28,59 +28,11 @@ from sbridge.core.validation import (
     check_seed,
 )
 from sbridge.metrics import samples as metrics
+from sbridge.nets.registry import mlp_shorthand
 from sbridge.numerics.integrators import ODE_METHODS, euler_maruyama, integrate_ode, time_grid
 from sbridge.processes.linear import Brownian, LinearSDE
 from sbridge.solvers.base import FitData, Solver
-from sbridge.solvers.sgm import _mlp_shorthand
-from sbridge.training import distributed
-from sbridge.training.sources import TensorSource
-
-#: Seed streams of a bridge, offsets added to the solver's seed: the synthetic Gaussian prior end, the default
-#: transport noise, the prior draw of ``sample``, and the per-iteration monitoring / re-coupling simulations.
-PRIOR_STREAM, TRANSPORT_STREAM, SAMPLE_STREAM = 2, 1, 3
-
-
-MONITOR_STREAM, COUPLING_STREAM, CACHE_STREAM = 10, 11, 12
-
-
-class RefreshingSource:
-    """Minibatches from ``size`` rows rebuilt every ``refresh`` steps by ``build(generator, count)``, with a
-    generator seeded from the refresh index (so a resumed phase rebuilds the same tensors); DSB's trajectory cache.
-
-    Distributed, each process builds its share of the rows with a generator seeded from the index and its rank, and
-    the shares are gathered: the simulation time divides by the number of processes (the rows then depend on it)."""
-
-    def __init__(self, build: Callable[[torch.Generator, int], dict[str, torch.Tensor]], size: int, refresh: int,
-                 seed: int, device: torch.device) -> None:
-        self.build, self.size, self.refresh, self.seed, self.device = build, size, refresh, seed, device
-        self.calls = 0
-        #: Batches drawn per training step (the trainer sets it when a process handles several shards).
-        self.calls_per_step = 1
-        self._source: TensorSource | None = None
-        self._built_for = -1
-
-    def seek(self, step: int) -> None:
-        """Continue as if ``step`` training steps had been made (called by the trainer on resume)."""
-        self.calls = step * self.calls_per_step
-
-    @torch.no_grad()
-    def _build(self, index: int) -> dict[str, torch.Tensor]:
-        ctx = distributed.context()
-        seed = stream_seed(self.seed, index) if ctx.rank == 0 else stream_seed(self.seed, index, ctx.rank)
-        count = self.size // ctx.world + (1 if ctx.rank < self.size % ctx.world else 0)
-        tensors = self.build(make_generator(seed, self.device), count)
-        if not ctx.active:
-            return tensors
-        shares = distributed.all_gather_objects({k: v.cpu() for k, v in tensors.items()}, ctx)
-        return {k: torch.cat([share[k] for share in shares]).to(self.device) for k in tensors}
-
-    def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        index = self.calls // self.calls_per_step // self.refresh  # refresh every ``refresh`` training steps
-        if index != self._built_for:
-            self._source, self._built_for = TensorSource(**self._build(index)), index
-        self.calls += 1
-        assert self._source is not None
-        return self._source.batch(batch_size, generator)
+from sbridge.solvers.capabilities import Capabilities
 
 
 class BridgeSolver(Solver):
@@ -89,6 +41,10 @@ class BridgeSolver(Solver):
 
     model_names = ("fwd", "bwd")
     fit_options = ("iterations",)
+    declared = Capabilities(sample=True, transport=True, prior_data=True, log_prob=True, cond_required=True,
+                            samplers=("sde", "ode"), grids=("uniform",), latent_solver=True,
+                            plots=("samples", "trajectories", "iterations"),
+                            diagnostics=("iteration", "energy_x1", "energy_x0"))
     default_iterations = 6
     #: Points per side used to report the distance of each end to its target after every outer iteration.
     monitor_n = 1000
@@ -100,7 +56,7 @@ class BridgeSolver(Solver):
         self.sigma = check_positive_float(sigma, "sigma")
         self.set_option("iterations", self.default_iterations if iterations is None else iterations)
         self.generative = True  # set by fit: False once fitted between two data sets
-        super().__init__(dim, shape=shape, cond=cond, net=_mlp_shorthand(net, hidden, depth, time_dim), seed=seed,
+        super().__init__(dim, shape=shape, cond=cond, net=mlp_shorthand(net, hidden, depth, time_dim), seed=seed,
                          device=device)
 
     def set_option(self, key: str, value: Any) -> None:
@@ -123,6 +79,15 @@ class BridgeSolver(Solver):
         """Brownian motion ``sigma W`` on ``[0, 1]``."""
         return Brownian(self.sigma, T=1.0, prior="marginal")
 
+    def capabilities(self) -> Capabilities:
+        """As declared while generative; once fitted between two data sets it transports between them and has no
+        prior to sample from or to measure likelihoods against."""
+        caps = super().capabilities()
+        if self.generative:
+            return caps
+        return caps.with_(sample=False, log_prob=False, path_bound=False, two_sets=True,
+                          plots=(*caps.plots, "transport"))
+
     # ---- drifts ------------------------------------------------------------------------------------------------
     def forward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Drift of the forward SDE ``dX = f(X, t) dt + sigma dW`` (x0 -> x1)."""
@@ -134,7 +99,7 @@ class BridgeSolver(Solver):
 
     def velocity(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Probability-flow velocity ``(f - b) / 2``: Nelson's ``f + b = sigma^2 grad log p_t`` in
-        ``f - sigma^2 grad log p_t / 2`` (math.md §1.1)."""
+        ``f - sigma^2 grad log p_t / 2`` (maths.md §1.1)."""
         return 0.5 * (self.forward_drift(x, t, cond) - self.backward_drift(x, t, cond))
 
     # ---- inputs ------------------------------------------------------------------------------------------------
@@ -143,7 +108,7 @@ class BridgeSolver(Solver):
         c = self._condition(cond, x0.shape[0])
         if prior is None:
             self.generative = True
-            gen = make_generator(self.seed + PRIOR_STREAM, self.device)
+            gen = make_generator(self.seed + BRIDGE_PRIOR_OFFSET, self.device)
             x1 = self._prior_draw(tuple(x0.shape), gen)
         else:
             if c is not None:
@@ -175,7 +140,7 @@ class BridgeSolver(Solver):
         ``(steps + 1, n, ...)``; ``self.last_nfe`` holds the network evaluations."""
         x = self._data(x, "points to transport")
         c = self._bridge_condition(cond, x.shape[0])
-        gen = make_generator(self.seed + TRANSPORT_STREAM if seed is None else seed, self.device)
+        gen = make_generator(self.seed + TRANSPORT_OFFSET if seed is None else seed, self.device)
         self.ema_models.eval()
         times = self._grid(steps, reverse)
         if ode:
@@ -220,10 +185,9 @@ class BridgeSolver(Solver):
 
         return DiagonalCovariance(torch.ones((), device=x.device, dtype=x.dtype)).log_prob(x)
 
-    def _require_generative(self) -> None:
-        if not self.generative:
-            raise ConfigError("this bridge was fitted between two data sets, so it has no prior to sample from; "
-                              "use transport(x1, reverse=True) on points of the second data set.")
+    def _require_generative(self, ability: str = "sample", what: str = "draw samples from noise") -> None:
+        self._require(ability, what, "it was fitted between two data sets, so it has no prior; use "
+                      "transport(x1, reverse=True) on points of the second data set")
 
     @torch.no_grad()
     def sample(self, n: int, *, steps: int | None = None, ode: bool = False, method: str = "heun",
@@ -231,7 +195,7 @@ class BridgeSolver(Solver):
         """Draw ``n`` points of the data end: the ``N(0, I)`` prior transported backward (generative bridges);
         ``cond``: one condition per sample, or one for all, for a conditional bridge."""
         self._require_generative()
-        gen = make_generator(self.seed + SAMPLE_STREAM if seed is None else check_seed(seed), self.device)
+        gen = make_generator(self.seed + BRIDGE_SAMPLE_OFFSET if seed is None else check_seed(seed), self.device)
         n = check_positive_int(n, "n")
         check_sample_request(n, 100 if steps is None else check_positive_int(steps, "steps"), self.event_shape,
                              return_path)
@@ -248,7 +212,7 @@ class BridgeSolver(Solver):
         ``(n,)``."""
         from sbridge.numerics.likelihood import log_prob_ode
 
-        self._require_generative()
+        self._require_generative("log_prob", "give exact likelihoods")
         x = self._data(x, "points")
         c = self._bridge_condition(cond, x.shape[0])
         self.ema_models.eval()
@@ -260,7 +224,7 @@ class BridgeSolver(Solver):
 
     # ---- monitoring --------------------------------------------------------------------------------------------
     def _monitor(self, iteration: int, data: FitData, steps: int) -> dict[str, Any]:
-        """Energy distance of each transported end to its target on ``monitor_n`` points (math.md §D.5: IPF's
+        """Energy distance of each transported end to its target on ``monitor_n`` points (maths.md §D.5: IPF's
         marginal errors should shrink with the iterations)."""
         x0, x1 = data.x0, data.x1
         n = min(self.monitor_n, x0.shape[0], x1.shape[0])

@@ -16,7 +16,7 @@ from typing import Any
 
 from sbridge.core.errors import ConfigError
 
-#: Time grids a sampler may be asked for (``sample(..., grid=...)``); see :func:`sbridge.numerics.integrators.make_grid`.
+#: Time grids a sampler may be asked for (``sample(..., grid=...)``; :func:`~sbridge.numerics.integrators.make_grid`).
 GRIDS = ("uniform", "edm", "logsnr")
 #: Plot kinds a solver may declare; :mod:`sbridge.runs.plotting` draws each.
 PLOT_KINDS = ("samples", "trajectories", "loss", "iterations", "variational", "forward_backward", "objective_terms",
@@ -41,11 +41,11 @@ class Capabilities:
     call needs one (no "no condition" mode); ``guidance``: classifier-free guidance (``guidance=`` of ``sample``).
     ``samplers``: ``"sde"`` (``ode=False``) and/or ``"ode"`` (``ode=True``); ``grids``: the time grids ``sample``
     takes; ``fixed_steps``: the only step count its sampler runs (``None``: any).
-    ``iterations``: ``fit`` takes ``iterations`` (outer IPF / IMF / SA loops). ``closed_form``: fitted without
-    training steps. ``codec``: ``encode`` / ``decode`` / ``reconstruct`` (an autoencoder, or a latent run's one).
+    ``closed_form``: fitted without training steps. ``codec``: ``encode`` / ``decode`` and an ``autoencoder_run``
+    with ``reconstruct`` (an autoencoder, or a latent run's first stage).
     ``latent``: a latent composition (``LatentBridge``); ``latent_solver``: may be the solver of one.
     ``plots``: the plot kinds it draws (:data:`PLOT_KINDS`, in drawing order); ``diagnostics``: the keys of the rows
-    its phases log beside the loss (what the plots read).
+    its phases add when they end (``history``, and ``metrics.jsonl``: what its own plots read).
     """
 
     sample: bool = False
@@ -61,7 +61,6 @@ class Capabilities:
     samplers: tuple[str, ...] = ()
     grids: tuple[str, ...] = ()
     fixed_steps: int | None = None
-    iterations: bool = False
     closed_form: bool = False
     codec: bool = False
     latent: bool = False

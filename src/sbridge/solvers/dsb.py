@@ -1,5 +1,5 @@
 """Diffusion Schrödinger Bridge (De Bortoli, Thornton, Heng, Doucet; NeurIPS 2021): IPF with iterative mean
-matching (math.md §D.3–D.4, Proposition 3, Algorithm 1), on a discrete time grid ``0 = t_0 < ... < t_N = 1``.
+matching (maths.md §D.3–D.4, Proposition 3, Algorithm 1), on a discrete time grid ``0 = t_0 < ... < t_N = 1``.
 
 Kernels (reference noise ``sigma``, step ``gamma_{k+1} = t_{k+1} - t_k``):
 
@@ -27,14 +27,17 @@ import torch
 from torch import nn
 
 from sbridge.core.errors import ConfigError
+from sbridge.core.seeds import CACHE_STREAM, stream_seed
 from sbridge.core.tensors import expand_as_batch, sum_event
 from sbridge.core.validation import check_choice, check_positive_int
 from sbridge.losses.base import Batch, Terms
 from sbridge.numerics.integrators import euler_maruyama
 from sbridge.processes.linear import OU, LinearSDE
 from sbridge.solvers.base import FitData
-from sbridge.solvers.bridge import CACHE_STREAM, BridgeSolver, RefreshingSource, stream_seed
-from sbridge.training.trainer import Phase, TrainConfig
+from sbridge.solvers.bridge import BridgeSolver
+from sbridge.solvers.capabilities import Capabilities
+from sbridge.training.sources import RefreshingSource
+from sbridge.training.trainer import Phase, TrainConfig, split_steps
 
 
 def symmetric_schedule(n_steps: int, ratio: float = 10.0) -> torch.Tensor:
@@ -82,6 +85,10 @@ class DSB(BridgeSolver):
 
     method = "dsb"
     fit_options = ("iterations", "cache_size", "cache_refresh")
+
+    def capabilities(self) -> Capabilities:
+        """As a bridge's, sampling on its training grid only (its drifts are trained at the grid times)."""
+        return super().capabilities().with_(fixed_steps=self.n_steps)
     default_steps = 12_000
 
     def __init__(self, dim: int | None = None, *, n_steps: int = 40, cache_size: int = 1000,
@@ -128,9 +135,7 @@ class DSB(BridgeSolver):
 
     # ---- training ----------------------------------------------------------------------------------------------
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
-        per_half = config.steps // (2 * self.iterations)
-        if per_half < 1:
-            raise ConfigError(f"steps ({config.steps}) must be at least 2 x iterations ({2 * self.iterations}).")
+        per_half = split_steps(config.steps, 2 * self.iterations, "2 x iterations")
         phases = []
         for n in range(self.iterations):
             for half, direction in enumerate(("backward", "forward")):

@@ -5,7 +5,7 @@ Each outer iteration is one phase: take the current coupling ``(X0, X1)``, sampl
 pairs, ``X_t = (1 - t) X0 + t X1 + sigma sqrt(t (1 - t)) Z``, and regress one direction's drift on it — the
 Markovian projection of the mixture of bridges (:class:`BridgeMatching`):
 
-* forward: ``f(x, t) = (E[X1 | X_t = x] - x) / (1 - t)`` (math.md §G.4), trained as
+* forward: ``f(x, t) = (E[X1 | X_t = x] - x) / (1 - t)`` (maths.md §G.4), trained as
   ``E || X_t + (1 - t) f(X_t, t) - X1 ||^2``;
 * backward (reverse time): ``b(x, t) = (E[X0 | X_t = x] - x) / t``, trained as ``E || X_t + t b(X_t, t) - X0 ||^2``.
 
@@ -25,15 +25,16 @@ from torch import nn
 
 from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
+from sbridge.core.seeds import COUPLING_STREAM, stream_seed
 from sbridge.core.tensors import expand_as_batch, sum_event
 from sbridge.core.validation import check_choice, check_positive_int
 from sbridge.losses.base import Batch, Terms
 from sbridge.processes.linear import LinearSDE
 from sbridge.solvers.base import FitData
-from sbridge.solvers.bridge import COUPLING_STREAM, BridgeSolver, stream_seed
+from sbridge.solvers.bridge import BridgeSolver
 from sbridge.training import distributed
 from sbridge.training.sources import TensorSource
-from sbridge.training.trainer import Phase, TrainConfig
+from sbridge.training.trainer import Phase, TrainConfig, split_steps
 
 
 class BridgeMatching:
@@ -85,9 +86,7 @@ class DSBM(BridgeSolver):
         return {**super().options(), "sim_steps": self.sim_steps}
 
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
-        per_iteration = config.steps // self.iterations
-        if per_iteration < 1:
-            raise ConfigError(f"steps ({config.steps}) must be at least iterations ({self.iterations}).")
+        per_iteration = split_steps(config.steps, self.iterations, "iterations")
         phases = []
         for k in range(self.iterations):
             direction = "forward" if k % 2 == 0 else "backward"

@@ -1,5 +1,5 @@
 """The latent Schrödinger bridge of Jiao et al. (2024) on ``[0, 1]`` with a Brownian reference ``dX = sqrt(tau) dW``:
-its two closed-form cases (math.md §B.2), a regression loss and early stopping at ``T = 1 - delta``.
+its two closed-form cases (maths.md §B.2), a regression loss and early stopping at ``T = 1 - delta``.
 
 * **Case H** (heat-flow reversal, the default): ``nu = mu * N(0, tau I)``, so the bridge is the time reversal of the
   heat flow started at the data, ``X_t = Y + sqrt(tau (1 - t)) Z`` with ``Y ~ mu``, drift
@@ -15,7 +15,7 @@ regression ``min_v int_0^T E||v(X_t, t) - (Y - X_t) / (1 - t)||^2 dt`` is ``E||D
 predicts ``Y`` (case F) or ``Z`` (case H: ``D = x - sqrt(tau (1 - t)) net``); ``weighting="paper"`` trains with the
 paper's weights, ``"uniform"`` (default) with equal weight on every ``t`` of the network's own target (same
 minimiser for each ``t``, bounded weights near ``T``). The "paper" weights are derived from the regression of
-math.md §B.2; the paper's exact loss display is not verified (math.md §F).
+maths.md §B.2; the paper's exact loss display is not verified (maths.md §F).
 
 Case H needs draws from ``nu``, which depends on the data: ``prior="gaussian"`` draws ``N(m, C + tau I)`` with the
 data's mean and covariance (exact for Gaussian data, and close when ``tau`` dominates ``C``); ``prior="data"`` draws
@@ -33,6 +33,7 @@ from torch import nn
 
 from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
+from sbridge.core.seeds import SAMPLE_OFFSET
 from sbridge.core.tensors import expand_as_batch, flat, sum_event
 from sbridge.core.validation import (
     check_choice,
@@ -44,9 +45,10 @@ from sbridge.core.validation import (
 )
 from sbridge.losses.base import Batch, Terms
 from sbridge.nets.embeddings import drop_condition
+from sbridge.nets.registry import mlp_shorthand
 from sbridge.numerics.integrators import euler_maruyama, integrate_ode, time_grid
 from sbridge.solvers.base import FitData, Solver
-from sbridge.solvers.sgm import _mlp_shorthand
+from sbridge.solvers.capabilities import Capabilities
 from sbridge.training.trainer import Phase, TrainConfig
 
 CASES = ("H", "F")
@@ -55,7 +57,7 @@ PRIORS = ("gaussian", "data")
 
 
 def marginal(case: str, y: torch.Tensor, t: torch.Tensor, z: torch.Tensor, tau: float) -> torch.Tensor:
-    """``X_t`` of the bridge given its end ``Y`` (math.md §B.2): ``t Y + sqrt(tau t (1 - t)) Z`` (F) or
+    """``X_t`` of the bridge given its end ``Y`` (maths.md §B.2): ``t Y + sqrt(tau t (1 - t)) Z`` (F) or
     ``Y + sqrt(tau (1 - t)) Z`` (H); ``t`` is ``(batch,)``."""
     t = expand_as_batch(t, y)
     if case == "F":
@@ -64,7 +66,7 @@ def marginal(case: str, y: torch.Tensor, t: torch.Tensor, z: torch.Tensor, tau: 
 
 
 class BridgeRegression:
-    """The regression loss of the latent bridge (math.md §B.2, §B.4) as a loss object: ``t ~ U[0, T]``, ``X_t`` from
+    """The regression loss of the latent bridge (maths.md §B.2, §B.4) as a loss object: ``t ~ U[0, T]``, ``X_t`` from
     :func:`marginal`, and the squared error of the network's target (``Y`` for case F, ``Z`` for case H), with the
     paper's weights ``1 / (1 - t)^2`` (F) and ``tau / (1 - t)`` (H) under ``weighting="paper"``."""
 
@@ -100,6 +102,8 @@ class SchrodingerFollmer(Solver):
 
     method = "follmer"
     model_names = ("drift",)
+    declared = Capabilities(sample=True, log_prob=True, guidance=True, samplers=("sde", "ode"), grids=("uniform",),
+                            latent_solver=True, plots=("samples", "trajectories", "loss"))
 
     def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, case: str = "H",
                  tau: float = 4.0, delta: float = 1e-3, weighting: str = "uniform", prior: str = "gaussian",
@@ -120,7 +124,7 @@ class SchrodingerFollmer(Solver):
             raise ConfigError(f"denoise must be true or false, got {denoise!r}.")
         self.denoise = denoise
         self.cond_drop = check_probability(cond_drop, "cond_drop")
-        super().__init__(dim, shape=shape, cond=cond, net=_mlp_shorthand(net, hidden, depth, None), seed=seed,
+        super().__init__(dim, shape=shape, cond=cond, net=mlp_shorthand(net, hidden, depth, None), seed=seed,
                          device=device)
         d = self.dim
         #: nu's moments (case H, prior="gaussian": mean, Cholesky factor of C + tau I) and stored points
@@ -189,7 +193,7 @@ class SchrodingerFollmer(Solver):
 
     def drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None, guidance: float = 0.0
               ) -> torch.Tensor:
-        """The bridge's drift ``v_t(x) = (D(x, t) - x) / (1 - t)`` (math.md §B.2, both cases)."""
+        """The bridge's drift ``v_t(x) = (D(x, t) - x) / (1 - t)`` (maths.md §B.2, both cases)."""
         return (self.denoiser(x, t, cond, guidance) - x) / (1 - t)
 
     def velocity(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None, guidance: float = 0.0
@@ -211,19 +215,27 @@ class SchrodingerFollmer(Solver):
         mean, chol = self.nu_state["prior_mean"].to(self.device), self.nu_state["prior_chol"].to(self.device)
         return (mean + z @ chol.T).reshape(shape)
 
+    def capabilities(self) -> Capabilities:
+        """Case F starts from a point: no ODE (a flow cannot spread it) and no density; ``prior="data"`` has no
+        density to start the likelihood from either."""
+        caps = super().capabilities()
+        if self.case == "F":
+            caps = caps.with_(samplers=("sde",))
+        return caps.with_(log_prob=False) if self.case == "F" or self.prior == "data" else caps
+
     # ---- sampling ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, *, steps: int = 100, ode: bool = False, method: str = "heun", cond: Any = None,
                guidance: float = 0.0, return_path: bool = False, seed: int | None = None) -> torch.Tensor:
-        """Euler–Maruyama on a uniform grid of ``[0, T]`` from ``X_0 ~ nu`` (math.md §B.1 step 4); ``ode=True``
+        """Euler–Maruyama on a uniform grid of ``[0, T]`` from ``X_0 ~ nu`` (maths.md §B.1 step 4); ``ode=True``
         integrates the probability-flow ODE instead (case H only: case F starts from a point). With ``denoise``
         the last state is replaced by ``D(X_T, T)``. Returns ``(n, *event_shape)`` or the path."""
         n, steps = check_positive_int(n, "n"), check_positive_int(steps, "steps")
         check_sample_request(n, steps, self.event_shape, return_path)
-        if ode and self.case == "F":
+        if ode and "ode" not in self.capabilities().samplers:
             raise ConfigError("case F starts from a single point, which a deterministic flow cannot spread; sample "
                               "it with the SDE (drop --ode).")
-        gen = make_generator(self.seed + 1 if seed is None else check_seed(seed), self.device)
+        gen = make_generator(self.seed + SAMPLE_OFFSET if seed is None else check_seed(seed), self.device)
         c = self._sampling_condition(cond, n)
         self.ema_models.eval()
         x = self.prior_sample(n, gen)
@@ -242,21 +254,15 @@ class SchrodingerFollmer(Solver):
         return out
 
     # ---- likelihood --------------------------------------------------------------------------------------------
-    @property
-    def log_prob(self) -> Any:
-        """``log_prob(x, cond=None, **kw)``: the exact log-density (nats, ``(n,)``) of ``X_T`` — the early-stopped
-        state, before the final denoising — under case H's probability-flow ODE from the Gaussian ``nu``
-        (instantaneous change of variables, :func:`sbridge.numerics.likelihood.log_prob_ode`, in the reversed time
-        ``s = 1 - t``). ``None`` (no likelihood) for case F (a point start has no density) and for
-        ``prior="data"``."""
-        if self.case == "F" or self.prior == "data":
-            return None
-        return self._log_prob
-
-    def _log_prob(self, x: Any, *, cond: Any = None, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
-                  divergence: str = "auto", seed: int = 0) -> torch.Tensor:
+    def log_prob(self, x: Any, *, cond: Any = None, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+                 divergence: str = "auto", seed: int = 0) -> torch.Tensor:
+        """The exact log-density (nats, ``(n,)``) of ``X_T`` — the early-stopped state, before the final denoising —
+        under case H's probability-flow ODE from the Gaussian ``nu`` (instantaneous change of variables,
+        :func:`sbridge.numerics.likelihood.log_prob_ode`, in the reversed time ``s = 1 - t``). Not declared (it
+        raises) for case F (a point start has no density) and for ``prior="data"``."""
         from sbridge.numerics.likelihood import log_prob_ode
 
+        self._require("log_prob", "give exact likelihoods", "case F and prior='data' start from no density")
         x = self._data(x, "points")
         c = None if cond is None else self._condition(cond, x.shape[0])
         mean, chol = self.nu_state["prior_mean"].to(self.device), self.nu_state["prior_chol"].to(self.device)

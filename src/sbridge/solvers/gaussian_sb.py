@@ -1,4 +1,4 @@
-"""The closed-form Schrödinger bridge between Gaussian fits of the two ends (math.md §G), as a solver.
+"""The closed-form Schrödinger bridge between Gaussian fits of the two ends (maths.md §G), as a solver.
 
 ``GaussianSB().fit(x0, prior=x1)`` estimates the means and covariances of both samples and uses the exact bridge
 between ``N(a, A)`` and ``N(b, B)`` for the Brownian reference ``sigma W``: exact for Gaussian data (the oracle in
@@ -37,6 +37,8 @@ class GaussianSB(BridgeSolver):
     method = "gaussian_sb"
     model_names = ("moments",)
     fit_options = ()
+    declared = BridgeSolver.declared.with_(cond_required=False, closed_form=True, latent_solver=False,
+                                           plots=("samples", "trajectories"), diagnostics=())
 
     def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, sigma: float = 1.0,
                  seed: int = 0, device: str | torch.device = "auto", net: Any = None,
@@ -105,9 +107,9 @@ class GaussianSB(BridgeSolver):
         return self._bridge
 
     def forward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """``f(t, x) = (b - a) + S_t^T Sigma_t^{-1} (x - mu_t)`` (math.md §G.4)."""
+        """``f(t, x) = (b - a) + S_t^T Sigma_t^{-1} (x - mu_t)`` (maths.md §G.4)."""
         return self.bridge.drift(x.cpu().double(), t).to(x)
 
     def backward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Reverse-time drift ``sigma^2 grad log p_t - f`` (math.md §1.1, §G.4)."""
+        """Reverse-time drift ``sigma^2 grad log p_t - f`` (maths.md §1.1, §G.4)."""
         return self.bridge.backward_drift(x.cpu().double(), t).to(x)

@@ -1,4 +1,4 @@
-"""Latent Schrödinger bridges (Jiao et al. 2024; math.md §B.1): any solver fitted in the latent space of a
+"""Latent Schrödinger bridges (Jiao et al. 2024; maths.md §B.1): any solver fitted in the latent space of a
 pre-trained autoencoder, sampled there and decoded.
 
 :class:`LatentBridge` is one run with two stages, each a run of its own in a sub-folder:
@@ -26,6 +26,7 @@ from sbridge.core import io
 from sbridge.core.errors import ConfigError, RunDirError
 from sbridge.solvers.autoencoder import Autoencoder
 from sbridge.solvers.base import RUN_LOADERS, Solver, load
+from sbridge.solvers.capabilities import Capabilities, refuse
 from sbridge.training import distributed, rundir
 
 AUTOENCODER_DIR, LATENT_DIR = "autoencoder", "latent"
@@ -50,9 +51,10 @@ class LatentBridge:
         if not isinstance(autoencoder, Autoencoder):
             raise ConfigError(f"autoencoder must be an sbridge.Autoencoder or the path of its run, got "
                               f"{type(autoencoder).__name__}.")
-        if not isinstance(solver, Solver) or isinstance(solver, Autoencoder):
-            raise ConfigError(f"solver must be an sbridge solver (SGM, VSDM, SchrodingerFollmer, ...), got "
-                              f"{type(solver).__name__}.")
+        if not isinstance(solver, Solver) or not solver.capabilities().latent_solver:
+            name = getattr(solver, "method", "") or type(solver).__name__
+            raise ConfigError(f"solver must be an sbridge solver that generates in a latent space (SGM, VSDM, "
+                              f"SchrodingerFollmer, DSBM, ...), got {name}.")
         if solver.event_shape != (autoencoder.latent_dim,):
             raise ConfigError(f"the solver works on shape {solver.event_shape} but the autoencoder's latents have "
                               f"dimension {autoencoder.latent_dim}; build it with dim={autoencoder.latent_dim}.")
@@ -64,6 +66,26 @@ class LatentBridge:
         self.latent_std = torch.ones(autoencoder.latent_dim)
 
     # ---- what it is --------------------------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        """The latent solver's generative abilities (decoded), with the autoencoder's: it samples as its solver
+        does, gives likelihoods of the latent codes when its solver has them, and encodes and decodes. It neither
+        transports between data sets nor passes on a path bound."""
+        inner = self.solver.capabilities()
+        return inner.with_(transport=False, two_sets=False, prior_data=False, path_bound=False,
+                           likelihood_space="latent", codec=True, latent=True, latent_solver=False,
+                           plots=(*[k for k in inner.plots if k in ("samples", "trajectories", "loss")],
+                                  "reconstructions", "interpolations"), diagnostics=inner.diagnostics)
+
+    @property
+    def label(self) -> str:
+        """``latent <solver>``: its name in messages and plot titles."""
+        return f"latent {self.solver.method}"
+
+    @property
+    def autoencoder_run(self) -> Autoencoder:
+        """The autoencoder stage (what ``codec`` plots encode and decode with)."""
+        return self.autoencoder
+
     @property
     def event_shape(self) -> tuple[int, ...]:
         return self.autoencoder.event_shape
@@ -232,18 +254,24 @@ class LatentBridge:
         """Standardised latents from the solver, not decoded."""
         return self.solver.sample(n, **kwargs)
 
-    @property
-    def log_prob(self) -> Any:
-        """``log_prob(x, cond=None, **kw)``: the solver's log-density of the codes ``E(x)`` in latent nats (the
-        standardisation's ``-sum log s`` included), shape ``(n,)``; ``None`` when the solver has no likelihood."""
-        inner = getattr(self.solver, "log_prob", None)
-        if not callable(inner):
-            return None
+    def log_prob(self, x: Any, **kwargs: Any) -> torch.Tensor:
+        """The solver's log-density of the codes ``E(x)`` in latent nats (the standardisation's ``-sum log s``
+        included), shape ``(n,)``; it raises for a solver without a likelihood."""
+        self._require("log_prob", "give exact likelihoods", f"its solver, {self.solver.method}, has none")
+        return self.solver.log_prob(self.encode(x), **kwargs) - float(self.latent_std.log().sum())
 
-        def log_prob(x: Any, **kwargs: Any) -> torch.Tensor:
-            return inner(self.encode(x), **kwargs) - float(self.latent_std.log().sum())
+    def transport(self, x: Any, **kwargs: Any) -> torch.Tensor:
+        self._require("transport", "transport points between two data sets")
+        raise NotImplementedError
 
-        return log_prob
+    def elbo(self, x: Any, **kwargs: Any) -> torch.Tensor:
+        self._require("path_bound", "define a path-space likelihood bound", "its solver's bound is in latent space")
+        raise NotImplementedError
+
+    def _require(self, ability: str, what: str, hint: str = "") -> None:
+        caps = self.capabilities()
+        if not getattr(caps, ability):
+            raise refuse(what, f"this {self.label} run", caps, hint)
 
 
 def load_autoencoder(path: str | Path, device: str | torch.device = "auto", net: Any = None) -> Autoencoder:

@@ -1,9 +1,9 @@
-"""SB-FBSDE (Chen, Liu & Theodorou, ICLR 2022; math.md §1.4): a Schrödinger bridge trained by likelihood.
+"""SB-FBSDE (Chen, Liu & Theodorou, ICLR 2022; maths.md §1.4): a Schrödinger bridge trained by likelihood.
 
 Over a linear reference ``dX = f dt + g dW`` (VP, VE or Brownian; :mod:`sbridge.processes.linear`), the bridge has a
 forward policy ``Z`` (network ``"fwd"``) and a backward policy ``Z_hat`` (network ``"bwd"``):
 
-* forward SDE ``dX = (f + g Z) dt + g dW`` from the data (the *encode* SDE of math.md §A);
+* forward SDE ``dX = (f + g Z) dt + g dW`` from the data (the *encode* SDE of maths.md §A);
 * backward SDE ``dX = (f - g Z_hat) dt + g dW_bar`` from the prior (the *decode* SDE), and Nelson's relation
   ``Z + Z_hat = g grad log p_t`` gives the probability flow ``dx/dt = f + g (Z - Z_hat) / 2``.
 
@@ -36,42 +36,36 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.core.device import make_generator, stream_seed
+from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
+from sbridge.core.seeds import CACHE_STREAM, stream_seed
 from sbridge.core.tensors import expand_as_batch, sum_event
 from sbridge.core.validation import check_choice, check_positive_int, check_seed
 from sbridge.losses.base import Batch, Terms
 from sbridge.numerics.integrators import euler_maruyama, time_grid
 from sbridge.numerics.likelihood import DIVERGENCE_METHODS, divergence, elbo_grid, rademacher
+from sbridge.numerics.likelihood import divergence_method as choose_divergence
 from sbridge.processes.linear import LinearSDE, make_process
 from sbridge.solvers.base import FitData
-from sbridge.solvers.bridge import CACHE_STREAM, BridgeSolver, RefreshingSource
-from sbridge.training.trainer import Phase, TrainConfig
+from sbridge.solvers.bridge import BridgeSolver
+from sbridge.solvers.capabilities import Capabilities
+from sbridge.training.sources import RefreshingSource
+from sbridge.training.trainer import Phase, TrainConfig, split_steps
 
 #: A policy's drift in forward time from the given models: ``drift(models, x, t, cond)``.
 Drift = Callable[[Mapping[str, nn.Module], torch.Tensor, Any, Any], torch.Tensor]
 
-#: Coordinates up to which divergences are exact when ``divergence="auto"``.
-EXACT_MAX_DIM = 16
-
-
-def _divergence_method(method: str, x: torch.Tensor) -> str:
-    if method == "auto":
-        return "exact" if x[0].numel() <= EXACT_MAX_DIM else "hutchinson"
-    return check_choice(method, DIVERGENCE_METHODS, "divergence")
-
-
 def _drift_and_div(drift: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, method: str,
                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """A drift and its divergence at ``x``, differentiable (``create_graph``) for training."""
-    method = _divergence_method(method, x)
+    method = choose_divergence(method, x[0].numel())
     noise = (rademacher(tuple(x.shape), generator=generator, dtype=x.dtype, device=x.device)
              if method == "hutchinson" else None)
     return divergence(lambda y, _t: drift(y), x, 0.0, method=method, noise=noise, create_graph=True)
 
 
 class DriftMatching:
-    """Drift matching of one network on cached states of the other direction (math.md §A.2, §1.4):
+    """Drift matching of one network on cached states of the other direction (maths.md §A.2, §1.4):
 
         E[ |F - B|^2 / (2 g^2) + sign * div(trained drift) ]  over rows ``batch = {"x", "t", "other"}``,
 
@@ -103,7 +97,7 @@ def bound_along_paths(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
                       generator: torch.Generator | None = None, create_graph: bool = False,
                       score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                       ) -> dict[str, torch.Tensor]:
-    """Per-sample terms of the path bound along one encode path from each row of ``x`` (math.md §A.2, §A.4):
+    """Per-sample terms of the path bound along one encode path from each row of ``x`` (maths.md §A.2, §A.4):
 
     * ``"prior_nll"``: ``-log pi(X_T)``;
     * ``"drift"``: ``int (|F - B|^2 / (2 g^2) - div B) dt``, so that ``prior_nll + drift`` is the negative path
@@ -120,7 +114,7 @@ def bound_along_paths(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
     t0 = torch.full((x.shape[0],), times[0], dtype=x.dtype, device=x.device)
 
     def integrands(state: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        method = _divergence_method(divergence_method, state)
+        method = choose_divergence(divergence_method, state[0].numel())
         noise = (rademacher(tuple(state.shape), generator=generator, dtype=state.dtype, device=state.device)
                  if method == "hutchinson" else None)
         b, div_b = divergence(lambda y, _t: decode(y, tt), state, 0.0, method=method, noise=noise,
@@ -176,7 +170,7 @@ class _EncoderSteps:
 
 
 class PathBound(_EncoderSteps):
-    """The negative evidence bound of the discretised encoder / decoder pair, trained end to end (math.md §A.2 with
+    """The negative evidence bound of the discretised encoder / decoder pair, trained end to end (maths.md §A.2 with
     ``N = len(times) - 1`` latent steps, a hierarchical VAE):
 
         -log q(x_0) <= E[ -log pi(X_N) - sum_n ( log p(X_n | X_{n+1}) - log e(X_{n+1} | X_n) ) ],
@@ -248,6 +242,7 @@ class SBFBSDE(BridgeSolver):
 
     method = "sbfbsde"
     fit_options = ("iterations", "cache_size", "cache_refresh")
+    declared = BridgeSolver.declared.with_(path_bound=True)
     default_steps = 6000
     default_iterations = 3
 
@@ -280,6 +275,13 @@ class SBFBSDE(BridgeSolver):
         return {"process": self.process.config(), "mode": self.mode, "iterations": self.iterations,
                 "sim_steps": self.sim_steps, "cache_size": self.cache_size, "cache_refresh": self.cache_refresh,
                 "divergence": self.divergence, "warm_start": self.warm_start}
+
+    def capabilities(self) -> Capabilities:
+        """As a bridge's, with the path bound; joint training is for generation only and logs no iterations."""
+        caps = super().capabilities()
+        if self.mode != "joint":
+            return caps
+        return caps.with_(prior_data=False, plots=("samples", "trajectories"), diagnostics=())
 
     def _build_models(self) -> dict[str, nn.Module]:
         return {name: self.network(name, time_scale=1000.0 / self.process.T) for name in self.model_names}
@@ -353,9 +355,7 @@ class SBFBSDE(BridgeSolver):
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         if self.mode == "joint":
             return [Phase("joint", config.steps, self.path_bound(), data.source(), ("fwd", "bwd"))]
-        per_half = config.steps // (2 * self.iterations)
-        if per_half < 1:
-            raise ConfigError(f"steps ({config.steps}) must be at least 2 x iterations ({2 * self.iterations}).")
+        per_half = split_steps(config.steps, 2 * self.iterations, "2 x iterations")
         phases = []
         for n in range(self.iterations):
             for half, trains in enumerate(("decoder", "encoder")):
@@ -407,11 +407,11 @@ class SBFBSDE(BridgeSolver):
     # ---- the bound ---------------------------------------------------------------------------------------------
     def elbo(self, x: Any, *, cond: Any = None, steps: int = 200, repeats: int = 1, divergence: str = "auto",
              seed: int = 0) -> torch.Tensor:
-        """Path-space lower bound on the backward SDE's log-likelihood (nats, shape ``(n,)``; math.md §1.4, §A.2):
+        """Path-space lower bound on the backward SDE's log-likelihood (nats, shape ``(n,)``; maths.md §1.4, §A.2):
         ``E[log pi(X_T)] - int (|Z + Z_hat|^2 / 2 + g div Z_hat - div f) dt`` along forward-SDE paths from ``x``
         (taken as ``X_{t_min}``) on ``steps`` steps (:func:`sbridge.numerics.likelihood.elbo_grid`), averaged over
         ``repeats`` paths (:func:`bound_along_paths`)."""
-        self._require_generative()
+        self._require_generative("path_bound", "define a path-space likelihood bound")
         x = self._data(x, "points")
         c = self._bridge_condition(cond, x.shape[0])
         self.ema_models.eval()

@@ -1,4 +1,4 @@
-"""Schrödinger bridges as VAEs (Kaba, Shimizu, Ohzeki & Sughiyama 2024; math.md §A): objective = prior loss +
+"""Schrödinger bridges as VAEs (Kaba, Shimizu, Ohzeki & Sughiyama 2024; maths.md §A): objective = prior loss +
 drift matching, with encoder early stopping.
 
 The encode SDE ``dX = (f + g u_phi) dt + g dW`` (network ``"fwd"``) carries the data to ``p_phi(., T)``; the decode
@@ -36,17 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.core.device import make_generator, stream_seed
+from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
+from sbridge.core.seeds import TERMS_STREAM, stream_seed
 from sbridge.core.validation import check_choice, check_positive_int
 from sbridge.losses.base import Batch, Terms
 from sbridge.numerics.likelihood import elbo_grid
 from sbridge.solvers.base import FitData
 from sbridge.solvers.sbfbsde import SBFBSDE, DecoderSteps, bound_along_paths
-from sbridge.training.trainer import Phase, TrainConfig
-
-#: Seed stream of the per-stage estimates of the prior loss and the drift matching.
-TERMS_STREAM = 17
+from sbridge.training.trainer import Phase, TrainConfig, split_steps
 
 
 class SBVAELoss:
@@ -75,6 +73,8 @@ class SBVAE(SBFBSDE):
 
     method = "sbvae"
     fit_options = ("stages",)
+    declared = SBFBSDE.declared.with_(prior_data=False, plots=("samples", "trajectories", "objective_terms"),
+                                      diagnostics=("stage", "prior_loss", "nll_bound", "drift_matching", "encoder"))
     default_steps = 6000
 
     def __init__(self, dim: int | None = None, *, decoder: str = "P1", stages: int = 10, encoder_stop: bool = True,
@@ -156,9 +156,7 @@ class SBVAE(SBFBSDE):
         super().before_fit(data)
 
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
-        per_stage = config.steps // self.stages
-        if per_stage < 1:
-            raise ConfigError(f"steps ({config.steps}) must be at least stages ({self.stages}).")
+        per_stage = split_steps(config.steps, self.stages, "stages")
         loss = SBVAELoss(self)
         self._stage_phases = [Phase(f"stage{k + 1}", per_stage, loss, data.source(), ("fwd", "bwd"),
                                     on_end=lambda k=k: self._end_stage(k + 1, data)) for k in range(self.stages)]
@@ -190,7 +188,7 @@ class SBVAE(SBFBSDE):
     def objective_terms(self, x: torch.Tensor, *, cond: Any = None, seed: int = 0) -> dict[str, float]:
         """Estimates (nats per sample) on the encode paths from ``x``, with the training networks:
 
-        * ``prior_loss``: ``-E log pi(X_T) - int E[div F + g^2 |s_hat|^2 / 2] dt`` (math.md §A.4), i.e.
+        * ``prior_loss``: ``-E log pi(X_T) - int E[div F + g^2 |s_hat|^2 / 2] dt`` (maths.md §A.4), i.e.
           ``KL(p_phi(., T) || pi)`` plus the data's entropy, with the decoder's score estimate ``s_hat``;
         * ``nll_bound``: ``-E log pi(X_T) + int E[|F - B|^2 / (2 g^2) - div B] dt``, the negative path bound
           (:func:`sbridge.numerics.likelihood.path_elbo`), i.e. ``KL(P_phi || Q_theta)`` plus the data's entropy;

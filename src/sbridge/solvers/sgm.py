@@ -1,4 +1,4 @@
-"""Score-based generative model (SGM): the baseline and the first IPF iteration of DSB (math.md §D.1–D.2, §A.3).
+"""Score-based generative model (SGM): the baseline and the first IPF iteration of DSB (maths.md §D.1–D.2, §A.3).
 
 The network predicts the noise ``eps`` in ``X_t = M_t X_0 + L_t eps``; the score is ``-L_t^{-T} eps_theta``
 (``-eps_theta / std`` for an isotropic reference). Training is one phase of :class:`~sbridge.losses.score.
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sbridge.core.device import make_generator
+from sbridge.core.seeds import SAMPLE_OFFSET
 from sbridge.core.validation import (
     check_choice,
     check_positive_int,
@@ -21,9 +22,11 @@ from sbridge.core.validation import (
     check_seed,
 )
 from sbridge.losses.score import DenoisingScoreMatching
+from sbridge.nets.registry import mlp_shorthand
 from sbridge.numerics.integrators import ODE_METHODS, euler_maruyama, integrate_ode, make_grid
 from sbridge.processes.linear import LinearSDE, make_process
 from sbridge.solvers.base import FitData, Solver
+from sbridge.solvers.capabilities import GRIDS, Capabilities
 from sbridge.training.trainer import Phase, TrainConfig
 
 
@@ -37,6 +40,8 @@ class SGM(Solver):
     """
 
     method = "sgm"
+    declared = Capabilities(sample=True, log_prob=True, path_bound=True, guidance=True, samplers=("sde", "ode"),
+                            grids=GRIDS, latent_solver=True, plots=("samples", "trajectories", "loss"))
 
     def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None,
                  process: str | dict[str, Any] | LinearSDE = "vp", hidden: int | None = None,
@@ -44,12 +49,17 @@ class SGM(Solver):
                  cond_drop: float = 0.0, net: Any = None, seed: int = 0, device: str | torch.device = "auto") -> None:
         self.process = make_process(process)
         self.cond_drop = check_probability(cond_drop, "cond_drop")
-        net = _mlp_shorthand(net, hidden, depth, time_dim)
+        net = mlp_shorthand(net, hidden, depth, time_dim)
         super().__init__(dim, shape=shape, cond=cond, net=net, seed=seed, device=device)
         self.process.to(self.device)
 
     def options(self) -> dict[str, Any]:
         return {"process": self.process.config(), "cond_drop": self.cond_drop}
+
+    def capabilities(self) -> Capabilities:
+        """As declared; the EDM and log-SNR grids need an isotropic process (they invert its noise level)."""
+        caps = super().capabilities()
+        return caps if self.process.isotropic else caps.with_(grids=("uniform",))
 
     def _build_models(self) -> dict[str, nn.Module]:
         return {"score": self.network("score", time_scale=1000.0 / self.process.T)}
@@ -80,13 +90,17 @@ class SGM(Solver):
 
     def reverse_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None,
                       guidance: float = 0.0) -> torch.Tensor:
-        """Drift of the reverse-time SDE in forward time, ``f - g^2 score`` (math.md §1.1)."""
+        """Drift of the reverse-time SDE in forward time, ``f - g^2 score`` (maths.md §1.1)."""
         return self.process.reverse_drift(x, t, self.score(x, t, cond, guidance=guidance))
 
     def velocity(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None,
                  guidance: float = 0.0) -> torch.Tensor:
-        """Probability-flow ODE velocity ``f - g^2 score / 2`` (math.md §1.1)."""
+        """Probability-flow ODE velocity ``f - g^2 score / 2`` (maths.md §1.1)."""
         return self.process.probability_flow(x, t, self.score(x, t, cond, guidance=guidance))
+
+    def forward_paths(self, x: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
+        """Paths of the forward (encode) process from the data points ``x``: ``(steps + 1, n, ...)``."""
+        return self.process.simulate(x, steps, seed=seed)
 
     # ---- sampling ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -104,7 +118,7 @@ class SGM(Solver):
         """
         n, steps = check_positive_int(n, "n"), check_positive_int(steps, "steps")
         check_sample_request(n, steps, self.event_shape, return_path)
-        gen = make_generator(self.seed + 1 if seed is None else check_seed(seed), self.device)
+        gen = make_generator(self.seed + SAMPLE_OFFSET if seed is None else check_seed(seed), self.device)
         c = self._sampling_condition(cond, n)
         if x_T is None:
             x_T = self.process.prior_sample((n, *self.event_shape), generator=gen, device=self.device)
@@ -124,7 +138,7 @@ class SGM(Solver):
 
     def log_prob(self, x: Any, *, cond: Any = None, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                  divergence: str = "auto", seed: int = 0) -> torch.Tensor:
-        """Exact log-likelihood (nats) of ``x`` under the probability-flow ODE (math.md §1.1; instantaneous change
+        """Exact log-likelihood (nats) of ``x`` under the probability-flow ODE (maths.md §1.1; instantaneous change
         of variables), integrated from ``t_min`` to ``T`` against the prior; shape ``(n,)``."""
         from sbridge.numerics.likelihood import log_prob_ode
 
@@ -140,7 +154,7 @@ class SGM(Solver):
 
     def elbo(self, x: Any, *, cond: Any = None, steps: int = 200, repeats: int = 1, divergence: str = "auto",
              seed: int = 0) -> torch.Tensor:
-        """Path-space lower bound on the reverse SDE's log-likelihood (nats, shape ``(n,)``; math.md §A.2–A.3): the
+        """Path-space lower bound on the reverse SDE's log-likelihood (nats, shape ``(n,)``; maths.md §A.2–A.3): the
         encode SDE is the reference process, the decode SDE the learned reverse SDE, so the bound is
         ``E[log pi(X_T)] - int (g^2 |s|^2 / 2 + g^2 div s - div f) dt`` along forward paths from ``x`` (taken as
         ``X_{t_min}``), averaged over ``repeats`` paths; see :func:`~sbridge.numerics.likelihood.path_elbo`.
@@ -169,17 +183,3 @@ def mean_elbo(encode: Any, decode: Any, diffusion: Any, x: torch.Tensor, t0: flo
                           encode_marginal=encode_marginal)
                 for _ in range(check_positive_int(repeats, "repeats")))
     return total / repeats
-
-
-def _mlp_shorthand(net: Any, hidden: int | None, depth: int | None, time_dim: int | None) -> Any:
-    """Fold the ``hidden``/``depth``/``time_dim`` shorthand into an MLP network config."""
-    sizes = {k: v for k, v in (("hidden", hidden), ("depth", depth), ("time_dim", time_dim)) if v is not None}
-    if not sizes:
-        return net
-    if net is None or net == "mlp":
-        return {"name": "mlp", **sizes}
-    if isinstance(net, dict) and net.get("name") == "mlp":
-        return {**net, **sizes}
-    from sbridge.core.errors import ConfigError
-
-    raise ConfigError(f"hidden/depth/time_dim size the MLP; with net={net!r} set the network's own options instead.")

@@ -1,4 +1,4 @@
-"""Variational Schrödinger Diffusion Models (Deng et al., ICML 2024; math.md §C) — the pieces VSDM is built from.
+"""Variational Schrödinger Diffusion Models (Deng et al., ICML 2024; maths.md §C) — the pieces VSDM is built from.
 
 VSDM linearises the forward Schrödinger-bridge score, ``grad log psi_t(x) ~ A x``, which turns the forward process
 into a multivariate OU process ``dx = -beta_t D x / 2 dt + sqrt(beta_t) dW`` with ``D = I - 2A`` (§C.1): its
@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.core.device import stream_seed
 from sbridge.core.errors import ConfigError, DataError
+from sbridge.core.seeds import SA_STREAM, stream_seed
 from sbridge.core.validation import check_choice, check_event_shape, check_positive_float, check_positive_int
 from sbridge.numerics.integrators import time_grid
 from sbridge.processes.linear import DriftMatrix, LinearSDE, PowerRate
 from sbridge.solvers.base import FitData
 from sbridge.solvers.sgm import SGM
-from sbridge.training.trainer import Phase, TrainConfig
+from sbridge.training.trainer import Phase, TrainConfig, split_steps
 
 #: Largest singular value (full) or entry (diagonal) of ``A``: keeps ``D + D^T = 2I - (A + A^T)`` positive definite
 #: with room to spare, so the forward covariance stays bounded (§C.2: ``a_i < 1/2``).
@@ -37,7 +37,7 @@ MAX_SCALE = 3.0
 
 
 class LinearScore(nn.Module):
-    """The variational forward score ``x -> A x`` of VSDM (math.md §C.1), starting at ``A = 0`` (plain VP).
+    """The variational forward score ``x -> A x`` of VSDM (maths.md §C.1), starting at ``A = 0`` (plain VP).
 
     ``kind="diagonal"``: ``A = diag(a)``, one rate per event entry (images and sequences); ``kind="full"``: a
     ``(d, d)`` matrix for vectors, moved in matrix space by the SA step; :meth:`factors` gives its orthogonal ·
@@ -51,7 +51,7 @@ class LinearScore(nn.Module):
     it, applied after every update instead of letting the covariance blow up.
 
     ``ema``: the process reads an exponential moving average of the SA iterates, ``A_bar <- ema A_bar + (1 - ema)
-    A`` (math.md §C.4–C.5: the paper's code caches the dynamics from an EMA copy of ``A``); ``0`` reads the iterate.
+    A`` (maths.md §C.4–C.5: the paper's code caches the dynamics from an EMA copy of ``A``); ``0`` reads the iterate.
 
     ``pieces > 1`` adds a time-varying scale (the paper's code scales ``A`` by ``exp(MLP(t))``): ``A_t = h_k A`` on
     the ``k``-th of ``pieces`` equal pieces of ``[0, T]``, with learned factors ``h_k`` in ``[0, MAX_SCALE]``
@@ -153,7 +153,7 @@ class LinearScore(nn.Module):
 
 def sa_gradient(xs: torch.Tensor, scores: torch.Tensor, betas: torch.Tensor, dts: torch.Tensor, zeta: float,
                 kind: str = "full", per_time: bool = False) -> torch.Tensor:
-    """Gradient in ``A`` of VSDM's forward loss on backward trajectories (math.md §C.4):
+    """Gradient in ``A`` of VSDM's forward loss on backward trajectories (maths.md §C.4):
 
         grad_A L = sum_n beta_n dt_n ( E[A x x^T] + E[(s(x, t_n) - A x) x^T] + zeta I )
                  = sum_n beta_n dt_n ( E[s(x, t_n) x^T] + zeta I ),
@@ -215,7 +215,7 @@ class VariationalDrift(DriftMatrix):
 
 
 class VSDM(SGM):
-    """Variational Schrödinger diffusion (Deng et al. 2024; math.md §C.5): stages of simulation-free score matching
+    """Variational Schrödinger diffusion (Deng et al. 2024; maths.md §C.5): stages of simulation-free score matching
     under the forward OU process ``dx = -beta_t (I - 2A) x / 2 dt + sqrt(beta_t) dW`` with the current ``A``, each
     followed by a stochastic-approximation step on ``A`` from simulated backward trajectories.
 
@@ -232,6 +232,8 @@ class VSDM(SGM):
     """
 
     method = "vsdm"
+    declared = SGM.declared.with_(plots=(*SGM.declared.plots, "variational", "forward_backward"),
+                                  diagnostics=("stage", "A_norm", "A_max", "A_spectrum", "prior_kl"))
     fit_options = ("stages",)
     default_steps = 5000
 
@@ -297,16 +299,14 @@ class VSDM(SGM):
         """Nothing data-dependent: the prior follows ``A`` (marginal) or is fixed."""
 
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
-        per_stage = config.steps // self.stages
-        if per_stage < 1:
-            raise ConfigError(f"steps ({config.steps}) must be at least stages ({self.stages}).")
+        per_stage = split_steps(config.steps, self.stages, "stages")
         return [Phase(f"stage{k + 1}", per_stage, self.loss, data.source(), ("score",),
                       on_end=lambda k=k: self.sa_update(k + 1, data))
                 for k in range(self.stages)]
 
     @torch.no_grad()
     def sa_update(self, stage: int, data: FitData) -> dict[str, Any]:
-        """One SA step on ``A`` (math.md §C.4, §C.5 c–d): simulate ``sa_samples`` backward trajectories from the
+        """One SA step on ``A`` (maths.md §C.4, §C.5 c–d): simulate ``sa_samples`` backward trajectories from the
         prior with the current score (seeded per stage), take :func:`sa_gradient` over the grid, and move ``A`` by
         ``sa_lr / stage^sa_decay`` within its admissible set. Returns the row logged for the stage."""
         row: dict[str, Any] = {"stage": stage}
@@ -374,8 +374,6 @@ class VSDM(SGM):
                             + torch.logdet(s0) - torch.logdet(s1)))
 
 
-#: Seed stream of the SA updates' backward simulations.
-SA_STREAM = 16
 
 
 def _summary(values: torch.Tensor, most: int = 16) -> list[float]:

@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
 
+from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
+from sbridge.core.seeds import stream_seed
 from sbridge.losses.base import Batch
+from sbridge.training import distributed
 
 
 class Source(Protocol):
-    """A data source: ``source.batch(batch_size, generator) -> dict of tensors``."""
+    """A data source, and everything the trainer asks of one.
+
+    ``batch(batch_size, generator)``: the next minibatch, a dict of tensors. ``calls_per_step``: how many batches
+    the trainer draws per training step (one per shard this process handles; the trainer sets it when the phase
+    starts). ``seek(step)``: continue as if ``step`` training steps had been drawn (the trainer calls it when a phase
+    resumes mid-way). Sources whose batches do not depend on their position (uniform draws from tensors, a
+    ``DataLoader``) accept both and ignore them.
+    """
+
+    calls_per_step: int
 
     def batch(self, batch_size: int, generator: torch.Generator) -> Batch: ...
 
+    def seek(self, step: int) -> None: ...
 
-class TensorSource:
+
+class _Positionless:
+    """A source whose batches do not depend on how many were drawn before: ``seek`` has nothing to skip."""
+
+    calls_per_step = 1
+
+    def seek(self, step: int) -> None:
+        """Nothing to skip: every batch is a fresh draw."""
+
+
+class TensorSource(_Positionless):
     """Minibatches drawn uniformly with replacement from in-memory tensors of equal length (``x``, ``cond``, ...)."""
 
     def __init__(self, **tensors: torch.Tensor | None) -> None:
@@ -33,7 +56,7 @@ class TensorSource:
         return {k: v[idx] for k, v in self.tensors.items()}
 
 
-class LoaderSource:
+class LoaderSource(_Positionless):
     """Minibatches from a ``torch.utils.data.DataLoader`` (its own batch size), cycled without end.
 
     A loader item may be a tensor (``x``), a tuple ``(x, cond)`` or a dict. Resuming restarts the loader, so a run
@@ -58,3 +81,43 @@ class LoaderSource:
         elif isinstance(item, (tuple, list)):
             item = dict(zip(("x", "cond"), item, strict=False))
         return {k: v.to(self.device) for k, v in item.items()}
+
+
+class RefreshingSource:
+    """Minibatches from ``size`` rows rebuilt every ``refresh`` steps by ``build(generator, count)``, with a
+    generator seeded from the refresh index (so a resumed phase rebuilds the same tensors); DSB's trajectory cache.
+
+    Distributed, each process builds its share of the rows with a generator seeded from the index and its rank, and
+    the shares are gathered: the simulation time divides by the number of processes (the rows then depend on it)."""
+
+    def __init__(self, build: Callable[[torch.Generator, int], dict[str, torch.Tensor]], size: int, refresh: int,
+                 seed: int, device: torch.device) -> None:
+        self.build, self.size, self.refresh, self.seed, self.device = build, size, refresh, seed, device
+        self.calls = 0
+        #: Batches drawn per training step (the trainer sets it when a process handles several shards).
+        self.calls_per_step = 1
+        self._source: TensorSource | None = None
+        self._built_for = -1
+
+    def seek(self, step: int) -> None:
+        """Continue as if ``step`` training steps had been made (called by the trainer on resume)."""
+        self.calls = step * self.calls_per_step
+
+    @torch.no_grad()
+    def _build(self, index: int) -> dict[str, torch.Tensor]:
+        ctx = distributed.context()
+        seed = stream_seed(self.seed, index) if ctx.rank == 0 else stream_seed(self.seed, index, ctx.rank)
+        count = self.size // ctx.world + (1 if ctx.rank < self.size % ctx.world else 0)
+        tensors = self.build(make_generator(seed, self.device), count)
+        if not ctx.active:
+            return tensors
+        shares = distributed.all_gather_objects({k: v.cpu() for k, v in tensors.items()}, ctx)
+        return {k: torch.cat([share[k] for share in shares]).to(self.device) for k in tensors}
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        index = self.calls // self.calls_per_step // self.refresh  # refresh every ``refresh`` training steps
+        if index != self._built_for:
+            self._source, self._built_for = TensorSource(**self._build(index)), index
+        self.calls += 1
+        assert self._source is not None
+        return self._source.batch(batch_size, generator)

@@ -35,8 +35,9 @@ from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from sbridge.core import io
-from sbridge.core.device import make_generator, stream_seed
+from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError, LossGrowthWarning, RunDirError, TrainingDivergedError
+from sbridge.core.seeds import SHARD_STREAM, stream_seed
 from sbridge.core.validation import check_choice, check_positive_float, check_positive_int
 from sbridge.losses.base import Loss, Terms
 from sbridge.training import distributed
@@ -51,8 +52,6 @@ LOSS_GROWTH_ACTIONS = ("warn", "stop", "ignore")
 LOSS_GROWTH_FACTOR = 1000.0
 #: ``fp32``, or ``bf16``: the loss's forward pass under bfloat16 autocast (meant for GPUs; it runs on CPUs too).
 PRECISIONS = ("fp32", "bf16")
-#: Stream of the generators of shards other than shard 0 (see :class:`Trainer`).
-SHARD_STREAM = 14
 
 
 @dataclass
@@ -131,6 +130,15 @@ class Phase:
 
 
 Callback = Callable[[int, float], None]
+
+
+def split_steps(steps: int, phases: int, what: str) -> int:
+    """Training steps of each of ``phases`` equal phases of a fit of ``steps`` steps (the remainder is dropped);
+    fewer steps than phases is an error naming the phases (``what``, e.g. ``"2 x iterations"``)."""
+    per_phase = steps // phases
+    if per_phase < 1:
+        raise ConfigError(f"steps ({steps}) must be at least {what} ({phases}).")
+    return per_phase
 
 
 class Trainer:
@@ -337,9 +345,8 @@ class Trainer:
             self._phase_models = {name: DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
                                   if name in phase.train else module for name, module in self.models.items()}
         source = phase.source() if callable(phase.source) and not hasattr(phase.source, "batch") else phase.source
-        if hasattr(source, "calls_per_step"):  # a source that counts its batches: one per local shard per step
-            source.calls_per_step = len(self.local_shards)
-        if self.phase_step and hasattr(source, "seek"):  # resuming mid-phase: a refreshing source skips ahead
+        source.calls_per_step = len(self.local_shards)  # one batch per local shard per step
+        if self.phase_step:  # resuming mid-phase: a source that counts its batches skips ahead
             source.seek(self.phase_step)
         return source
 
