@@ -110,7 +110,7 @@ def gaussian_check(n: int = 20_000, steps: int = 100) -> tuple[list[dict], dict]
                                  sa_lr=sa_lr, sa_samples=4000, sa_steps=steps, net=GaussianNoiseOracle(mean, COV),
                                  device="cpu")
             for module in (model.models["score"], model.ema_models["score"]):
-                module.bind(model.process)
+                module.bind(model.reference)
             t = time.perf_counter()
             model.fit(x, steps=stages, batch_size=64, quiet=True)
             seconds = time.perf_counter() - t

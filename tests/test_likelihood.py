@@ -286,7 +286,7 @@ def _gaussian_sgm(prior: Any, mean: list[float], var: list[float]) -> Any:
     vp = LinearSDE(PowerRate(0.1, 20.0), {"kind": "scalar", "value": 1.0}, prior=prior)  # VP with another prior
     model = SGM(2, process=vp, net=GaussianNoiseOracle(mean, torch.diag(torch.tensor(var))), device="cpu")
     for module in (model.models["score"], model.ema_models["score"]):
-        module.bind(model.process)
+        module.bind(model.reference)
     return model
 
 
@@ -300,13 +300,13 @@ def test_elbo_is_tight_for_an_exact_score_and_prior_and_below_for_a_wrong_prior(
     m, v = torch.tensor(mean), torch.tensor(var)
 
     def law_at(t: float) -> tuple[torch.Tensor, torch.Tensor]:  # N(alpha m, alpha^2 v + sigma^2) per coordinate
-        alpha, cov = exact.process.marginal(torch.ones(1, 2), t)
+        alpha, cov = exact.reference.marginal(torch.ones(1, 2), t)
         return alpha[0] * m, alpha[0] ** 2 * v + cov.var.expand(1, 2)[0]
 
-    prior_mean, prior_var = law_at(exact.process.T)
-    exact.process.register_buffer("prior_mean", prior_mean)
-    exact.process.register_buffer("prior_var", prior_var)
-    mean_0, var_0 = law_at(exact.process.t_min)
+    prior_mean, prior_var = law_at(exact.reference.T)
+    exact.reference.register_buffer("prior_mean", prior_mean)
+    exact.reference.register_buffer("prior_var", prior_var)
+    mean_0, var_0 = law_at(exact.reference.t_min)
     log_p = torch.distributions.Normal(mean_0, var_0.sqrt()).log_prob(x).sum(1)
     bound = exact.elbo(x, steps=100, repeats=8, seed=1)
     gap = bound - log_p

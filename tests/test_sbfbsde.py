@@ -36,7 +36,7 @@ def test_with_no_encoder_the_drift_matching_is_weighted_denoising_score_matching
     # differs from E[g^2 |s - grad log p_{t|0}|^2 / 2] by a constant that no network changes. Two random decoders on
     # the same samples: the difference of the differences has mean 0 (within 4 standard errors, n = 100k).
     model = SBVAE(2, **SMALL)
-    process = model.process
+    process = model.reference
     g = torch.Generator().manual_seed(0)
     n = 100_000
     x0 = toy.sample("moons", n, seed=0)
@@ -47,7 +47,7 @@ def test_with_no_encoder_the_drift_matching_is_weighted_denoising_score_matching
     gaps = []
     for seed in (1, 2):
         _randomise(model.models["bwd"], seed)
-        loss = DriftMatching(model.decode_drift, model.process.diffusion, "decoder", "exact")
+        loss = DriftMatching(model.decode_drift, model.reference.diffusion, "decoder", "exact")
         ism = []
         for i in range(0, n, 20_000):
             sl = slice(i, i + 20_000)
@@ -77,12 +77,12 @@ def test_decoder_p2_drift_matching_is_sbfbsde_backward_loss() -> None:
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(5))
     t = torch.linspace(0.05, 0.95, 64)
     other = model.encode_drift(model.models, x, t)
-    matching = DriftMatching(model.decode_drift, model.process.diffusion, "decoder", "exact")
+    matching = DriftMatching(model.decode_drift, model.reference.diffusion, "decoder", "exact")
     loss, _ = matching(model.models, {"x": x, "t": t, "other": other}, None)
-    g = model.process.diffusion(t)
+    g = model.reference.diffusion(t)
     z = model.models["fwd"](x, t).detach()
     zhat, div_zhat = divergence(lambda y, _t: g[:, None] * model.decoder_score(model.models, y, t), x, 0.0)
-    beta = model.process.beta(t)
+    beta = model.reference.beta(t)
     div_f = -0.5 * beta * 2  # f = -beta x / 2 in 2-D
     expected = (0.5 * sum_event(zhat**2) + g * div_zhat + sum_event(z * zhat) + 0.5 * sum_event(z**2) - div_f)
     assert float(loss.detach()) == pytest.approx(float(expected.mean()), rel=1e-5)
@@ -96,10 +96,10 @@ def test_prior_loss_along_the_encode_sde_is_the_closed_form_kl_plus_the_data_ent
     model = SBVAE(2, sim_steps=400, device="cpu",
                   net={"fwd": _Zero(), "bwd": GaussianNoiseOracle(mean, torch.diag(var))})
     for module in (model.models["bwd"], model.ema_models["bwd"]):
-        module.bind(model.process)
+        module.bind(model.reference)
     x = mean + var.sqrt() * torch.randn(4000, 2, generator=torch.Generator().manual_seed(0))
     terms = model.objective_terms(x, seed=1)
-    alpha, cov = model.process.marginal(torch.ones(1, 2), model.process.T)
+    alpha, cov = model.reference.marginal(torch.ones(1, 2), model.reference.T)
     law_T = (alpha[0] * mean, torch.diag(alpha[0] ** 2 * var + cov.var.expand(1, 2)[0]))
     kl = gaussian_kl(*law_T, torch.zeros(2), torch.eye(2))
     entropy = float(0.5 * torch.log(2 * math.pi * math.e * var).sum())

@@ -64,7 +64,7 @@ def test_sgm_with_the_ve_process_recovers_the_gaussian() -> None:
     # VE reverse dynamics start from N(0, 10^2) and are stiffer to integrate with few steps.
     x = toy.sample("gaussian", 10_000, seed=0, mean=MEAN, cov=COV)
     model = SGM(2, process="ve", hidden=64, seed=0).fit(x, steps=1500, batch_size=256, quiet=True)
-    assert model.process.name == "ve" and model.process.prior == 100.0
+    assert model.reference.name == "ve" and model.reference.prior == 100.0
     for ode, steps in ((False, 200), (True, 50)):
         check_gaussian_fit(model.sample(4000, steps=steps, ode=ode, seed=1), mean_tol=0.15, cov_tol=0.2, corr_tol=0.1)
 
@@ -163,7 +163,7 @@ def test_sampling_is_reproducible_per_seed_and_uses_no_global_rng(tiny_run: tupl
 
 def test_x_T_overrides_the_prior_draw(tiny_run: tuple[SGM, Path]) -> None:
     model, _ = tiny_run
-    x_T = model.process.prior_sample((8, 2), generator=torch.Generator().manual_seed(11))
+    x_T = model.reference.prior_sample((8, 2), generator=torch.Generator().manual_seed(11))
     path = model.sample(8, steps=5, ode=True, x_T=x_T, return_path=True)
     assert torch.equal(path[0], x_T)
 
@@ -192,7 +192,7 @@ def test_save_load_round_trip_gives_identical_weights_and_samples(tiny_run: tupl
     loaded = sbridge.load(run_dir)
     assert type(loaded) is SGM
     assert loaded.config() == model.config()
-    assert loaded.process.name == "ve" and loaded.process.sigma_max == 5.0
+    assert loaded.reference.name == "ve" and loaded.reference.sigma_max == 5.0
     assert loaded.train_config == model.train_config
     assert state_equal(loaded.ema_models, model.ema_models)
     assert state_equal(loaded.models, model.models)

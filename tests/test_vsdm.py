@@ -121,7 +121,7 @@ def test_sa_gradient_checks_its_inputs() -> None:
 def _oracle(model: VSDM) -> VSDM:
     """Bind ``model``'s oracle network (and its EMA copy) to the model's own, changing, process."""
     for module in (model.models["score"], model.ema_models["score"]):
-        module.bind(model.process)
+        module.bind(model.reference)
     return model
 
 
@@ -129,7 +129,7 @@ def test_the_gaussian_oracle_is_the_exact_score_under_a_vp_process() -> None:
     # data N(0, v) under VP: the marginal is N(0, alpha^2 v + sigma^2), score -x / (alpha^2 v + sigma^2)
     v, x, t = 4.0, torch.linspace(-3, 3, 7).reshape(-1, 1), 0.3
     model = _oracle(VSDM(1, beta_min=0.1, beta_max=10.0, net=GaussianNoiseOracle([0.0], [[v]]), device="cpu"))
-    alpha, cov = model.process.marginal(torch.ones_like(x), t)
+    alpha, cov = model.reference.marginal(torch.ones_like(x), t)
     expected = -x / (alpha**2 * v + cov.var)
     torch.testing.assert_close(model.score(x, t), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="bind"):
@@ -217,7 +217,7 @@ def test_prior_mismatch_is_the_gaussian_kl_for_full_and_diagonal_a() -> None:
     exact = float(0.5 * (var + alpha2 * m**2 - 1 - torch.log(var)).sum())
     for kind in ("diagonal", "full"):
         model = VSDM(2, beta_min=1.0, beta_max=1.0, prior=1.0, a_kind=kind, device="cpu")
-        model.process.double()
+        model.reference.double()
         assert model.prior_mismatch(x) == pytest.approx(exact, rel=0.02, abs=2e-3), kind
 
 
@@ -271,7 +271,7 @@ def _scaled_process(kind: str, scales: list[float]) -> tuple[VSDM, torch.Tensor]
     a = torch.tensor([0.3, -0.8]) if kind == "diagonal" else torch.tensor([[0.3, 0.4], [-0.2, -0.8]])
     model.variational.iterate.copy_(a)
     model.variational.scale_iterate.copy_(torch.tensor(scales))
-    model.process.double()
+    model.reference.double()
     return model, a
 
 
@@ -281,14 +281,14 @@ def test_piecewise_scaled_a_has_the_marginals_of_its_simulated_process(kind: str
     # inside each piece (standard error ~0.01), continuous across the edges
     model, _ = _scaled_process(kind, [0.5, 1.5, 0.0])
     x0 = torch.tensor([[2.0, -1.0]], dtype=torch.float64).expand(20_000, 2)
-    paths = model.process.simulate(x0, 600, seed=0)
+    paths = model.reference.simulate(x0, 600, seed=0)
     for i in (100, 300, 500, 600):
         t = i / 600
-        mean, cov = model.process.marginal(x0[:1], t)
+        mean, cov = model.reference.marginal(x0[:1], t)
         torch.testing.assert_close(paths[i].mean(0), mean[0], atol=0.04, rtol=0)
         torch.testing.assert_close(torch.cov(paths[i].T), cov.dense(x0[:1])[0], atol=0.05, rtol=0)
-    before = model.process.marginal(x0[:1], 1 / 3 - 1e-9)
-    after = model.process.marginal(x0[:1], 1 / 3 + 1e-9)
+    before = model.reference.marginal(x0[:1], 1 / 3 - 1e-9)
+    after = model.reference.marginal(x0[:1], 1 / 3 + 1e-9)
     torch.testing.assert_close(before[0], after[0])
     torch.testing.assert_close(before[1].dense(x0[:1]), after[1].dense(x0[:1]))
 
@@ -298,13 +298,13 @@ def test_a_scale_of_ones_is_the_time_invariant_process(kind: str) -> None:
     model, a = _scaled_process(kind, [1.0, 1.0, 1.0, 1.0])
     plain = VSDM(2, beta_min=0.5, beta_max=4.0, a_kind=kind, device="cpu")
     plain.variational.iterate.copy_(a)
-    plain.process.double()
+    plain.reference.double()
     x = torch.randn(7, 2, dtype=torch.float64)
     t = torch.tensor([0.001, 0.1, 0.25, 0.5, 0.6, 0.99, 1.0], dtype=torch.float64)
-    for (m1, c1), (m2, c2) in [(model.process.marginal(x, t), plain.process.marginal(x, t))]:
+    for (m1, c1), (m2, c2) in [(model.reference.marginal(x, t), plain.reference.marginal(x, t))]:
         torch.testing.assert_close(m1, m2)
         torch.testing.assert_close(c1.dense(x), c2.dense(x))
-    torch.testing.assert_close(model.process.drift(x, t), plain.process.drift(x, t))
+    torch.testing.assert_close(model.reference.drift(x, t), plain.reference.drift(x, t))
 
 
 @pytest.mark.parametrize("kind", ["diagonal", "full"])

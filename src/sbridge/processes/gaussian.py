@@ -590,7 +590,7 @@ class GaussianNoiseOracle(torch.nn.Module):
     def forward(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
         process = self.__dict__.get("process")
         if process is None:
-            raise ConfigError("GaussianNoiseOracle needs its reference process: call .bind(solver.process) first.")
+            raise ConfigError("GaussianNoiseOracle needs its reference process: call .bind(solver.reference) first.")
         if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
             raise DataError(f"GaussianNoiseOracle takes vectors of shape (batch, {self.mean.shape[0]}), got "
                             f"{tuple(x.shape)}.")

@@ -28,6 +28,7 @@ from sbridge.core.errors import ConfigError, RunDirError
 from sbridge.core.validation import as_condition, as_data_tensor, check_batch_memory, check_event_shape, check_seed
 from sbridge.nets.embeddings import check_condition_spec
 from sbridge.nets.registry import make_network, network_config
+from sbridge.processes.linear import LinearSDE
 from sbridge.solvers.capabilities import Capabilities, refuse
 from sbridge.training import distributed, rundir
 from sbridge.training.sources import LoaderSource, Source, TensorSource
@@ -70,6 +71,11 @@ class Solver:
     #: Options of the constructor that ``fit(...)`` may also set (e.g. the number of outer iterations).
     fit_options: ClassVar[tuple[str, ...]] = ()
     default_steps: ClassVar[int] = 5000
+    #: The reference process the solver diffuses with (a ``LinearSDE``; ``None`` for solvers without one).
+    reference: LinearSDE | None = None
+    #: Whether :attr:`reference` holds state to save with the weights (a fitted prior, VSDM's ``A``); a reference
+    #: rebuilt from the solver's options (the bridges' Brownian motion) is not saved.
+    owns_reference: ClassVar[bool] = True
     #: What the class can do in its default mode; :meth:`capabilities` refines it for one instance and its fit.
     declared: ClassVar[Capabilities] = Capabilities()
 
@@ -322,17 +328,15 @@ class Solver:
 
     # ---- persistence -------------------------------------------------------------------------------------------
     def extra_tensors(self) -> dict[str, torch.Tensor]:
-        """State outside the networks saved with the weights: by default the buffers of the solver's reference
-        ``process`` when it has one (a fitted prior's moments, VSDM's ``A``)."""
-        process = getattr(self, "process", None)
-        return dict(process.state_dict()) if isinstance(process, nn.Module) else {}
+        """State outside the networks saved with the weights: by default the buffers of the solver's
+        :attr:`reference` when it owns them (a fitted prior's moments, VSDM's ``A``)."""
+        return dict(self.reference.state_dict()) if self.owns_reference and self.reference is not None else {}
 
     def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`extra_tensors`."""
-        process = getattr(self, "process", None)
-        if tensors and isinstance(process, nn.Module):
-            process.load_state_dict(tensors)
-            process.to(self.device)
+        if tensors and self.owns_reference and self.reference is not None:
+            self.reference.load_state_dict(tensors)
+            self.reference.to(self.device)
 
     def save(self, run_dir: str | Path) -> Path:
         """Write ``config.json`` and the weights ``model.safetensors`` into ``run_dir`` (under the run's lock)."""

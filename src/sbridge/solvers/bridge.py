@@ -41,6 +41,7 @@ class BridgeSolver(Solver):
 
     model_names = ("fwd", "bwd")
     fit_options = ("iterations",)
+    owns_reference = False  # rebuilt from sigma and the fit's mode
     declared = Capabilities(sample=True, transport=True, prior_data=True, log_prob=True, cond_required=True,
                             samplers=("sde", "ode"), grids=("uniform",), latent_solver=True,
                             plots=("samples", "trajectories", "iterations"),

@@ -162,7 +162,7 @@ class DSB(BridgeSolver):
         if direction == "backward":  # forward trajectories from the data, targets F_k(X_k) - F_k(X_{k+1})
             idx = torch.randint(x0.shape[0], (m,), generator=generator, device=device)
             start, c = x0[idx], None if data.cond is None else data.cond[idx]
-            path, _ = euler_maruyama(lambda y, t: self.forward_drift(y, t, c), lambda t: self.sigma, start, self.times,
+            path, _ = euler_maruyama(lambda y, t: self.forward_drift(y, t, c), self._diffusion, start, self.times,
                                      generator=generator, return_path=True, noise_last_step=True)
             for k in range(self.n_steps):
                 g, tk = gammas[k], self.times[k]
@@ -174,9 +174,9 @@ class DSB(BridgeSolver):
         else:  # backward trajectories from the prior end, targets B_{k+1}(X_{k+1}) - B_{k+1}(X_k)
             idx = torch.randint(x1.shape[0], (m,), generator=generator, device=device)
             start, c = x1[idx], None if data.cond is None else data.cond[idx]
-            if self.generative:
-                start = torch.randn(start.shape, generator=generator, device=device)
-            path, _ = euler_maruyama(lambda y, t: -self.backward_drift(y, t, c), lambda t: self.sigma, start,
+            if self.generative:  # the reference's prior, as the bridge draws it
+                start = self._prior_draw(tuple(start.shape), generator)
+            path, _ = euler_maruyama(lambda y, t: -self.backward_drift(y, t, c), self._diffusion, start,
                                      self.times[::-1], generator=generator, return_path=True, noise_last_step=True)
             path = path.flip(0)  # index by grid position: path[k] is X_k
             for k in range(self.n_steps):

@@ -154,7 +154,7 @@ class _EncoderSteps:
     with each step's moments and the decoder step's variance ``g(t_{n+1})^2 dt`` computed once."""
 
     def __init__(self, encode: Drift, decode: Drift, process: LinearSDE, times: list[float]) -> None:
-        self.encode, self.decode, self.process, self.times = encode, decode, process, times
+        self.encode, self.decode, self.reference, self.times = encode, decode, process, times
         self.moments = [process.step_moments(t, t_next) for t, t_next in zip(times[:-1], times[1:], strict=True)]
         self.decoder_var = [float(process.diffusion(torch.tensor(t_next, dtype=torch.float64))) ** 2 * (t_next - t)
                             for t, t_next in zip(times[:-1], times[1:], strict=True)]
@@ -164,9 +164,9 @@ class _EncoderSteps:
         """``(X_{n+1}, noise)`` from ``X_n = x``."""
         t, t_next = self.times[n], self.times[n + 1]
         tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-        extra = self.encode(models, x, tt, cond) - self.process.drift(x, tt)
+        extra = self.encode(models, x, tt, cond) - self.reference.drift(x, tt)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return self.process.step(x, t, t_next, z, extra=extra, moments=self.moments[n]), z
+        return self.reference.step(x, t, t_next, z, extra=extra, moments=self.moments[n]), z
 
 
 class PathBound(_EncoderSteps):
@@ -198,7 +198,7 @@ class PathBound(_EncoderSteps):
             log_ratio = (log_ratio - 0.5 * sum_event(u**2) + 0.5 * sum_event(z**2)
                          + 0.5 * d * math.log(float(self.moments[n][1]) / var))
             x = x_next
-        prior = -self.process.prior_log_prob(x)
+        prior = -self.reference.prior_log_prob(x)
         return (prior - log_ratio).mean(), {"prior_nll": prior.mean().detach(), "steps": -log_ratio.mean().detach()}
 
 
@@ -223,7 +223,7 @@ class DecoderSteps(_EncoderSteps):
         times = torch.tensor(self.times, dtype=x.dtype, device=x.device)
         t_next, dt = times[k + 1], times[k + 1] - times[k]
         b = self.decode(models, hi, t_next, cond)
-        var = expand_as_batch(self.process.diffusion(t_next) ** 2 * dt, x)
+        var = expand_as_batch(self.reference.diffusion(t_next) ** 2 * dt, x)
         loss = 0.5 * sum_event((lo - hi + b * expand_as_batch(dt, x)) ** 2 / var)
         return (len(self.times) - 1) * loss.mean(), {}
 
@@ -243,16 +243,17 @@ class SBFBSDE(BridgeSolver):
     method = "sbfbsde"
     fit_options = ("iterations", "cache_size", "cache_refresh")
     declared = BridgeSolver.declared.with_(path_bound=True)
+    owns_reference = True  # its process may hold a fitted prior
     default_steps = 6000
     default_iterations = 3
 
     def __init__(self, dim: int | None = None, *, process: str | dict[str, Any] | LinearSDE = "vp",
                  mode: str = "alternate", sim_steps: int = 50, cache_size: int = 1000, cache_refresh: int = 250,
                  divergence: str = "auto", warm_start: str | None = None, **options: Any) -> None:
-        self.process = make_process(process)
-        if not self.process.isotropic:
+        self._process = make_process(process)
+        if not self._process.isotropic:
             raise ConfigError("SB-FBSDE needs an isotropic reference (vp, ve, brownian or a scalar drift); "
-                              f"got a {self.process.D.kind} drift matrix.")
+                              f"got a {self._process.D.kind} drift matrix.")
         self.mode = check_choice(mode, ("alternate", "joint"), "mode")
         self.sim_steps = check_positive_int(sim_steps, "sim_steps")
         self.cache_size = check_positive_int(cache_size, "cache_size")
@@ -264,7 +265,7 @@ class SBFBSDE(BridgeSolver):
             raise ConfigError(f"{type(self).__name__} takes its noise from its reference process; instead of sigma "
                               "pass process={'name': 'brownian', 'sigma': ...} (or a vp / ve process).")
         super().__init__(dim, **options)
-        self.process.to(self.device)
+        self.reference.to(self.device)
 
     def set_option(self, key: str, value: Any) -> None:
         if key in ("cache_size", "cache_refresh"):
@@ -272,7 +273,7 @@ class SBFBSDE(BridgeSolver):
         super().set_option(key, value)
 
     def options(self) -> dict[str, Any]:
-        return {"process": self.process.config(), "mode": self.mode, "iterations": self.iterations,
+        return {"process": self.reference.config(), "mode": self.mode, "iterations": self.iterations,
                 "sim_steps": self.sim_steps, "cache_size": self.cache_size, "cache_refresh": self.cache_refresh,
                 "divergence": self.divergence, "warm_start": self.warm_start}
 
@@ -284,39 +285,39 @@ class SBFBSDE(BridgeSolver):
         return caps.with_(prior_data=False, plots=("samples", "trajectories"), diagnostics=())
 
     def _build_models(self) -> dict[str, nn.Module]:
-        return {name: self.network(name, time_scale=1000.0 / self.process.T) for name in self.model_names}
+        return {name: self.network(name, time_scale=1000.0 / self.reference.T) for name in self.model_names}
 
     # ---- the reference ------------------------------------------------------------------------------------------
     def _make_reference(self) -> LinearSDE:
-        return self.process
+        return self._process
 
     def _time_span(self) -> tuple[float, float]:
-        return self.process.t_min, self.process.T
+        return self.reference.t_min, self.reference.T
 
     def _diffusion(self, t: float | torch.Tensor) -> torch.Tensor:
-        return self.process.diffusion(torch.as_tensor(t, dtype=torch.float32, device=self.device))
+        return self.reference.diffusion(torch.as_tensor(t, dtype=torch.float32, device=self.device))
 
     def _prior_draw(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        return self.process.prior_sample(shape, generator=generator, device=self.device)
+        return self.reference.prior_sample(shape, generator=generator, device=self.device)
 
     def _prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return self.process.prior_log_prob(x)
+        return self.reference.prior_log_prob(x)
 
     # ---- the policies ---------------------------------------------------------------------------------------------
     def encode_drift(self, models: Mapping[str, nn.Module], x: torch.Tensor, t: Any, cond: Any = None
                      ) -> torch.Tensor:
         """``F = f + g Z``: the forward SDE's drift with the networks ``models`` (training or EMA)."""
-        return self.process.drift(x, t) + self.process.g(t, x) * models["fwd"](x, t, cond)
+        return self.reference.drift(x, t) + self.reference.g(t, x) * models["fwd"](x, t, cond)
 
     def decode_drift(self, models: Mapping[str, nn.Module], x: torch.Tensor, t: Any, cond: Any = None
                      ) -> torch.Tensor:
         """``B = f - g Z_hat = f - g^2 s`` with ``s = -net_bwd / std``: the backward SDE's drift in forward time."""
-        return self.process.drift(x, t) - self.process.g(t, x) ** 2 * self.decoder_score(models, x, t, cond)
+        return self.reference.drift(x, t) - self.reference.g(t, x) ** 2 * self.decoder_score(models, x, t, cond)
 
     def decoder_score(self, models: Mapping[str, nn.Module], x: torch.Tensor, t: Any, cond: Any = None
                       ) -> torch.Tensor:
         """``s = Z_hat / g = -net_bwd(x, t) / std(t)``, SGM's noise parametrisation."""
-        return -models["bwd"](x, t, cond) / self.process.std(t, x)
+        return -models["bwd"](x, t, cond) / self.reference.std(t, x)
 
     def forward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self.encode_drift(self.ema_models, x, t, cond)
@@ -340,7 +341,7 @@ class SBFBSDE(BridgeSolver):
         sgm = load(run, device=self.device)
         if not isinstance(sgm, SGM) or type(sgm) is not SGM:
             raise ConfigError(f"warm_start must name an SGM run; {run!r} holds a {sgm.method} run.")
-        if sgm.process.config() != self.process.config() or sgm.net_config != self.net_config:
+        if sgm.reference.config() != self.reference.config() or sgm.net_config != self.net_config:
             raise ConfigError(f"the SGM run {run!r} has another process or network than this SB-FBSDE; train it "
                               "with the same --process and network options.")
         self.models["bwd"].load_state_dict(sgm.ema_models["score"].state_dict())
@@ -368,13 +369,13 @@ class SBFBSDE(BridgeSolver):
                 on_end = ((lambda n=n: self._monitor(n + 1, data, self.sim_steps)) if trains == "encoder"
                           else None)
                 phases.append(Phase(f"stage{n + 1}_{'backward' if trains == 'decoder' else 'forward'}", per_half,
-                                    DriftMatching(drift, self.process.diffusion, trains, self.divergence),
+                                    DriftMatching(drift, self.reference.diffusion, trains, self.divergence),
                                     source=source, train=(model,), on_end=on_end))
         return phases
 
     def path_bound(self) -> PathBound:
         """The joint objective as a loss object (see :class:`PathBound`)."""
-        return PathBound(self.encode_drift, self.decode_drift, self.process, self._sim_times())
+        return PathBound(self.encode_drift, self.decode_drift, self.reference, self._sim_times())
 
     @torch.no_grad()
     def _simulate_cache(self, trains: str, data: FitData, generator: torch.Generator,
@@ -421,7 +422,7 @@ class SBFBSDE(BridgeSolver):
         total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for _ in range(check_positive_int(repeats, "repeats")):
             terms = bound_along_paths(lambda y, t: self.encode_drift(self.ema_models, y, t, c),
-                                      lambda y, t: self.decode_drift(self.ema_models, y, t, c), self.process, x,
+                                      lambda y, t: self.decode_drift(self.ema_models, y, t, c), self.reference, x,
                                       times, divergence_method=divergence, generator=gen)
             total -= terms["prior_nll"] + terms["drift"]
         return total / repeats

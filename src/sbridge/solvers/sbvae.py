@@ -55,7 +55,7 @@ class SBVAELoss:
     def __init__(self, solver: SBVAE) -> None:
         self.solver = solver
         self.bound = solver.path_bound()
-        self.decoder = DecoderSteps(solver.encode_drift, solver.decode_drift, solver.process, solver._sim_times())
+        self.decoder = DecoderSteps(solver.encode_drift, solver.decode_drift, solver.reference, solver._sim_times())
 
     def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
                  generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
@@ -136,7 +136,7 @@ class SBVAE(SBFBSDE):
         """P1: ``B = f + g u - g^2 s``; P2: ``B = f - g^2 s`` (SB-FBSDE's backward policy)."""
         b = super().decode_drift(models, x, t, cond)
         if self.decoder == "P1":
-            b = b + self.process.g(t, x) * models["fwd"](x, t, cond)
+            b = b + self.reference.g(t, x) * models["fwd"](x, t, cond)
         return b
 
     def score_estimate(self, models: Mapping[str, nn.Module], x: torch.Tensor, t: Any, cond: Any = None
@@ -144,7 +144,7 @@ class SBVAE(SBFBSDE):
         """The decoder's estimate of ``grad log p_phi``: ``s`` (P1) or ``s + u / g`` (P2)."""
         s = self.decoder_score(models, x, t, cond)
         if self.decoder == "P2":
-            s = s + models["fwd"](x, t, cond) / self.process.g(t, x)
+            s = s + models["fwd"](x, t, cond) / self.reference.g(t, x)
         return s
 
     # ---- training ------------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ class SBVAE(SBFBSDE):
         * ``drift_matching``: their difference, the drift-matching term.
         """
         terms = bound_along_paths(lambda y, t: self.encode_drift(self.models, y, t, cond),
-                                  lambda y, t: self.decode_drift(self.models, y, t, cond), self.process, x,
+                                  lambda y, t: self.decode_drift(self.models, y, t, cond), self.reference, x,
                                   elbo_grid(*self._time_span(), self.sim_steps), divergence_method=self.divergence,
                                   generator=make_generator(seed, self.device),
                                   score=lambda y, t: self.score_estimate(self.models, y, t, cond))

@@ -47,32 +47,32 @@ class SGM(Solver):
                  process: str | dict[str, Any] | LinearSDE = "vp", hidden: int | None = None,
                  depth: int | None = None, time_dim: int | None = None, cond: dict[str, Any] | None = None,
                  cond_drop: float = 0.0, net: Any = None, seed: int = 0, device: str | torch.device = "auto") -> None:
-        self.process = make_process(process)
+        self.reference = make_process(process)
         self.cond_drop = check_probability(cond_drop, "cond_drop")
         net = mlp_shorthand(net, hidden, depth, time_dim)
         super().__init__(dim, shape=shape, cond=cond, net=net, seed=seed, device=device)
-        self.process.to(self.device)
+        self.reference.to(self.device)
 
     def options(self) -> dict[str, Any]:
-        return {"process": self.process.config(), "cond_drop": self.cond_drop}
+        return {"process": self.reference.config(), "cond_drop": self.cond_drop}
 
     def capabilities(self) -> Capabilities:
         """As declared; the EDM and log-SNR grids need an isotropic process (they invert its noise level)."""
         caps = super().capabilities()
-        return caps if self.process.isotropic else caps.with_(grids=("uniform",))
+        return caps if self.reference.isotropic else caps.with_(grids=("uniform",))
 
     def _build_models(self) -> dict[str, nn.Module]:
-        return {"score": self.network("score", time_scale=1000.0 / self.process.T)}
+        return {"score": self.network("score", time_scale=1000.0 / self.reference.T)}
 
     # ---- training ----------------------------------------------------------------------------------------------
     @property
     def loss(self) -> DenoisingScoreMatching:
         """The training objective as a public loss object (see :mod:`sbridge.losses.score`)."""
-        return DenoisingScoreMatching(self.process, "score", cond_drop=self.cond_drop if self.cond_spec else 0.0)
+        return DenoisingScoreMatching(self.reference, "score", cond_drop=self.cond_drop if self.cond_spec else 0.0)
 
     def before_fit(self, data: FitData) -> None:
         if data.x0 is not None:
-            self.process.fit_prior(data.x0)
+            self.reference.fit_prior(data.x0)
 
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         return [Phase("score", config.steps, self.loss, data.source(), ("score",))]
@@ -86,21 +86,21 @@ class SGM(Solver):
         eps = net(x, t, cond)
         if guidance and cond is not None:
             eps = (1 + guidance) * eps - guidance * net(x, t, None)
-        return self.process.covariance(t, x).score_from_noise(eps)
+        return self.reference.covariance(t, x).score_from_noise(eps)
 
     def reverse_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None,
                       guidance: float = 0.0) -> torch.Tensor:
         """Drift of the reverse-time SDE in forward time, ``f - g^2 score`` (maths.md §1.1)."""
-        return self.process.reverse_drift(x, t, self.score(x, t, cond, guidance=guidance))
+        return self.reference.reverse_drift(x, t, self.score(x, t, cond, guidance=guidance))
 
     def velocity(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None,
                  guidance: float = 0.0) -> torch.Tensor:
         """Probability-flow ODE velocity ``f - g^2 score / 2`` (maths.md §1.1)."""
-        return self.process.probability_flow(x, t, self.score(x, t, cond, guidance=guidance))
+        return self.reference.probability_flow(x, t, self.score(x, t, cond, guidance=guidance))
 
     def forward_paths(self, x: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
         """Paths of the forward (encode) process from the data points ``x``: ``(steps + 1, n, ...)``."""
-        return self.process.simulate(x, steps, seed=seed)
+        return self.reference.simulate(x, steps, seed=seed)
 
     # ---- sampling ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -121,9 +121,9 @@ class SGM(Solver):
         gen = make_generator(self.seed + SAMPLE_OFFSET if seed is None else check_seed(seed), self.device)
         c = self._sampling_condition(cond, n)
         if x_T is None:
-            x_T = self.process.prior_sample((n, *self.event_shape), generator=gen, device=self.device)
+            x_T = self.reference.prior_sample((n, *self.event_shape), generator=gen, device=self.device)
         self.ema_models.eval()
-        times = make_grid(grid, self.process, steps)
+        times = make_grid(grid, self.reference, steps)
         nets = 2 if guidance and c is not None else 1
         if ode:
             check_choice(method, ODE_METHODS, "ODE method")
@@ -131,7 +131,7 @@ class SGM(Solver):
                                      return_path=return_path)
         else:
             out, nfe = euler_maruyama(lambda x, t: self.reverse_drift(x, t, c, guidance),
-                                      lambda t: self.process.g(t, x_T), x_T, times, generator=gen,
+                                      lambda t: self.reference.g(t, x_T), x_T, times, generator=gen,
                                       return_path=return_path)
         self.last_nfe = nfe * nets
         return out
@@ -145,8 +145,8 @@ class SGM(Solver):
         x = self._data(x, "points")
         c = None if cond is None else self._condition(cond, x.shape[0])
         self.ema_models.eval()
-        out = log_prob_ode(lambda y, t: self.velocity(y, t, c), x, t0=self.process.t_min, t1=self.process.T,
-                           prior_log_prob=self.process.prior_log_prob, method=method, rtol=rtol, atol=atol,
+        out = log_prob_ode(lambda y, t: self.velocity(y, t, c), x, t0=self.reference.t_min, t1=self.reference.T,
+                           prior_log_prob=self.reference.prior_log_prob, method=method, rtol=rtol, atol=atol,
                            divergence=divergence, seed=seed, return_nfe=True)
         logp, self.last_nfe = out
         return logp
@@ -163,11 +163,11 @@ class SGM(Solver):
         x = self._data(x, "points")
         c = None if cond is None else self._condition(cond, x.shape[0])
         self.ema_models.eval()
-        return mean_elbo(lambda y, t: self.process.drift(y, t), lambda y, t: self.reverse_drift(y, t, c),
-                         lambda t: self.process.g(t, x), x, self.process.t_min, self.process.T,
-                         self.process.prior_log_prob, steps=steps, repeats=repeats, divergence=divergence, seed=seed,
+        return mean_elbo(lambda y, t: self.reference.drift(y, t), lambda y, t: self.reverse_drift(y, t, c),
+                         lambda t: self.reference.g(t, x), x, self.reference.t_min, self.reference.T,
+                         self.reference.prior_log_prob, steps=steps, repeats=repeats, divergence=divergence, seed=seed,
                          device=self.device,
-                         encode_marginal=lambda y, t, gen: self.process.sample_marginal(y, t, generator=gen)[0])
+                         encode_marginal=lambda y, t, gen: self.reference.sample_marginal(y, t, generator=gen)[0])
 
 
 def mean_elbo(encode: Any, decode: Any, diffusion: Any, x: torch.Tensor, t0: float, t1: float, prior_log_prob: Any,

@@ -315,13 +315,13 @@ class VSDM(SGM):
             n = self.sa_samples if cond is None else cond.shape[0]
             path = self.sample(n, steps=self.sa_steps, return_path=True, cond=cond,
                                seed=stream_seed(self.seed, SA_STREAM, stage))
-            times = time_grid(self.process.T, self.process.t_min, self.sa_steps)
+            times = time_grid(self.reference.T, self.reference.t_min, self.sa_steps)
             xs, scores = path[:-1], []
             c = self._sampling_condition(cond, n)
             for x, t in zip(xs, times[:-1], strict=True):
                 scores.append(self.score(x, t, c))
             t = torch.tensor(times[:-1], dtype=torch.float64)
-            betas = self.process.schedule.beta(t).to(xs.dtype)
+            betas = self.reference.schedule.beta(t).to(xs.dtype)
             dts = (-torch.diff(torch.tensor(times, dtype=torch.float64))).to(xs.dtype)
             terms = sa_gradient(xs.flatten(2), torch.stack(scores).flatten(2), betas.to(xs.device),
                                 dts.to(xs.device), self.zeta, self.a_kind, per_time=True)
@@ -346,7 +346,7 @@ class VSDM(SGM):
         if self.a_pieces == 1:
             return terms.sum(0), None
         score = self.variational
-        k = score.piece_of(times.to(terms.device), self.process.T)
+        k = score.piece_of(times.to(terms.device), self.reference.T)
         h = score.scale_iterate.to(terms)[k]
         grad = (h.reshape(-1, *([1] * (terms.ndim - 1))) * terms).sum(0)
         inner = (terms * score.iterate.to(terms)).flatten(1).sum(1)                 # <A, G_n>
@@ -358,9 +358,9 @@ class VSDM(SGM):
         """``KL(N(m_T, S_T) || prior)`` in nats, where ``N(m_T, S_T)`` has the moments of the forward law at ``T``
         started from the data points ``x0`` (per coordinate for a diagonal ``A``, with correlations for a full one):
         how far sampling starts from the law it should start from. The SA step on ``A`` works to shrink it."""
-        t = torch.full((x0.shape[0],), self.process.T, dtype=x0.dtype, device=x0.device)
-        mean, cov = self.process.marginal(x0, t)
-        _, prior = self.process.prior_moments(self.event_shape, like=x0)
+        t = torch.full((x0.shape[0],), self.reference.T, dtype=x0.dtype, device=x0.device)
+        mean, cov = self.reference.marginal(x0, t)
+        _, prior = self.reference.prior_moments(self.event_shape, like=x0)
         m = mean.flatten(1).double()
         mu = m.mean(0)
         if self.a_kind == "diagonal":
