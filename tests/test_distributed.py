@@ -111,7 +111,15 @@ def _worker(rank: int, world: int, init_file: str, name: str, out: str) -> None:
         result = {"crash": traceback.format_exc()}
     finally:
         dist.destroy_process_group()
+    result["gloo_threads_left"] = _gloo_threads()
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _gloo_threads() -> list[str]:
+    """Names of this process's threads that belong to gloo (Linux: /proc/self/task/*/comm)."""
+    tasks = Path("/proc/self/task")
+    names = [p.joinpath("comm").read_text().strip() for p in tasks.iterdir()] if tasks.is_dir() else []
+    return [n for n in names if n.startswith(("gloo", "pt_gloo"))]
 
 
 def spawn(name: str, out: Path, world: int = 2) -> list[dict]:
@@ -155,7 +163,9 @@ def test_two_processes_match_one_process_on_the_same_shards(method: str, tmp_pat
 
 
 def test_rank_zero_alone_writes(tmp_path: Path) -> None:
-    spawn("sgm", tmp_path)
+    results = spawn("sgm", tmp_path)
+    # destroying the process group ends gloo's threads (none is left to abort the process at interpreter exit)
+    assert [r["gloo_threads_left"] for r in results] == [[], []]
     run = tmp_path / "run"
     rows = io.read_jsonl(run / "metrics.jsonl")
     steps = [r["step"] for r in rows if "loss" in r]

@@ -102,6 +102,7 @@ TRAIN_HELP = {
     "shards": "draw each global batch in this many shards, one generator each (0: one per process); a run's "
               "result depends on it, not on the number of processes",
     "precision": "fp32, or bf16 (autocast of the loss, meant for GPUs)",
+    "log_every": "write the mean training loss to metrics.jsonl every this many steps",
 }
 
 

@@ -46,11 +46,8 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Any:
         solver = cls(shape=shape, seed=spec.seed, device=spec.device, **options)
     except TypeError as exc:
         raise ConfigError(_solver_option_error(spec.method, cls, str(exc))) from None
-    common = {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "lr_schedule": spec.lr_schedule,
-              "out": out, "resume": spec.resume, "overwrite": spec.overwrite, "quiet": spec.quiet,
-              "ema_decay": spec.ema_decay, "grad_clip": spec.grad_clip, "checkpoint_every": spec.checkpoint_every,
-              "eval_every": spec.eval_every, "loss_growth": spec.loss_growth, "shards": spec.shards,
-              "precision": spec.precision, "callbacks": callbacks}
+    common = {**spec.train_options(), "out": out, "resume": spec.resume, "overwrite": spec.overwrite,
+              "callbacks": callbacks}
     prior_info = None if spec.prior is None else _data_info(spec.prior, spec.n_data, spec.seed + PRIOR_DATA_OFFSET)
     prior = None if prior_info is None else load_data(prior_info)
     run_info: dict[str, Any] = {"data": data_info, "prior": prior_info}

@@ -12,7 +12,7 @@ import torch
 from sbridge.core import io
 from sbridge.core.errors import ConfigError, RunDirError
 from sbridge.core.seeds import SAMPLE_OFFSET, SAMPLE_SHARD_STREAM, stream_seed
-from sbridge.core.validation import check_positive_int, check_seed
+from sbridge.core.validation import check_choice, check_positive_int, check_seed
 from sbridge.metrics import samples as metrics
 from sbridge.runs.datasets import (
     _checked_data_spec,
@@ -24,6 +24,7 @@ from sbridge.runs.datasets import (
     training_images,
 )
 from sbridge.solvers.base import Solver, load
+from sbridge.solvers.capabilities import GRIDS
 from sbridge.training import distributed
 
 
@@ -53,6 +54,7 @@ def _generate(solver: Any, run_dir: Path | None, n: int, steps: int | None, ode:
         raise ConfigError(f"a {solver.label} run neither samples nor transports; use it as the autoencoder of a "
                           "latent run (sbridge train --latent RUN) or evaluate its reconstructions.")
     if grid != "uniform":
+        check_choice(grid, GRIDS, "time grid")
         if grid not in caps.grids:
             raise ConfigError(f"{solver.label} samples on its own time grid; drop --grid {grid}.")
         kwargs["grid"] = grid

@@ -19,30 +19,20 @@ from sbridge.training.trainer import TrainConfig
 
 
 @dataclass
-class RunSpec:
-    """Everything ``sbridge train`` needs; the keys of a ``--config`` YAML file are these field names."""
+class RunSpec(TrainConfig):
+    """Everything ``sbridge train`` needs; the keys of a ``--config`` YAML file are these field names: the training
+    options of :class:`~sbridge.training.TrainConfig` (inherited, so each is written once and validated by it) and
+    the run's own below."""
 
     method: str = "sgm"
     data: str = "checkerboard"
     prior: str | None = None
     iterations: int = 0
     n_data: int = 20_000
-    steps: int = 5_000
     seed: int = 0
     out: str = "runs/latest"
     device: str = "auto"
-    batch_size: int = 512
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    checkpoint_every: int = 1_000
-    eval_every: int = 0
     eval_n: int = 2_000
-    loss_growth: str = "warn"
-    shards: int = 0
-    precision: str = "fp32"
-    quiet: bool = False
     resume: bool = False
     overwrite: bool = False
     solver: dict[str, Any] = field(default_factory=dict)
@@ -72,17 +62,13 @@ class RunSpec:
         for key in ("data", "out", "method", "device"):
             if d.get(key) == "":
                 raise ConfigError(f"option {key} is empty; give it a value (see 'sbridge train --help').")
-        spec = cls(**d)
+        spec = cls(**d)  # TrainConfig validates the training options
         check_choice(spec.method, tuple(SOLVERS), "method")
         check_seed(spec.seed)
         check_positive_int(spec.eval_n, "eval_n")
         if spec.resume and spec.overwrite:
             raise ConfigError("--resume continues a run and --overwrite replaces it; pass only one of them.")
         resolve_device(spec.device)
-        TrainConfig(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, lr_schedule=spec.lr_schedule,
-                    ema_decay=spec.ema_decay, grad_clip=spec.grad_clip, checkpoint_every=spec.checkpoint_every,
-                    eval_every=spec.eval_every, loss_growth=spec.loss_growth, shards=spec.shards,
-                    precision=spec.precision)  # validates the training options
         bad_solver_keys = [k for k in spec.solver if not isinstance(k, str)]
         if bad_solver_keys:
             raise ConfigError(f"solver option name {bad_solver_keys[0]!r} is not a name; solver options are words "
@@ -103,17 +89,19 @@ class RunSpec:
             raise ConfigError(f"'solver' must be a mapping of solver options, got {spec.solver!r}.")
         return spec
 
+    def train_options(self) -> dict[str, Any]:
+        """The training options, as ``fit`` takes them."""
+        return {f.name: getattr(self, f.name) for f in fields(TrainConfig)}
 
-#: The accepted value types of each RunSpec field (YAML and --set give untyped values: check them first).
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "method": (str,), "data": (str,), "prior": (str, type(None)), "iterations": (int,), "n_data": (int,),
-    "steps": (int,), "seed": (int,), "out": (str,), "device": (str,), "batch_size": (int,), "lr": (int, float),
-    "lr_schedule": (str,), "ema_decay": (int, float), "grad_clip": (int, float), "checkpoint_every": (int,),
-    "eval_every": (int,), "eval_n": (int,), "loss_growth": (str,), "shards": (int,), "precision": (str,),
-    "quiet": (bool,), "resume": (bool,), "overwrite": (bool,), "solver": (dict,), "class_cond": (bool,),
-    "classes": (list, type(None)), "data_path": (str, type(None)), "latent": (str, type(None)), "latent_dim": (int,),
-    "ae_steps": (int,),
+
+#: The value types an annotation accepts (YAML and --set give untyped values: they are checked first); a float
+#: option takes an integer too.
+_ANNOTATION_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "str | None": (str, type(None)),
+    "dict[str, Any]": (dict,), "list[int] | None": (list, type(None)),
 }
+#: The accepted value types of each RunSpec field, read from the fields' annotations.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {f.name: _ANNOTATION_TYPES[str(f.type)] for f in fields(RunSpec)}
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a mapping",

@@ -24,6 +24,15 @@ import torch.distributed as dist
 
 from sbridge.core.errors import ConfigError, SBridgeError
 
+if dist.is_available():
+    # Imported before any process group exists, on purpose: torch.distributed.nn.functional binds the world group as
+    # a default argument when it is first imported, and DistributedDataParallel imports it (through torch._dynamo)
+    # once a group exists; that reference then keeps the group alive, destroy_process_group() cannot free gloo's
+    # backend, and its worker threads run on into interpreter shutdown, where one that drops the last reference to a
+    # tensor aborts the process ("terminate called without an active exception"). Imported here, before any
+    # init_process_group, its defaults are None and destroying the group joins gloo's threads.
+    import torch.distributed.nn  # noqa: F401
+
 T = TypeVar("T")
 
 #: How long a collective waits for a silent peer before this process gives up (a dead rank must not hang the
