@@ -12,13 +12,21 @@ back to the data; ``log_prob`` integrates the ODE's divergence (generative bridg
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
-from sbridge.core.seeds import BRIDGE_PRIOR_OFFSET, BRIDGE_SAMPLE_OFFSET, MONITOR_STREAM, TRANSPORT_OFFSET, stream_seed
+from sbridge.core.seeds import (
+    BRIDGE_PRIOR_OFFSET,
+    BRIDGE_SAMPLE_OFFSET,
+    CACHE_STREAM,
+    MONITOR_STREAM,
+    TRANSPORT_OFFSET,
+    stream_seed,
+)
 from sbridge.core.validation import (
     check_choice,
     check_memory,
@@ -33,6 +41,8 @@ from sbridge.numerics.integrators import ODE_METHODS, euler_maruyama, integrate_
 from sbridge.processes.linear import Brownian, LinearSDE
 from sbridge.solvers.base import FitData, Solver
 from sbridge.solvers.capabilities import Capabilities
+from sbridge.training.sources import RefreshingSource
+from sbridge.training.trainer import Phase, TrainConfig, split_steps
 
 
 class BridgeSolver(Solver):
@@ -222,6 +232,42 @@ class BridgeSolver(Solver):
                                            prior_log_prob=self._prior_log_prob, method=method, rtol=rtol,
                                            atol=atol, divergence=divergence, seed=seed, return_nfe=True)
         return logp
+
+    # ---- alternating fits on trajectory caches (DSB, SB-FBSDE) -------------------------------------------------
+    def _alternating_phases(self, data: FitData, config: TrainConfig, name: Callable[[int, str], str],
+                            loss: Callable[[str, str], Any],
+                            simulate: Callable[[str, FitData, torch.Generator, int], dict[str, torch.Tensor]],
+                            monitor_steps: int) -> list[Phase]:
+        """IPF's alternation (maths.md §D.3): per outer iteration a ``"backward"`` then a ``"forward"`` phase of
+        ``steps // (2 iterations)`` steps, each training one network (``bwd``, then ``fwd``) with ``loss(direction,
+        model)`` on a cache of ``cache_size`` trajectories of the frozen other direction, ``simulate(direction,
+        data, generator, count)``, rebuilt every ``cache_refresh`` steps from the stream ``(CACHE_STREAM, iteration,
+        half)``; each forward phase ends with the marginal errors of :meth:`_monitor`."""
+        per_half = split_steps(config.steps, 2 * self.iterations, "2 x iterations")
+        phases = []
+        for n in range(self.iterations):
+            for half, direction in enumerate(("backward", "forward")):
+                model = "bwd" if direction == "backward" else "fwd"
+                # built lazily at its first batch, i.e. when the phase starts and the other direction is final
+                source = RefreshingSource(lambda gen, count, direction=direction: simulate(direction, data, gen, count),
+                                          self.cache_size, self.cache_refresh,
+                                          stream_seed(self.seed, CACHE_STREAM, n, half), self.device)
+                on_end = (lambda n=n: self._monitor(n + 1, data, monitor_steps)) if direction == "forward" else None
+                phases.append(Phase(name(n, direction), per_half, loss(direction, model), source=source, train=(model,),
+                                    on_end=on_end))
+        return phases
+
+    def _cache_starts(self, direction: str, data: FitData, count: int,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Where a cache's trajectories start, with their conditions: ``count`` data points drawn with replacement
+        for forward paths (``"backward"`` phases train on them), else points of the second data set, or draws of
+        the prior for a generative bridge."""
+        ends = data.x0 if direction == "backward" else data.x1
+        idx = torch.randint(ends.shape[0], (count,), generator=generator, device=ends.device)
+        start, c = ends[idx], None if data.cond is None else data.cond[idx]
+        if direction == "forward" and self.generative:
+            start = self._prior_draw(tuple(start.shape), generator)
+        return start, c
 
     # ---- monitoring --------------------------------------------------------------------------------------------
     def _monitor(self, iteration: int, data: FitData, steps: int) -> dict[str, Any]:

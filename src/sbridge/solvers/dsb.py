@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from sbridge.core.errors import ConfigError
-from sbridge.core.seeds import CACHE_STREAM, stream_seed
 from sbridge.core.tensors import expand_as_batch, sum_event
 from sbridge.core.validation import check_choice, check_positive_int
 from sbridge.losses.base import Batch, Terms
@@ -36,8 +35,7 @@ from sbridge.processes.linear import OU, LinearSDE
 from sbridge.solvers.base import FitData
 from sbridge.solvers.bridge import BridgeSolver
 from sbridge.solvers.capabilities import Capabilities
-from sbridge.training.sources import RefreshingSource
-from sbridge.training.trainer import Phase, TrainConfig, split_steps
+from sbridge.training.trainer import Phase, TrainConfig
 
 
 def symmetric_schedule(n_steps: int, ratio: float = 10.0) -> torch.Tensor:
@@ -135,33 +133,21 @@ class DSB(BridgeSolver):
 
     # ---- training ----------------------------------------------------------------------------------------------
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
-        per_half = split_steps(config.steps, 2 * self.iterations, "2 x iterations")
-        phases = []
-        for n in range(self.iterations):
-            for half, direction in enumerate(("backward", "forward")):
-                model = "bwd" if direction == "backward" else "fwd"
-                seed = stream_seed(self.seed, CACHE_STREAM, n, half)
-                # built lazily at its first batch, i.e. when the phase starts and the other direction is final
-                source = RefreshingSource(
-                    lambda gen, count, direction=direction: self._simulate_cache(direction, data, gen, count),
-                    self.cache_size, self.cache_refresh, seed, self.device)
-                on_end = (lambda n=n: self._monitor(n + 1, data, self.n_steps)) if direction == "forward" else None
-                phases.append(Phase(f"ipf{n + 1}_{direction}", per_half, MeanMatching(self.reference, direction, model),
-                                    source=source, train=(model,), on_end=on_end))
-        return phases
+        return self._alternating_phases(data, config, lambda n, direction: f"ipf{n + 1}_{direction}",
+                                        lambda direction, model: MeanMatching(self.reference, direction, model),
+                                        self._simulate_cache, self.n_steps)
 
     @torch.no_grad()
     def _simulate_cache(self, direction: str, data: FitData, generator: torch.Generator,
                         count: int | None = None) -> dict[str, torch.Tensor]:
         """Trajectories of the *other* direction's EMA kernels and the mean-matching targets at each step (with the
         condition of each trajectory's data point, for conditional generative bridges)."""
-        x0, x1 = data.x0, data.x1
+        x0 = data.x0
         device, m = x0.device, self.cache_size if count is None else count
         gammas = self.gammas.to(device=device, dtype=x0.dtype)
         xs, ts, gs, targets = [], [], [], []
+        start, c = self._cache_starts(direction, data, m, generator)
         if direction == "backward":  # forward trajectories from the data, targets F_k(X_k) - F_k(X_{k+1})
-            idx = torch.randint(x0.shape[0], (m,), generator=generator, device=device)
-            start, c = x0[idx], None if data.cond is None else data.cond[idx]
             path, _ = euler_maruyama(lambda y, t: self.forward_drift(y, t, c), self._diffusion, start, self.times,
                                      generator=generator, return_path=True, noise_last_step=True)
             for k in range(self.n_steps):
@@ -172,10 +158,6 @@ class DSB(BridgeSolver):
                 ts.append(torch.full((m,), self.times[k + 1], device=device))
                 gs.append(torch.full((m,), float(g), device=device))
         else:  # backward trajectories from the prior end, targets B_{k+1}(X_{k+1}) - B_{k+1}(X_k)
-            idx = torch.randint(x1.shape[0], (m,), generator=generator, device=device)
-            start, c = x1[idx], None if data.cond is None else data.cond[idx]
-            if self.generative:  # the reference's prior, as the bridge draws it
-                start = self._prior_draw(tuple(start.shape), generator)
             path, _ = euler_maruyama(lambda y, t: -self.backward_drift(y, t, c), self._diffusion, start,
                                      self.times[::-1], generator=generator, return_path=True, noise_last_step=True)
             path = path.flip(0)  # index by grid position: path[k] is X_k

@@ -35,7 +35,7 @@ class GaussianSB(BridgeSolver):
     time; POT's ``reg = 2 sigma^2``). Vectors only: the covariances are full ``(d, d)`` matrices."""
 
     method = "gaussian_sb"
-    model_names = ("moments",)
+    model_names = ()  # no network: the fitted moments are its whole state
     fit_options = ()
     declared = BridgeSolver.declared.with_(cond_required=False, closed_form=True, latent_solver=False,
                                            plots=("samples", "trajectories"), diagnostics=())
@@ -51,17 +51,19 @@ class GaussianSB(BridgeSolver):
         if len(self.event_shape) != 1:
             raise ConfigError(f"GaussianSB works on vectors (n, d); got event shape {self.event_shape}: flatten the "
                               "data first.")
+        #: The fitted means ``mean0, mean1`` and covariances ``cov0, cov1`` (float64), saved with the run.
+        self.moments = Moments(self.dim).to(self.device)
 
     def options(self) -> dict[str, Any]:
         return {"sigma": self.sigma}
 
-    def _build_models(self) -> dict[str, nn.Module]:
-        return {"moments": Moments(self.dim)}
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"moments.{k}": v for k, v in self.moments.state_dict().items()}
 
-    @property
-    def moments(self) -> Moments:
-        """The fitted moments ``mean0, cov0`` (data end) and ``mean1, cov1`` (prior end)."""
-        return self.ema_models["moments"]
+    def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            self.moments.load_state_dict({k.removeprefix("moments."): v for k, v in tensors.items()})
+            self._bridge = None
 
     def fit(self, x: Any, prior: Any = None, *, out: str | Path | None = None, overwrite: bool = False,
             run_info: dict[str, Any] | None = None, **options: Any) -> GaussianSB:
@@ -81,15 +83,15 @@ class GaussianSB(BridgeSolver):
                 raise DataError(f"GaussianSB estimates a covariance from each data set and needs at least 2 points; "
                                 f"{name} has {points.shape[0]}.")
         x0, x1 = data.x0.double(), data.x1.double()
-        for m in (self.models["moments"], self.ema_models["moments"]):
-            m.mean0.copy_(x0.mean(0))
-            m.cov0.copy_(torch.cov(x0.T).reshape(self.dim, self.dim))
-            if self.generative:
-                m.mean1.zero_()
-                m.cov1.copy_(torch.eye(self.dim, dtype=torch.float64))
-            else:
-                m.mean1.copy_(x1.mean(0))
-                m.cov1.copy_(torch.cov(x1.T).reshape(self.dim, self.dim))
+        m = self.moments
+        m.mean0.copy_(x0.mean(0))
+        m.cov0.copy_(torch.cov(x0.T).reshape(self.dim, self.dim))
+        if self.generative:
+            m.mean1.zero_()
+            m.cov1.copy_(torch.eye(self.dim, dtype=torch.float64))
+        else:
+            m.mean1.copy_(x1.mean(0))
+            m.cov1.copy_(torch.cov(x1.T).reshape(self.dim, self.dim))
         self._bridge = None
         if out is not None and distributed.context().is_main:
             with rundir.locked(out):

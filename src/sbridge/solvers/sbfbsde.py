@@ -38,7 +38,6 @@ from torch import nn
 
 from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
-from sbridge.core.seeds import CACHE_STREAM, stream_seed
 from sbridge.core.tensors import expand_as_batch, sum_event
 from sbridge.core.validation import check_choice, check_positive_int, check_seed
 from sbridge.losses.base import Batch, Terms
@@ -49,8 +48,10 @@ from sbridge.processes.linear import LinearSDE, make_process
 from sbridge.solvers.base import FitData
 from sbridge.solvers.bridge import BridgeSolver
 from sbridge.solvers.capabilities import Capabilities
-from sbridge.training.sources import RefreshingSource
-from sbridge.training.trainer import Phase, TrainConfig, split_steps
+from sbridge.training.trainer import Phase, TrainConfig
+
+#: The network a phase of the alternation trains: the decoder in the backward phases, the encoder in the forward.
+TRAINS = {"backward": "decoder", "forward": "encoder"}
 
 #: A policy's drift in forward time from the given models: ``drift(models, x, t, cond)``.
 Drift = Callable[[Mapping[str, nn.Module], torch.Tensor, Any, Any], torch.Tensor]
@@ -356,22 +357,15 @@ class SBFBSDE(BridgeSolver):
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         if self.mode == "joint":
             return [Phase("joint", config.steps, self.path_bound(), data.source(), ("fwd", "bwd"))]
-        per_half = split_steps(config.steps, 2 * self.iterations, "2 x iterations")
-        phases = []
-        for n in range(self.iterations):
-            for half, trains in enumerate(("decoder", "encoder")):
-                model = "bwd" if trains == "decoder" else "fwd"
-                drift = self.decode_drift if trains == "decoder" else self.encode_drift
-                source = RefreshingSource(lambda gen, count, trains=trains: self._simulate_cache(trains, data, gen,
-                                                                                                  count),
-                                          self.cache_size, self.cache_refresh,
-                                          stream_seed(self.seed, CACHE_STREAM, n, half), self.device)
-                on_end = ((lambda n=n: self._monitor(n + 1, data, self.sim_steps)) if trains == "encoder"
-                          else None)
-                phases.append(Phase(f"stage{n + 1}_{'backward' if trains == 'decoder' else 'forward'}", per_half,
-                                    DriftMatching(drift, self.reference.diffusion, trains, self.divergence),
-                                    source=source, train=(model,), on_end=on_end))
-        return phases
+        def loss(direction: str, model: str) -> DriftMatching:
+            trains = TRAINS[direction]
+            drift = self.decode_drift if trains == "decoder" else self.encode_drift
+            return DriftMatching(drift, self.reference.diffusion, trains, self.divergence)
+
+        return self._alternating_phases(
+            data, config, lambda n, direction: f"stage{n + 1}_{direction}", loss,
+            lambda direction, data, gen, count: self._simulate_cache(TRAINS[direction], data, gen, count),
+            self.sim_steps)
 
     def path_bound(self) -> PathBound:
         """The joint objective as a loss object (see :class:`PathBound`)."""
@@ -385,14 +379,10 @@ class SBFBSDE(BridgeSolver):
         second data set) to train the encoder."""
         m = self.cache_size if count is None else count
         times = self._sim_times()
-        ends = data.x0 if trains == "decoder" else data.x1
-        idx = torch.randint(ends.shape[0], (m,), generator=generator, device=ends.device)
-        start, c = ends[idx], None if data.cond is None else data.cond[idx]
+        start, c = self._cache_starts("backward" if trains == "decoder" else "forward", data, m, generator)
         if trains == "decoder":
             grid, field = times, (lambda y, t: self.encode_drift(self.ema_models, y, t, c))
         else:
-            if self.generative:
-                start = self._prior_draw(tuple(start.shape), generator)
             grid, field = times[::-1], (lambda y, t: self.decode_drift(self.ema_models, y, t, c))
         path, _ = euler_maruyama(field, self._diffusion, start, grid, generator=generator, return_path=True)
         xs, ts, others = [], [], []
