@@ -127,7 +127,6 @@ class SBVAE(SBFBSDE):
         if "sbvae.stopped_at" in tensors:
             self.stopped_at = tensors["sbvae.stopped_at"].clone()
             self.prior_losses = tensors["sbvae.prior_losses"].clone()
-            self._apply_stop()
         super().load_extra_tensors({k: v for k, v in tensors.items() if not k.startswith("sbvae.")})
 
     # ---- the decoder ---------------------------------------------------------------------------------------------
@@ -158,32 +157,32 @@ class SBVAE(SBFBSDE):
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         per_stage = split_steps(config.steps, self.stages, "stages")
         loss = SBVAELoss(self)
-        self._stage_phases = [Phase(f"stage{k + 1}", per_stage, loss, data.source(), ("fwd", "bwd"),
-                                    on_end=lambda k=k: self._end_stage(k + 1, data)) for k in range(self.stages)]
-        self._apply_stop()
-        return self._stage_phases
+        return [Phase(f"stage{k + 1}", per_stage, loss, data.source(), lambda k=k: self._trained_in(k + 1),
+                      update=lambda k=k: self._end_stage(k + 1, data), on_end=lambda k=k: self._stage_row(k + 1))
+                for k in range(self.stages)]
 
-    def _apply_stop(self) -> None:
-        """The stages after the encoder's stop train the decoder alone (set before each starts, also on resume)."""
-        for phase in getattr(self, "_stage_phases", [])[int(self.stopped_at):] if self.encoder_stopped else []:
-            phase.train = ("bwd",)
+    def _trained_in(self, stage: int) -> tuple[str, ...]:
+        """The networks stage ``stage`` trains: both, or the decoder alone after the encoder's stop (read when the
+        stage starts, from ``stopped_at``, which the checkpoint holds)."""
+        return ("bwd",) if self.encoder_stopped and stage > int(self.stopped_at) else ("fwd", "bwd")
 
-    def _end_stage(self, stage: int, data: FitData) -> dict[str, Any]:
+    def _end_stage(self, stage: int, data: FitData) -> None:
         """Estimate the two terms on a fixed batch, record the prior loss and decide whether the encoder stops."""
         x0 = data.x0[:self.eval_n]
         c = None if data.cond is None else data.cond[:self.eval_n]
-        row: dict[str, Any] = {"stage": stage, **self.objective_terms(x0, cond=c,
-                                                                        seed=stream_seed(self.seed, TERMS_STREAM))}
-        self.prior_losses[stage - 1] = row["prior_loss"]
+        self._terms = self.objective_terms(x0, cond=c, seed=stream_seed(self.seed, TERMS_STREAM))
+        self.prior_losses[stage - 1] = self._terms["prior_loss"]
         if self.encoder_stop and not self.encoder_stopped and stage > self.stop_patience:
             gain = float(self.prior_losses[stage - 1 - self.stop_patience] - self.prior_losses[stage - 1])
             if gain < self.stop_tol:
                 self.stopped_at = torch.tensor(stage)
                 # the decoder goes on against the encoder sampling will use: its moving average, now frozen
                 self.models["fwd"].load_state_dict(self.ema_models["fwd"].state_dict())
-                self._apply_stop()
-        row["encoder"] = "training" if not self.encoder_stopped else f"stopped after stage {int(self.stopped_at)}"
-        return row
+
+    def _stage_row(self, stage: int) -> dict[str, Any]:
+        """The stage's row: the estimated terms and the encoder's state."""
+        encoder = "training" if not self.encoder_stopped else f"stopped after stage {int(self.stopped_at)}"
+        return {"stage": stage, **self._terms, "encoder": encoder}
 
     def objective_terms(self, x: torch.Tensor, *, cond: Any = None, seed: int = 0) -> dict[str, float]:
         """Estimates (nats per sample) on the encode paths from ``x``, with the training networks:

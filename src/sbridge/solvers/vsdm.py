@@ -301,15 +301,16 @@ class VSDM(SGM):
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         per_stage = split_steps(config.steps, self.stages, "stages")
         return [Phase(f"stage{k + 1}", per_stage, self.loss, data.source(), ("score",),
-                      on_end=lambda k=k: self.sa_update(k + 1, data))
+                      update=lambda k=k: self.sa_step(k + 1, data), on_end=lambda k=k: self.stage_row(k + 1, data))
                 for k in range(self.stages)]
 
     @torch.no_grad()
-    def sa_update(self, stage: int, data: FitData) -> dict[str, Any]:
+    def sa_step(self, stage: int, data: FitData) -> None:
         """One SA step on ``A`` (maths.md §C.4, §C.5 c–d): simulate ``sa_samples`` backward trajectories from the
         prior with the current score (seeded per stage), take :func:`sa_gradient` over the grid, and move ``A`` by
-        ``sa_lr / stage^sa_decay`` within its admissible set. Returns the row logged for the stage."""
-        row: dict[str, Any] = {"stage": stage}
+        ``sa_lr / stage^sa_decay`` within its admissible set (nothing when ``sa_lr = 0``). The gradient's norm is
+        kept for the stage's row."""
+        self._sa_grad_norm: float | None = None
         if self.sa_lr > 0:
             cond = None if data.cond is None else data.cond[:self.sa_samples]
             n = self.sa_samples if cond is None else cond.shape[0]
@@ -327,7 +328,15 @@ class VSDM(SGM):
                                 dts.to(xs.device), self.zeta, self.a_kind, per_time=True)
             grad, scale_grad = self._sa_step_gradients(terms, t)
             self.variational.step_(grad, self.sa_lr / stage ** self.sa_decay, scale_grad)
-            row["grad_norm"] = float(grad.norm())
+            self._sa_grad_norm = float(grad.norm())
+
+    @torch.no_grad()
+    def stage_row(self, stage: int, data: FitData) -> dict[str, Any]:
+        """The row logged for a stage after its SA step: the step's gradient norm, the spectrum of ``A`` (and its
+        time scale) and the prior mismatch :meth:`prior_mismatch` on the data."""
+        row: dict[str, Any] = {"stage": stage}
+        if getattr(self, "_sa_grad_norm", None) is not None:
+            row["grad_norm"] = self._sa_grad_norm
         a = self.A
         if self.a_pieces > 1:
             row["A_scale"] = [float(h) for h in self.variational.scales()]

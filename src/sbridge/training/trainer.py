@@ -111,11 +111,15 @@ class TrainConfig:
 class Phase:
     """One stage of a fit.
 
-    ``train``: names of the models whose parameters this phase optimises (the others stay frozen).
+    ``train``: names of the models whose parameters this phase optimises (the others stay frozen), or a function
+    giving them when the phase starts (from state the checkpoint holds, e.g. SB-VAE's encoder stop).
     ``source``: a data source, or a function building it when the phase starts (e.g. DSBM's coupling simulated by
     the model trained in the previous phase); it must depend only on the frozen models and fixed seeds, so that a
     resumed phase rebuilds the same source.
-    ``on_end``: called after the last step; its dict (e.g. per-iteration monitoring) is logged with the phase name.
+    ``update``: a state-changing step after the last training step (VSDM's SA step on ``A``, SB-VAE's encoder-stop
+    decision); the checkpoint written at the phase's end follows it, so a resume never runs it twice or skips it.
+    ``on_end``: called after ``update``; its dict (e.g. per-iteration monitoring) is logged with the phase name. It
+    only reads state.
     ``lr``: overrides the fit's learning rate for this phase.
     """
 
@@ -123,10 +127,15 @@ class Phase:
     steps: int
     loss: Loss
     source: Source | Callable[[], Source]
-    train: tuple[str, ...]
+    train: tuple[str, ...] | Callable[[], tuple[str, ...]]
     on_end: Callable[[], dict[str, Any]] | None = None
     lr: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    update: Callable[[], None] | None = None
+
+    def trained(self) -> tuple[str, ...]:
+        """The names of the models this phase trains (``train`` evaluated now)."""
+        return tuple(self.train()) if callable(self.train) else self.train
 
 
 Callback = Callable[[int, float], None]
@@ -167,7 +176,7 @@ class Trainer:
                  history: list[dict[str, Any]] | None = None, seed: int = 0) -> None:
         self.models, self.ema_models, self.phases, self.config = models, ema_models, list(phases), config
         for phase in self.phases:
-            unknown = set(phase.train) - set(models.keys())
+            unknown = set(phase.trained()) - set(models.keys())
             if unknown:
                 raise ConfigError(f"phase {phase.name!r} trains unknown model(s) {sorted(unknown)}.")
         self.dist = distributed.context()
@@ -330,7 +339,8 @@ class Trainer:
             io.append_jsonl(self.run_dir / io.METRICS_FILE, row)
 
     def _start_phase(self, phase: Phase) -> Source:
-        self._params = [p for name in phase.train for p in self.models[name].parameters()]
+        self._trained = phase.trained()  # read once per phase: its models do not change within it
+        self._params = [p for name in self._trained for p in self.models[name].parameters()]
         self.optimizer = torch.optim.Adam(self._params, lr=self.lr_at(phase, 0))
         if self._resumed_optimizer is not None:
             groups, state = self._resumed_optimizer
@@ -343,7 +353,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # buffers (time embeddings, fitted priors) are the same on every rank: no per-forward broadcast
             self._phase_models = {name: DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
-                                  if name in phase.train else module for name, module in self.models.items()}
+                                  if name in self._trained else module for name, module in self.models.items()}
         source = phase.source() if callable(phase.source) and not hasattr(phase.source, "batch") else phase.source
         source.calls_per_step = len(self.local_shards)  # one batch per local shard per step
         if self.phase_step:  # resuming mid-phase: a source that counts its batches skips ahead
@@ -362,7 +372,7 @@ class Trainer:
         no process was interrupted — except ``deferred`` (CUDA): then nothing is read back to the host, the loss and
         the flag come back as device tensors, and the update is applied; the caller checks them every few steps."""
         assert self.optimizer is not None
-        for name in phase.train:
+        for name in self._trained:
             self.models[name].train()
         micro = self.config.batch_size // self.shards
         self.optimizer.zero_grad(set_to_none=True)
@@ -373,7 +383,7 @@ class Trainer:
             gen = self.generators[s]
             with contextlib.ExitStack() as stack:
                 if self.dist.active and i < n_local - 1:  # accumulate locally; DDP syncs on the last shard
-                    for name in phase.train:
+                    for name in self._trained:
                         stack.enter_context(self._phase_models[name].no_sync())
                 with self._autocast():
                     loss, terms = phase.loss(self._phase_models, source.batch(micro, gen), gen)
@@ -405,7 +415,7 @@ class Trainer:
         nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
         self.optimizer.step()
         decay = self.ema_decay(self.phase_step)
-        for name in phase.train:
+        for name in self._trained:
             update_ema(self.ema_models[name], self.models[name], decay)
 
     def _watch_growth(self, step: int, mean: float) -> None:
@@ -560,6 +570,8 @@ class Trainer:
                             self._log({"step": step, "phase": phase.name, "eval": self.evaluate(step)})
                     if step % cfg.checkpoint_every == 0 and self.phase_step < phase.steps:
                         self.save_checkpoint()
+                if phase.update is not None:
+                    phase.update()
                 if phase.on_end is not None:
                     row = {"step": self.step, "phase": phase.name, **phase.on_end()}
                     self.history.append(row)
