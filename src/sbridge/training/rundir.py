@@ -1,7 +1,7 @@
 """A run directory opened for writing: one writer at a time, nothing overwritten by accident, no stale files.
 
-Every fit that writes a run goes through :func:`open_for_writing`, so every solver, present and coming, gets the
-same guarantees:
+Every fit that writes a run holds :func:`locked` and passes :func:`check_new_run` (``Solver.fit``), so every solver,
+present and coming, gets the same guarantees:
 
 * **one writer**: an exclusive ``flock`` on ``RUN/.lock`` is held while a process writes the run; a second writer is
   refused with a sentence naming the holder's PID. The operating system releases the lock when the process ends,
