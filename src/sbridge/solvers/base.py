@@ -29,7 +29,7 @@ from sbridge.core.validation import as_condition, as_data_tensor, check_batch_me
 from sbridge.nets.embeddings import check_condition_spec
 from sbridge.nets.registry import make_network, network_config
 from sbridge.processes.linear import LinearSDE
-from sbridge.solvers.capabilities import Capabilities, refuse
+from sbridge.solvers.capabilities import Capabilities, Declared
 from sbridge.training import distributed, rundir
 from sbridge.training.sources import LoaderSource, Source, TensorSource
 from sbridge.training.trainer import Callback, Phase, TrainConfig, Trainer
@@ -55,7 +55,7 @@ class FitData:
         return self.loader if self.loader is not None else TensorSource(x=self.x0, cond=self.cond)
 
 
-class Solver:
+class Solver(Declared):
     """Base class.
 
     ``dim`` (vectors) or ``shape`` (any event shape, e.g. ``(1, 28, 28)``): the shape of one sample.
@@ -132,33 +132,6 @@ class Solver:
     def label(self) -> str:
         """The model's name in messages and plot titles (its method)."""
         return self.method
-
-    def _require(self, ability: str, what: str, hint: str = "") -> None:
-        """Raise the one sentence of :func:`~sbridge.solvers.capabilities.refuse` unless ``ability`` (a field of
-        :class:`Capabilities`) is declared."""
-        caps = self.capabilities()
-        if not getattr(caps, ability):
-            raise refuse(what, f"this {self.label} model", caps, hint)
-
-    def sample(self, n: int, **kwargs: Any) -> torch.Tensor:
-        """Draw ``n`` new points of the data end (solvers that declare ``sample`` implement it)."""
-        self._require("sample", "draw samples from noise")
-        raise NotImplementedError
-
-    def transport(self, x: Any, **kwargs: Any) -> torch.Tensor:
-        """Push points of one end to the other (solvers that declare ``transport`` implement it)."""
-        self._require("transport", "transport points between two ends")
-        raise NotImplementedError
-
-    def log_prob(self, x: Any, **kwargs: Any) -> torch.Tensor:
-        """Exact log-likelihood (solvers that declare ``log_prob`` implement it)."""
-        self._require("log_prob", "give exact likelihoods")
-        raise NotImplementedError
-
-    def elbo(self, x: Any, **kwargs: Any) -> torch.Tensor:
-        """Path-space lower bound on the log-likelihood (solvers that declare ``path_bound`` implement it)."""
-        self._require("path_bound", "define a path-space likelihood bound")
-        raise NotImplementedError
 
     # ---- networks ----------------------------------------------------------------------------------------------
     def network(self, name: str, **overrides: Any) -> nn.Module:

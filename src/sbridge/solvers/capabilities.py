@@ -100,3 +100,43 @@ def refuse(what: str, name: str, caps: Capabilities, hint: str = "") -> Capabili
     """The one sentence for an undeclared capability: ``name`` (a solver or run) does not ``what``."""
     return CapabilityError(f"{name} does not {what}" + (f" ({hint})" if hint else "")
                            + f"; what it does: {caps.summary()}.")
+
+
+class Declared:
+    """What every model (a solver, a latent composition) has: its record, its name, and the capability methods,
+    which raise one sentence unless the record declares them (a model that declares one overrides its method)."""
+
+    def capabilities(self) -> Capabilities:
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        """The model's name in messages and plot titles."""
+        raise NotImplementedError
+
+    def _require(self, ability: str, what: str, hint: str = "") -> None:
+        """Raise the one sentence of :func:`refuse` unless ``ability`` (a field of :class:`Capabilities`) is
+        declared."""
+        caps = self.capabilities()
+        if not getattr(caps, ability):
+            raise refuse(what, f"this {self.label} model", caps, hint)
+
+    def sample(self, n: int, **kwargs: Any) -> Any:
+        """Draw ``n`` new points of the data end (models that declare ``sample`` implement it)."""
+        self._require("sample", "draw samples from noise")
+        raise NotImplementedError
+
+    def transport(self, x: Any, **kwargs: Any) -> Any:
+        """Push points of one end to the other (models that declare ``transport`` implement it)."""
+        self._require("transport", "transport points between two ends")
+        raise NotImplementedError
+
+    def log_prob(self, x: Any, **kwargs: Any) -> Any:
+        """Exact log-likelihood (models that declare ``log_prob`` implement it)."""
+        self._require("log_prob", "give exact likelihoods")
+        raise NotImplementedError
+
+    def elbo(self, x: Any, **kwargs: Any) -> Any:
+        """Path-space lower bound on the log-likelihood (models that declare ``path_bound`` implement it)."""
+        self._require("path_bound", "define a path-space likelihood bound")
+        raise NotImplementedError

@@ -26,13 +26,13 @@ from sbridge.core import io
 from sbridge.core.errors import ConfigError, RunDirError
 from sbridge.solvers.autoencoder import Autoencoder
 from sbridge.solvers.base import RUN_LOADERS, Solver, load
-from sbridge.solvers.capabilities import Capabilities, refuse
+from sbridge.solvers.capabilities import Capabilities, Declared
 from sbridge.training import distributed, rundir
 
 AUTOENCODER_DIR, LATENT_DIR = "autoencoder", "latent"
 
 
-class LatentBridge:
+class LatentBridge(Declared):
     """``autoencoder``: an :class:`Autoencoder` (trained, or trained by :meth:`fit` when ``train_autoencoder``) or the
     path of an autoencoder run. ``solver``: a solver built for vectors of the latent dimension (``dim=latent_dim``),
     e.g. ``sbridge.SGM(dim=8)`` or ``sbridge.SchrodingerFollmer(dim=8)``.
@@ -260,18 +260,6 @@ class LatentBridge:
         self._require("log_prob", "give exact likelihoods", f"its solver, {self.solver.method}, has none")
         return self.solver.log_prob(self.encode(x), **kwargs) - float(self.latent_std.log().sum())
 
-    def transport(self, x: Any, **kwargs: Any) -> torch.Tensor:
-        self._require("transport", "transport points between two data sets")
-        raise NotImplementedError
-
-    def elbo(self, x: Any, **kwargs: Any) -> torch.Tensor:
-        self._require("path_bound", "define a path-space likelihood bound", "its solver's bound is in latent space")
-        raise NotImplementedError
-
-    def _require(self, ability: str, what: str, hint: str = "") -> None:
-        caps = self.capabilities()
-        if not getattr(caps, ability):
-            raise refuse(what, f"this {self.label} run", caps, hint)
 
 
 def load_autoencoder(path: str | Path, device: str | torch.device = "auto", net: Any = None) -> Autoencoder:
