@@ -17,6 +17,7 @@ from typing import Any
 
 from sbridge.core.errors import ConfigError, SBridgeError
 from sbridge.solvers.base import SOLVERS
+from sbridge.training.trainer import TrainConfig
 
 DEMO_OUT = "runs/demo"
 IMAGE_DEMO_OUT = "runs/demo-images"
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a solver on a data set and write a run directory")
     defaults = RunSpec()
     t.add_argument("--config", help="YAML file of options (keys as below, with underscores); flags override it")
-    for f in fields(RunSpec):
+    train_keys = {f.name for f in fields(TrainConfig)}
+    for f in sorted(fields(RunSpec), key=lambda f: f.name in train_keys):  # the run's own options first
         if f.name in ("quiet", "resume", "overwrite", "solver", "prior", "class_cond", "classes", "data_path",
                       "latent"):
             continue
