@@ -317,8 +317,8 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_the_os_releases_a_d
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from sbridge.training import rundir; cm = rundir.locked(sys.argv[1]); "
-         "cm.__enter__(); print('ready', flush=True); time.sleep(120)", str(run)],
+        [sys.executable, "-c", "import sys, time; from sbridge.training import rundir; "
+         "cm = rundir.locked(sys.argv[1]); cm.__enter__(); print('ready', flush=True); time.sleep(120)", str(run)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
