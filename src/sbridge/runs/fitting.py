@@ -58,7 +58,7 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Any:
         run_info["latent_source"] = None if spec.latent is None else str(Path(spec.latent).resolve())
         common.update(autoencoder_steps=spec.ae_steps,
                       autoencoder_options={k: common[k] for k in ("batch_size", "checkpoint_every", "precision",
-                                                                  "shards", "loss_growth", "grad_clip")})
+                                                                  "log_every", "shards", "loss_growth", "grad_clip")})
     else:
         model = solver
     evaluate = None

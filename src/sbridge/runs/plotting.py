@@ -109,11 +109,12 @@ def _samples(ctx: _Context) -> list[Path]:
         direction = "transported" if ctx.caps.two_sets else "sampled"
         return [plots.plot_samples(paths[-1], target, ctx.out / "samples.png",
                                    title=f"{ctx.title}: {direction} points vs {ctx.target_spec['name']}")]
-    path = ctx.model.sample(ctx.n, ode=ctx.ode, return_path=True, **ctx.kwargs)
+    samples = ctx.model.sample(ctx.n, ode=ctx.ode, **ctx.kwargs)
+    steps = ctx.model.sample(2, ode=ctx.ode, return_path=True, **ctx.kwargs).shape[0] - 1  # its grid, as drawn
     data, _ = _reference_and_floor(ctx.spec, ctx.n)
     kind = "probability-flow ODE" if ctx.ode else "reverse SDE"
-    return [plots.plot_samples(path[-1].cpu(), data, ctx.out / "samples.png",
-                               title=f"{ctx.title} on {ctx.spec['name']} ({kind}, {path.shape[0] - 1} steps)")]
+    return [plots.plot_samples(samples.cpu(), data, ctx.out / "samples.png",
+                               title=f"{ctx.title} on {ctx.spec['name']} ({kind}, {steps} steps)")]
 
 
 def _trajectories(ctx: _Context) -> list[Path]:

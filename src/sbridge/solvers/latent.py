@@ -73,8 +73,8 @@ class LatentBridge(Declared):
         inner = self.solver.capabilities()
         return inner.with_(transport=False, two_sets=False, prior_data=False, path_bound=False,
                            likelihood_space="latent", codec=True, latent=True, latent_solver=False,
-                           plots=(*[k for k in inner.plots if k in ("samples", "trajectories", "loss")],
-                                  "reconstructions", "interpolations"), diagnostics=inner.diagnostics)
+                           plots=("samples", "trajectories", "loss", "reconstructions", "interpolations"),
+                           diagnostics=inner.diagnostics)
 
     @property
     def label(self) -> str:

@@ -117,7 +117,8 @@ class Phase:
     the model trained in the previous phase); it must depend only on the frozen models and fixed seeds, so that a
     resumed phase rebuilds the same source.
     ``update``: a state-changing step after the last training step (VSDM's SA step on ``A``, SB-VAE's encoder-stop
-    decision); the checkpoint written at the phase's end follows it, so a resume never runs it twice or skips it.
+    decision); the checkpoint written at the phase's end follows it, so a resume mid-phase or after the phase neither
+    repeats nor skips it (a finished phase resumed with more steps runs it again at its new end).
     ``on_end``: called after ``update``; its dict (e.g. per-iteration monitoring) is logged with the phase name. It
     only reads state.
     ``lr``: overrides the fit's learning rate for this phase.
@@ -356,8 +357,9 @@ class Trainer:
                                   if name in self._trained else module for name, module in self.models.items()}
         source = phase.source() if callable(phase.source) and not hasattr(phase.source, "batch") else phase.source
         source.calls_per_step = len(self.local_shards)  # one batch per local shard per step
-        if self.phase_step:  # resuming mid-phase: a source that counts its batches skips ahead
-            source.seek(self.phase_step)
+        seek = getattr(source, "seek", None)  # a user's source may implement batch() alone
+        if self.phase_step and seek is not None:  # resuming mid-phase: a source that counts its batches skips ahead
+            seek(self.phase_step)
         return source
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
