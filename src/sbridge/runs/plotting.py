@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,15 @@ class _Context:
     def out(self) -> Path:
         return self.path / "plots"
 
-    @property
+    @cached_property
     def images(self) -> bool:
         return is_image_spec(_checked_data_spec(self.path, "data"))
 
-    @property
+    @cached_property
     def spec(self) -> dict[str, Any]:
         return data_spec(self.path)
 
-    @property
+    @cached_property
     def target_spec(self) -> dict[str, Any]:
         """The law the model's output should follow: the second data set of a two-set bridge, else the data."""
         return prior_spec(self.path) or self.spec
