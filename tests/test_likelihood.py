@@ -322,4 +322,4 @@ def test_elbo_checks_its_grid() -> None:
 
     x = torch.zeros(3, 2)
     with pytest.raises(ConfigError, match="increasing"):
-        path_elbo(lambda y, t: y, lambda y, t: y, lambda t: 1.0, x, [0.5, 0.2], lambda y: y.sum(1))
+        path_elbo(lambda y, t: y, lambda y, t: y, VP(), x, [0.5, 0.2])

@@ -17,7 +17,7 @@ from sbridge.core.tensors import sum_event
 from sbridge.data import toy
 from sbridge.numerics.likelihood import divergence
 from sbridge.processes.gaussian import GaussianBridge, GaussianNoiseOracle, LinearGaussianBridge, gaussian_kl
-from sbridge.solvers.sbfbsde import DriftMatching
+from sbridge.solvers.policy import DriftMatching
 
 SMALL = {"hidden": 32, "depth": 2, "device": "cpu"}
 

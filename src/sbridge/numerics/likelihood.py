@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
+from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError, DataError
 from sbridge.core.tensors import flat, sum_event
-from sbridge.core.validation import check_choice, check_positive_int
+from sbridge.core.validation import check_choice, check_positive_int, check_seed
 
 Field = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -212,14 +213,13 @@ def elbo_grid(t0: float, t1: float, steps: int, power: float = 2.0) -> list[floa
 
 
 @torch.no_grad()
-def path_elbo(encode_drift: Field, decode_drift: Field, diffusion: Callable[[float], torch.Tensor | float],
-              x: torch.Tensor, times: Sequence[float], prior_log_prob: Callable[[torch.Tensor], torch.Tensor], *,
-              encode_marginal: Callable[[torch.Tensor, float, torch.Generator | None], torch.Tensor] | None = None,
-              divergence: str = "auto", exact_max_dim: int = EXACT_MAX_DIM, generator: torch.Generator | None = None,
-              ) -> torch.Tensor:
-    """The path-space evidence lower bound (nats, shape ``(batch,)``) of a decode SDE, estimated along the encode SDE
-    from each point of ``x`` (maths.md §A.2, §1.4; Song, Durkan, Murray & Ermon 2021, Thm. 4; Huang, Lim & Courville
-    2021):
+def path_bound_terms(encode: Field, decode: Field, process: Any, x: torch.Tensor, times: Sequence[float], *,
+                     exact_marginals: bool = False, divergence: str = "auto", exact_max_dim: int = EXACT_MAX_DIM,
+                     generator: torch.Generator | None = None, create_graph: bool = False,
+                     score: Field | None = None) -> dict[str, torch.Tensor]:
+    """Per-sample terms (nats, shape ``(batch,)``) of the path-space evidence bound of a decode SDE, estimated along
+    the encode SDE from each point of ``x`` (maths.md §A.2, §A.4, §1.4; Song, Durkan, Murray & Ermon 2021, Thm. 4;
+    Huang, Lim & Courville 2021):
 
         log q(x) >= E[ log pi(X_T) - int_t0^T ( |F - B|^2 / (2 g^2) - div B )(X_t, t) dt | X_t0 = x ],
 
@@ -232,39 +232,106 @@ def path_elbo(encode_drift: Field, decode_drift: Field, diffusion: Callable[[flo
     div f)``. The bound is tight, for every ``x``, when the decode SDE is the exact time reversal of the encode SDE
     and ``pi`` is its law at ``T``.
 
-    The expectation only involves the encoder's marginals given ``x``. ``encode_marginal(x, t, generator)``, when
-    the encoder has them in closed form (a linear reference), draws ``X_t`` exactly and independently at the
-    midpoint of each interval of ``times`` (the midpoint rule: no path discretisation error, second-order
-    quadrature); otherwise one Euler–Maruyama path per point is simulated on ``times`` and the integral takes the
-    left-point rule (first order in the step: use a fine grid). ``times`` ascend from the data side to ``T``
-    (:func:`elbo_grid`). ``div B`` is exact or Hutchinson (``divergence`` as in :func:`log_prob_ode`, with a fresh
-    Rademacher noise each time from ``generator``). Average several calls to shrink the Monte-Carlo error.
+    ``process`` is the reference (a :class:`~sbridge.processes.linear.LinearSDE`): its ``g``, its prior ``pi`` and
+    its transitions. Two estimators of the integral:
+
+    * ``exact_marginals=True``, when the encoder *is* the reference (``F = f``, score models): ``X_t`` is drawn from
+      the reference's closed-form marginal given ``x``, independently at the midpoint of each interval of
+      ``times`` (no path discretisation error; second-order quadrature); ``encode`` and ``decode`` get a float
+      time;
+    * otherwise one encode path per point, each step the reference's exact transition plus the rest of ``F`` by
+      Euler (:meth:`LinearSDE.step`), and the trapezoid rule; ``encode`` and ``decode`` get a ``(batch,)`` time.
+      ``score`` (an estimate of ``grad log p_t``) adds ``"entropy"``: ``int (div F + g^2 |score|^2 / 2) dt``, the
+      entropy production of the encode SDE, so that ``prior_nll - entropy`` is the prior loss ``KL(p_T || pi)``
+      plus the data's entropy. ``create_graph=True`` keeps the graph through the paths and the divergences
+      (training); else the terms are detached.
+
+    Returns ``"prior_nll"`` (``-log pi(X_T)``) and ``"drift"`` (the integral), so that ``-(prior_nll + drift)`` is the
+    bound (:func:`path_elbo`). ``times`` ascend from the data side to ``T`` (:func:`elbo_grid`). Divergences are
+    exact or Hutchinson (``divergence`` as in :func:`log_prob_ode`, with a fresh Rademacher noise each time from
+    ``generator``). Average several calls to shrink the Monte-Carlo error.
     """
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or not x.is_floating_point():
         raise DataError("x must be a floating-point tensor of shape (batch, *event_shape).")
     if len(times) < 2 or any(b <= a for a, b in zip(times, times[1:], strict=False)):
         raise ConfigError("times must be increasing, from the data side to the prior side, with at least two values.")
-    n = x[0].numel()
-    method = divergence_method(divergence, n, exact_max_dim)
-    x = x.detach()
-    state = x
-    bound = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for t_lo, t_hi in zip(times[:-1], times[1:], strict=True):
-        dt = t_hi - t_lo
-        t = t_lo if encode_marginal is None else 0.5 * (t_lo + t_hi)
-        if encode_marginal is not None:
-            state = encode_marginal(x, t, generator)
-        noise = (rademacher(tuple(x.shape), generator=generator, dtype=x.dtype, device=x.device)
-                 if method == "hutchinson" else None)
-        b, div_b = _divergence(decode_drift, state, t, method=method, noise=noise)
-        f = encode_drift(state, t)
-        g2 = torch.as_tensor(diffusion(t), dtype=x.dtype, device=x.device) ** 2  # broadcastable against x
-        bound = bound - dt * (0.5 * sum_event((f - b) ** 2 / g2) - div_b)
-        if encode_marginal is None:
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            state = state + f * dt + (g2 * dt).sqrt() * z
-    end = encode_marginal(x, times[-1], generator) if encode_marginal is not None else state
-    return bound + prior_log_prob(end).to(x.dtype).reshape(x.shape[0])
+    if exact_marginals and (create_graph or score is not None):
+        raise ConfigError("exact_marginals draws the reference's own marginals: it takes no score and no graph.")
+    method = divergence_method(divergence, x[0].numel(), exact_max_dim)
+
+    def probe(state: torch.Tensor) -> torch.Tensor | None:
+        return (rademacher(tuple(state.shape), generator=generator, dtype=state.dtype, device=state.device)
+                if method == "hutchinson" else None)
+
+    if exact_marginals:
+        x = x.detach()
+        drift = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for t_lo, t_hi in zip(times[:-1], times[1:], strict=True):
+            t = 0.5 * (t_lo + t_hi)
+            state = process.sample_marginal(x, t, generator=generator)[0]
+            b, div_b = _divergence(decode, state, t, method=method, noise=probe(x))
+            f = encode(state, t)
+            g2 = process.g(t, x) ** 2
+            drift = drift + (t_hi - t_lo) * (0.5 * sum_event((f - b) ** 2 / g2) - div_b)
+        end = process.sample_marginal(x, times[-1], generator=generator)[0]
+        return {"prior_nll": -process.prior_log_prob(end).to(x.dtype).reshape(x.shape[0]), "drift": drift}
+
+    def integrands(state: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        noise = probe(state)
+        b, div_b = _divergence(lambda y, _t: decode(y, tt), state, 0.0, method=method, noise=noise,
+                               create_graph=create_graph)
+        g2 = process.g(tt, state) ** 2
+        if score is None:
+            with torch.set_grad_enabled(create_graph):
+                f = encode(state, tt)
+            return f, 0.5 * sum_event((f - b) ** 2 / g2) - div_b, None
+        f, div_f = _divergence(lambda y, _t: encode(y, tt), state, 0.0, method=method, noise=noise,
+                               create_graph=create_graph)
+        with torch.no_grad():
+            s = score(state, tt)
+        return f, 0.5 * sum_event((f - b) ** 2 / g2) - div_b, div_f + 0.5 * sum_event(g2 * s**2)
+
+    t0 = torch.full((x.shape[0],), times[0], dtype=x.dtype, device=x.device)
+    state = x if create_graph else x.detach()
+    f, drift_h, entropy_h = integrands(state, t0)
+    drift = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    entropy = torch.zeros_like(drift)
+    for t, t_next in zip(times[:-1], times[1:], strict=True):
+        dt = t_next - t
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        state = process.step(state, t, t_next, z, extra=f - process.drift(state, t))
+        f_next, drift_next, entropy_next = integrands(state, torch.full_like(t0, t_next))
+        drift = drift + 0.5 * dt * (drift_h + drift_next)
+        if entropy_h is not None:
+            entropy = entropy + 0.5 * dt * (entropy_h + entropy_next)
+        f, drift_h, entropy_h = f_next, drift_next, entropy_next
+    out = {"prior_nll": -process.prior_log_prob(state), "drift": drift}
+    if score is not None:
+        out["entropy"] = entropy
+    return out if create_graph else {k: v.detach() for k, v in out.items()}
+
+
+def path_elbo(encode: Field, decode: Field, process: Any, x: torch.Tensor, times: Sequence[float], *,
+              exact_marginals: bool = False, divergence: str = "auto", exact_max_dim: int = EXACT_MAX_DIM,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """The path-space evidence lower bound ``-(prior_nll + drift)`` of :func:`path_bound_terms` (nats, shape
+    ``(batch,)``; maths.md §A.2), one draw per point."""
+    terms = path_bound_terms(encode, decode, process, x, times, exact_marginals=exact_marginals,
+                             divergence=divergence, exact_max_dim=exact_max_dim, generator=generator)
+    return -(terms["prior_nll"] + terms["drift"])
+
+
+def mean_path_elbo(encode: Field, decode: Field, process: Any, x: torch.Tensor, *, steps: int, repeats: int = 1,
+                   exact_marginals: bool = False, divergence: str = "auto", seed: int = 0) -> torch.Tensor:
+    """:func:`path_elbo` on :func:`elbo_grid` across the reference's ``[t_min, T]``, averaged over ``repeats``
+    draws from one generator seeded with ``seed``."""
+    times = elbo_grid(process.t_min, process.T, check_positive_int(steps, "steps"))
+    gen = make_generator(check_seed(seed), x.device)
+    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for _ in range(check_positive_int(repeats, "repeats")):
+        total = total + path_elbo(encode, decode, process, x, times, exact_marginals=exact_marginals,
+                                  divergence=divergence, generator=gen)
+    return total / repeats
 
 
 # ============================================================================================ bits per dimension

@@ -298,14 +298,10 @@ def _phi1(z: torch.Tensor) -> torch.Tensor:
 DRIFT_KINDS = ("zero", "scalar", "diagonal", "full")
 
 
-class DriftMatrix(nn.Module):
-    """The constant operator ``D`` in ``F(t) = -beta(t) D / 2``.
-
-    ``kind``: ``zero``; ``scalar`` (``value`` a number); ``diagonal`` (``value`` a tensor broadcastable to the event
-    shape, e.g. one rate per coordinate or per channel); ``full`` (``value`` an ``(n, n)`` matrix over the flattened
-    event). ``learnable=True`` makes ``value`` an ``nn.Parameter`` (saved with the solver's weights); a learned
-    parametrisation (VSDM's ``D = I - 2A``) subclasses this and overrides :meth:`matrix`.
-    ``symmetric`` (full kind): use the eigendecomposition path; detected for fixed matrices.
+class DriftOperator(nn.Module):
+    """The operator ``D`` in ``F(t) = -beta(t) D / 2``, as the process reads it: its ``kind`` (``zero``, ``scalar``,
+    ``diagonal`` over the event, ``full`` over the flattened event), :meth:`matrix`, and :meth:`apply` (``D x``).
+    :class:`DriftMatrix` stores ``D``; a learned parametrisation (VSDM's ``D = I - 2A``) computes it.
 
     A drift that changes over time, constant on pieces ``[e_k, e_{k+1})`` (VSDM's time-varying scale of ``A``), sets
     :attr:`edges` to the ``K + 1`` times ``0 = e_0 < ... < e_K = T`` and returns the ``K`` matrices from
@@ -315,44 +311,28 @@ class DriftMatrix(nn.Module):
     #: ``None`` for a constant ``D``; else the times bounding the pieces on which ``D`` is constant.
     edges: torch.Tensor | None = None
 
-    def __init__(self, kind: str = "zero", value: Any = None, *, learnable: bool = False,
-                 symmetric: bool | None = None) -> None:
+    def __init__(self, kind: str, *, learnable: bool, symmetric: bool, may_overflow: bool) -> None:
         super().__init__()
         self.kind = check_choice(kind, DRIFT_KINDS, "drift kind")
+        #: Whether ``D`` is trained by the score loss's gradients (an ``nn.Parameter``).
         self.learnable = bool(learnable)
-        if self.kind == "zero":
-            tensor = torch.zeros(())
-        else:
-            if value is None:
-                raise ConfigError(f"a {kind!r} drift matrix needs a value.")
-            tensor = (value.detach().clone() if isinstance(value, torch.Tensor)
-                      else torch.as_tensor(value, dtype=torch.float64))
-            # fixed matrices keep float64 (exact closed forms in tests); learned ones train in float32
-            tensor = tensor.to(torch.float32 if learnable else torch.float64)
-            if not bool(torch.isfinite(tensor).all()):
-                raise ConfigError(f"the drift matrix D must be finite, got {value!r}.")
-            if self.kind == "scalar" and tensor.ndim != 0:
-                raise ConfigError(f"a scalar drift needs a single number, got shape {tuple(tensor.shape)}.")
-            if self.kind == "full" and (tensor.ndim != 2 or tensor.shape[0] != tensor.shape[1]):
-                raise ConfigError(f"a full drift matrix must be square (n, n), got shape {tuple(tensor.shape)}.")
-        if self.learnable:
-            self.value = nn.Parameter(tensor)
-        else:
-            self.register_buffer("value", tensor)
-        if symmetric is None:
-            symmetric = self.kind != "full" or (not learnable and bool(torch.allclose(tensor, tensor.T)))
+        #: (full kind) use the eigendecomposition path.
         self.symmetric = bool(symmetric)
         #: Whether exp(-B D / 2) can overflow (a learned D, or negative fixed rates): only then is the variance
         #: checked, which costs a host synchronisation.
-        self.may_overflow = self.learnable or bool((tensor < 0).any())
+        self.may_overflow = bool(may_overflow)
 
     def matrix(self) -> torch.Tensor:
         """The current value of ``D`` (a number, an event-shaped diagonal or an ``(n, n)`` matrix)."""
-        return self.value
+        raise NotImplementedError
 
     def matrices(self) -> torch.Tensor:
         """The ``K`` matrices of a piecewise-constant ``D``, stacked ``(K, ...)`` (only when :attr:`edges` is set)."""
         raise NotImplementedError("a constant drift matrix has no pieces")
+
+    def config(self) -> dict[str, Any]:
+        """JSON-compatible description (stored in a run's ``config.json``)."""
+        raise NotImplementedError
 
     def apply(self, x: torch.Tensor, t: float | torch.Tensor | None = None) -> torch.Tensor:
         """``D x`` (``D_t x`` for a piecewise ``D``) for a batch ``x`` of shape ``(batch, *event)``."""
@@ -371,6 +351,46 @@ class DriftMatrix(nn.Module):
             return (flat(x) @ d.T).reshape(x.shape)
         return d * x
 
+
+class DriftMatrix(DriftOperator):
+    """A stored operator ``D``.
+
+    ``kind``: ``zero``; ``scalar`` (``value`` a number); ``diagonal`` (``value`` a tensor broadcastable to the event
+    shape, e.g. one rate per coordinate or per channel); ``full`` (``value`` an ``(n, n)`` matrix over the flattened
+    event). ``learnable=True`` makes ``value`` an ``nn.Parameter`` (saved with the solver's weights).
+    ``symmetric`` (full kind): use the eigendecomposition path; detected for fixed matrices.
+    """
+
+    def __init__(self, kind: str = "zero", value: Any = None, *, learnable: bool = False,
+                 symmetric: bool | None = None) -> None:
+        check_choice(kind, DRIFT_KINDS, "drift kind")
+        if kind == "zero":
+            tensor = torch.zeros(())
+        else:
+            if value is None:
+                raise ConfigError(f"a {kind!r} drift matrix needs a value.")
+            tensor = (value.detach().clone() if isinstance(value, torch.Tensor)
+                      else torch.as_tensor(value, dtype=torch.float64))
+            # fixed matrices keep float64 (exact closed forms in tests); learned ones train in float32
+            tensor = tensor.to(torch.float32 if learnable else torch.float64)
+            if not bool(torch.isfinite(tensor).all()):
+                raise ConfigError(f"the drift matrix D must be finite, got {value!r}.")
+            if kind == "scalar" and tensor.ndim != 0:
+                raise ConfigError(f"a scalar drift needs a single number, got shape {tuple(tensor.shape)}.")
+            if kind == "full" and (tensor.ndim != 2 or tensor.shape[0] != tensor.shape[1]):
+                raise ConfigError(f"a full drift matrix must be square (n, n), got shape {tuple(tensor.shape)}.")
+        if symmetric is None:
+            symmetric = kind != "full" or (not learnable and bool(torch.allclose(tensor, tensor.T)))
+        super().__init__(kind, learnable=learnable, symmetric=symmetric,
+                         may_overflow=bool(learnable) or bool((tensor < 0).any()))
+        if self.learnable:
+            self.value = nn.Parameter(tensor)
+        else:
+            self.register_buffer("value", tensor)
+
+    def matrix(self) -> torch.Tensor:
+        return self.value
+
     def config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {"kind": self.kind}
         if self.kind != "zero":
@@ -382,10 +402,10 @@ class DriftMatrix(nn.Module):
         return cfg
 
 
-def make_drift(spec: dict[str, Any] | DriftMatrix | None) -> DriftMatrix:
+def make_drift(spec: dict[str, Any] | DriftOperator | None) -> DriftOperator:
     if spec is None:
         return DriftMatrix("zero")
-    if isinstance(spec, DriftMatrix):
+    if isinstance(spec, DriftOperator):
         return spec
     if not isinstance(spec, dict):
         raise ConfigError(f"drift must be a dict like {{'kind': 'diagonal', 'value': [...]}}, got {spec!r}.")
@@ -414,7 +434,7 @@ class LinearSDE(nn.Module):
 
     name = "linear"
 
-    def __init__(self, schedule: dict[str, Any] | Schedule, drift: dict[str, Any] | DriftMatrix | None = None, *,
+    def __init__(self, schedule: dict[str, Any] | Schedule, drift: dict[str, Any] | DriftOperator | None = None, *,
                  prior: str | float = "marginal") -> None:
         super().__init__()
         self.schedule = make_schedule(schedule)
@@ -453,6 +473,13 @@ class LinearSDE(nn.Module):
     def diffusion(self, t: torch.Tensor) -> torch.Tensor:
         """``g(t) = sqrt(beta(t))``: ``G(t) = g(t) I``."""
         return self.schedule.beta(t).sqrt()
+
+    def diffusion_at(self, t: float, device: torch.device | str = "cpu") -> float | torch.Tensor:
+        """``g(t)`` at one time, as integrators take it: a float for a constant rate (``sqrt(beta)``, which is
+        ``sigma`` exactly for :class:`Brownian` and :class:`OU`), else a 0-d float32 tensor on ``device``."""
+        if isinstance(self.schedule, ConstantRate):
+            return math.sqrt(self.schedule.value)
+        return self.diffusion(torch.as_tensor(t, dtype=torch.float32, device=device))
 
     def g(self, t: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``g(t)`` shaped to broadcast against the batch ``like``."""
@@ -678,7 +705,16 @@ class LinearSDE(nn.Module):
     # ---- bridges of the reference ----------------------------------------------------------------------------
     def bridge_sample(self, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``X_t`` of the reference pinned at ``X_0 = x0`` and ``X_T = x1`` (isotropic processes).
+        """Draw ``X_t`` of the reference pinned at ``X_0 = x0`` and ``X_T = x1``: ``mean + std z`` with the moments
+        of :meth:`bridge_moments`."""
+        mean, std = self.bridge_moments(x0, x1, t)
+        z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return mean + std * z
+
+    def bridge_moments(self, x0: torch.Tensor, x1: torch.Tensor, t: float | torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation (broadcast against ``x0``) of ``X_t`` of the reference pinned at ``X_0 = x0``
+        and ``X_T = x1`` (isotropic processes; maths.md §G.1).
 
         With ``a_t = alpha(t)``, ``v_t = variance(t)`` and the transition ``t -> T`` of gain ``a_T / a_t`` and
         variance ``v_{T|t} = v_T - (a_T / a_t)^2 v_t``: mean ``a_t x0 + (a_T / a_t) (v_t / v_T) (x1 - a_T x0)``,
@@ -693,8 +729,7 @@ class LinearSDE(nn.Module):
         w = gain * v_t / v_T
         var = v_t * (v_T - gain**2 * v_t) / v_T
         mean = expand_as_batch(a_t, x0) * x0 + expand_as_batch(w, x0) * (x1 - expand_as_batch(a_T, x0) * x0)
-        z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        return mean + expand_as_batch(var.clamp_min(0).sqrt(), x0) * z
+        return mean, expand_as_batch(var.clamp_min(0).sqrt(), x0)
 
 
 # ============================================================================================ named references

@@ -46,49 +46,43 @@ from sbridge.training.trainer import Phase, TrainConfig, split_steps
 
 
 class BridgeSolver(Solver):
-    """Base of the bridge solvers. Subclasses implement :meth:`forward_drift`, :meth:`backward_drift` and
-    ``phases``. ``sigma``: reference noise; ``iterations``: outer IPF / IMF iterations (a fit option too)."""
+    """Base of the bridge solvers. Subclasses implement :meth:`forward_drift`, :meth:`backward_drift`, ``phases``
+    and :meth:`_make_reference` (the reference process, whose noise and prior the sampler reads); the options most
+    bridges share come from :class:`BrownianReference` (``sigma``) and :class:`Iterated` (``iterations``)."""
 
     model_names = ("fwd", "bwd")
-    fit_options = ("iterations",)
-    owns_reference = False  # rebuilt from sigma and the fit's mode
+    fit_options: tuple[str, ...] = ()
+    owns_reference = False  # rebuilt from the options and the fit's mode
     declared = Capabilities(sample=True, transport=True, prior_data=True, log_prob=True, cond_required=True,
                             samplers=("sde", "ode"), grids=("uniform",), latent_solver=True,
                             plots=("samples", "trajectories", "iterations"),
                             diagnostics=("iteration", "energy_x1", "energy_x0"))
-    default_iterations = 6
     #: Points per side used to report the distance of each end to its target after every outer iteration.
     monitor_n = 1000
 
-    def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, sigma: float = 1.0,
-                 iterations: int | None = None, hidden: int | None = None, depth: int | None = None,
-                 time_dim: int | None = None, net: Any = None, cond: dict[str, Any] | None = None, seed: int = 0,
-                 device: str | torch.device = "auto") -> None:
-        self.sigma = check_positive_float(sigma, "sigma")
-        self.set_option("iterations", self.default_iterations if iterations is None else iterations)
+    def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, hidden: int | None = None,
+                 depth: int | None = None, time_dim: int | None = None, net: Any = None,
+                 cond: dict[str, Any] | None = None, seed: int = 0, device: str | torch.device = "auto",
+                 **unknown: Any) -> None:
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} has no option {sorted(unknown)[0]!r}; "
+                              f"help(sbridge.{type(self).__name__}) lists its options.")
         self.generative = True  # set by fit: False once fitted between two data sets
         super().__init__(dim, shape=shape, cond=cond, net=mlp_shorthand(net, hidden, depth, time_dim), seed=seed,
                          device=device)
 
-    def set_option(self, key: str, value: Any) -> None:
-        if key == "iterations":
-            value = check_positive_int(value, "iterations")
-            check_memory(5000 * value, f"{value:,} outer iterations", "choose fewer --iterations")
-        super().set_option(key, value)
-
     def options(self) -> dict[str, Any]:
-        return {"sigma": self.sigma, "iterations": self.iterations}
+        return {}
 
     @property
     def reference(self) -> LinearSDE:
         """The reference process (built once per value of ``generative``)."""
         if getattr(self, "_reference_for", None) != self.generative:
-            self._reference, self._reference_for = self._make_reference(), self.generative
+            self._reference, self._reference_for = self._make_reference().to(self.device), self.generative
         return self._reference
 
     def _make_reference(self) -> LinearSDE:
-        """Brownian motion ``sigma W`` on ``[0, 1]``."""
-        return Brownian(self.sigma, T=1.0, prior="marginal")
+        raise NotImplementedError
 
     def capabilities(self) -> Capabilities:
         """As declared while generative; once fitted between two data sets it transports between them and has no
@@ -177,24 +171,22 @@ class BridgeSolver(Solver):
         t0, t1 = self._time_span()
         return time_grid(t1, t0, steps) if reverse else time_grid(t0, t1, steps)
 
-    # ---- the reference's noise and prior (Brownian sigma W and N(0, I) here; solvers with other references override)
+    # ---- what the sampler reads from the reference ------------------------------------------------------------
     def _time_span(self) -> tuple[float, float]:
-        """The times of the data end and of the prior (or second data set) end."""
-        return 0.0, 1.0
+        """The times of the data end and of the prior (or second data set) end: ``[0, T]`` of the reference."""
+        return 0.0, self.reference.T
 
     def _diffusion(self, t: float) -> float | torch.Tensor:
-        """``g(t)``, the noise of the reference (``sigma`` here)."""
-        return self.sigma
+        """``g(t)``, the noise of the reference (:meth:`LinearSDE.diffusion_at`)."""
+        return self.reference.diffusion_at(t, self.device)
 
     def _prior_draw(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        """Draw the prior of a generative bridge (``N(0, I)`` here)."""
-        return torch.randn(shape, generator=generator, device=self.device)
+        """Draw the prior of a generative bridge: the reference's."""
+        return self.reference.prior_sample(shape, generator=generator, device=self.device)
 
     def _prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Log density of the prior of a generative bridge (``N(0, I)`` here), shape ``(batch,)``."""
-        from sbridge.processes.linear import DiagonalCovariance
-
-        return DiagonalCovariance(torch.ones((), device=x.device, dtype=x.dtype)).log_prob(x)
+        """Log density of the reference's prior, shape ``(batch,)``."""
+        return self.reference.prior_log_prob(x)
 
     def _require_generative(self, ability: str = "sample", what: str = "draw samples from noise") -> None:
         self._require(ability, what, "it was fitted between two data sets, so it has no prior; use "
@@ -203,7 +195,7 @@ class BridgeSolver(Solver):
     @torch.no_grad()
     def sample(self, n: int, *, steps: int | None = None, ode: bool = False, method: str = "heun",
                cond: Any = None, return_path: bool = False, seed: int | None = None) -> torch.Tensor:
-        """Draw ``n`` points of the data end: the ``N(0, I)`` prior transported backward (generative bridges);
+        """Draw ``n`` points of the data end: the reference's prior transported backward (generative bridges);
         ``cond``: one condition per sample, or one for all, for a conditional bridge."""
         self._require_generative()
         gen = make_generator(self.seed + BRIDGE_SAMPLE_OFFSET if seed is None else check_seed(seed), self.device)
@@ -219,7 +211,7 @@ class BridgeSolver(Solver):
     def log_prob(self, x: Any, *, cond: Any = None, method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                  divergence: str = "auto", seed: int = 0) -> torch.Tensor:
         """Exact log-likelihood (nats) of data points under the bridge's probability-flow ODE, integrated across
-        :meth:`_time_span` against the prior (``N(0, I)`` for the Brownian bridges; generative bridges only); shape
+        :meth:`_time_span` against the reference's prior (generative bridges only); shape
         ``(n,)``."""
         from sbridge.numerics.likelihood import log_prob_ode
 
@@ -282,3 +274,44 @@ class BridgeSolver(Solver):
         return {"iteration": iteration,
                 "energy_x1": metrics.energy_distance(to_x1.flatten(1).cpu(), x1[-n:].flatten(1).cpu()),
                 "energy_x0": metrics.energy_distance(to_x0.flatten(1).cpu(), x0[-n:].flatten(1).cpu())}
+
+
+class BrownianReference:
+    """Mixin of the bridges over Brownian motion ``sigma W`` on ``[0, 1]`` (maths.md §G.1): the option ``sigma``
+    and the reference, with the prior ``N(0, I)`` of a generative fit (:meth:`_generative_reference` may replace
+    it, e.g. DSB's Ornstein–Uhlenbeck)."""
+
+    def __init__(self, *args: Any, sigma: float = 1.0, **options: Any) -> None:
+        self.sigma = check_positive_float(sigma, "sigma")
+        super().__init__(*args, **options)
+
+    def options(self) -> dict[str, Any]:
+        return {"sigma": self.sigma, **super().options()}
+
+    def _make_reference(self) -> LinearSDE:
+        return self._generative_reference() if self.generative else Brownian(self.sigma, T=1.0, prior="marginal")
+
+    def _generative_reference(self) -> LinearSDE:
+        """Brownian motion toward the prior ``N(0, I)``."""
+        return Brownian(self.sigma, T=1.0, prior=1.0)
+
+
+class Iterated:
+    """Mixin of the solvers trained in outer iterations (IPF, IMF, alternating stages): the option ``iterations``,
+    which ``fit`` may also set (``default_iterations`` when not given)."""
+
+    fit_options = ("iterations",)
+    default_iterations = 6
+
+    def __init__(self, *args: Any, iterations: int | None = None, **options: Any) -> None:
+        self.set_option("iterations", self.default_iterations if iterations is None else iterations)
+        super().__init__(*args, **options)
+
+    def set_option(self, key: str, value: Any) -> None:
+        if key == "iterations":
+            value = check_positive_int(value, "iterations")
+            check_memory(5000 * value, f"{value:,} outer iterations", "choose fewer --iterations")
+        super().set_option(key, value)
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "iterations": self.iterations}

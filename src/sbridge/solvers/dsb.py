@@ -33,7 +33,7 @@ from sbridge.losses.base import Batch, Terms
 from sbridge.numerics.integrators import euler_maruyama
 from sbridge.processes.linear import OU, LinearSDE
 from sbridge.solvers.base import FitData
-from sbridge.solvers.bridge import BridgeSolver
+from sbridge.solvers.bridge import BridgeSolver, BrownianReference, Iterated
 from sbridge.solvers.capabilities import Capabilities
 from sbridge.training.trainer import Phase, TrainConfig
 
@@ -71,7 +71,7 @@ class MeanMatching:
         return (sum_event((expand_as_batch(gamma, x) * drift - target) ** 2) / gamma).mean(), {}
 
 
-class DSB(BridgeSolver):
+class DSB(BrownianReference, Iterated, BridgeSolver):
     """IPF bridge between data and ``N(0, I)`` or between two data sets. ``n_steps``: time steps of the grid;
     ``iterations``: IPF iterations, each a backward then a forward half-step of ``steps // (2 iterations)`` training
     steps; ``cache_size`` trajectories are simulated for each cache, refreshed every ``cache_refresh`` steps.
@@ -108,9 +108,9 @@ class DSB(BridgeSolver):
         return {**super().options(), "n_steps": self.n_steps, "cache_size": self.cache_size,
                 "cache_refresh": self.cache_refresh}
 
-    def _make_reference(self) -> LinearSDE:
-        """OU toward ``N(0, I)`` for generation, Brownian motion between two data sets (both with noise sigma)."""
-        return OU(self.sigma) if self.generative else super()._make_reference()
+    def _generative_reference(self) -> LinearSDE:
+        """OU toward ``N(0, I)`` for generation (Brownian motion between two data sets; both with noise sigma)."""
+        return OU(self.sigma)
 
     # ---- drifts (residual on the reference) --------------------------------------------------------------------
     def forward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:

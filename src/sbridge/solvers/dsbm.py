@@ -31,7 +31,7 @@ from sbridge.core.validation import check_choice, check_positive_int
 from sbridge.losses.base import Batch, Terms
 from sbridge.processes.linear import LinearSDE
 from sbridge.solvers.base import FitData
-from sbridge.solvers.bridge import BridgeSolver
+from sbridge.solvers.bridge import BridgeSolver, BrownianReference, Iterated
 from sbridge.training import distributed
 from sbridge.training.sources import TensorSource
 from sbridge.training.trainer import Phase, TrainConfig, split_steps
@@ -62,7 +62,7 @@ class BridgeMatching:
         return sum_event(residual**2).mean(), {}
 
 
-class DSBM(BridgeSolver):
+class DSBM(BrownianReference, Iterated, BridgeSolver):
     """Bridge matching between data and ``N(0, I)`` or between two data sets. ``sigma``: reference noise;
     ``iterations``: IMF iterations (alternating forward, backward, ...), ``steps // iterations`` training steps
     each; ``sim_steps``: Euler–Maruyama steps of each re-coupling."""

@@ -34,7 +34,7 @@ from torch import nn
 from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
 from sbridge.core.seeds import SAMPLE_OFFSET
-from sbridge.core.tensors import expand_as_batch, flat, sum_event
+from sbridge.core.tensors import flat, sum_event
 from sbridge.core.validation import (
     check_choice,
     check_positive_float,
@@ -47,6 +47,7 @@ from sbridge.losses.base import Batch, Terms
 from sbridge.nets.embeddings import drop_condition
 from sbridge.nets.registry import mlp_shorthand
 from sbridge.numerics.integrators import euler_maruyama, integrate_ode, time_grid
+from sbridge.processes.linear import ConstantRate, DenseCovariance, LinearSDE
 from sbridge.solvers.base import FitData, Solver
 from sbridge.solvers.capabilities import Capabilities
 from sbridge.training.trainer import Phase, TrainConfig
@@ -56,13 +57,21 @@ WEIGHTINGS = ("uniform", "paper")
 PRIORS = ("gaussian", "data")
 
 
-def marginal(case: str, y: torch.Tensor, t: torch.Tensor, z: torch.Tensor, tau: float) -> torch.Tensor:
-    """``X_t`` of the bridge given its end ``Y`` (maths.md §B.2): ``t Y + sqrt(tau t (1 - t)) Z`` (F) or
+def reference_for(tau: float) -> LinearSDE:
+    """The reference ``dX = sqrt(tau) dW`` on ``[0, 1]`` (a constant rate ``tau``: Brownian motion of variance
+    ``tau`` per unit time)."""
+    return LinearSDE(ConstantRate(tau, 1.0), None, prior="marginal")
+
+
+def marginal(case: str, y: torch.Tensor, t: torch.Tensor, z: torch.Tensor, reference: LinearSDE) -> torch.Tensor:
+    """``X_t`` of the bridge given its end ``Y`` (maths.md §B.2), from the reference's closed forms: the Brownian
+    bridge from 0 to ``Y``, ``t Y + sqrt(tau t (1 - t)) Z`` (F), or the heat flow from ``Y`` read backward,
     ``Y + sqrt(tau (1 - t)) Z`` (H); ``t`` is ``(batch,)``."""
-    t = expand_as_batch(t, y)
     if case == "F":
-        return t * y + (tau * t * (1 - t)).sqrt() * z
-    return y + (tau * (1 - t)).sqrt() * z
+        mean, std = reference.bridge_moments(torch.zeros_like(y), y, t)
+        return mean + std * z
+    mean, cov = reference.marginal(y, 1 - t)
+    return mean + cov.mul_sqrt(z)
 
 
 class BridgeRegression:
@@ -70,9 +79,10 @@ class BridgeRegression:
     :func:`marginal`, and the squared error of the network's target (``Y`` for case F, ``Z`` for case H), with the
     paper's weights ``1 / (1 - t)^2`` (F) and ``tau / (1 - t)`` (H) under ``weighting="paper"``."""
 
-    def __init__(self, case: str, tau: float, t_end: float, weighting: str = "uniform", model: str = "drift",
-                 cond_drop: float = 0.0) -> None:
-        self.case, self.tau, self.t_end, self.weighting, self.model = case, tau, t_end, weighting, model
+    def __init__(self, case: str, reference: LinearSDE, t_end: float, weighting: str = "uniform",
+                 model: str = "drift", cond_drop: float = 0.0) -> None:
+        self.case, self.reference, self.t_end, self.weighting, self.model = case, reference, t_end, weighting, model
+        self.tau = reference.schedule.value
         self.cond_drop = cond_drop
 
     def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
@@ -84,7 +94,7 @@ class BridgeRegression:
         cond = batch.get("cond")
         if cond is not None and self.cond_drop > 0:
             cond = drop_condition(cond, torch.rand(n, generator=generator, device=y.device) < self.cond_drop)
-        out = models[self.model](marginal(self.case, y, t, z, self.tau), t, cond)
+        out = models[self.model](marginal(self.case, y, t, z, self.reference), t, cond)
         err = sum_event((out - (y if self.case == "F" else z)) ** 2)
         if self.weighting == "paper":
             err = err / (1 - t) ** 2 if self.case == "F" else err * self.tau / (1 - t)
@@ -102,6 +112,7 @@ class SchrodingerFollmer(Solver):
 
     method = "follmer"
     model_names = ("drift",)
+    owns_reference = False  # rebuilt from tau
     declared = Capabilities(sample=True, log_prob=True, guidance=True, samplers=("sde", "ode"), grids=("uniform",),
                             latent_solver=True, plots=("samples", "trajectories", "loss"))
 
@@ -112,6 +123,8 @@ class SchrodingerFollmer(Solver):
                  device: str | torch.device = "auto") -> None:
         self.case = check_choice(str(case).upper(), CASES, "case")
         self.tau = check_positive_float(tau, "tau")
+        #: The reference ``sqrt(tau) W`` (no state of its own: rebuilt from ``tau``).
+        self.reference = reference_for(self.tau)
         self.delta = check_probability(delta, "delta")
         if not 0 < self.delta < 1:
             raise ConfigError(f"delta (early stopping, T = 1 - delta) must lie strictly between 0 and 1, got {delta}.")
@@ -126,6 +139,7 @@ class SchrodingerFollmer(Solver):
         self.cond_drop = check_probability(cond_drop, "cond_drop")
         super().__init__(dim, shape=shape, cond=cond, net=mlp_shorthand(net, hidden, depth, None), seed=seed,
                          device=device)
+        self.reference.to(self.device)
         d = self.dim
         #: nu's moments (case H, prior="gaussian": mean, Cholesky factor of C + tau I) and stored points
         #: (prior="data"), set by fit and saved with the weights
@@ -147,7 +161,7 @@ class SchrodingerFollmer(Solver):
     # ---- training ----------------------------------------------------------------------------------------------
     @property
     def loss(self) -> BridgeRegression:
-        return BridgeRegression(self.case, self.tau, self.t_end, self.weighting,
+        return BridgeRegression(self.case, self.reference, self.t_end, self.weighting,
                                 cond_drop=self.cond_drop if self.cond_spec else 0.0)
 
     def before_fit(self, data: FitData) -> None:
@@ -244,7 +258,7 @@ class SchrodingerFollmer(Solver):
             out, nfe = integrate_ode(lambda y, t: self.velocity(y, t, c, guidance), x, times, method=method,
                                      return_path=return_path)
         else:
-            out, nfe = euler_maruyama(lambda y, t: self.drift(y, t, c, guidance), lambda t: math.sqrt(self.tau), x,
+            out, nfe = euler_maruyama(lambda y, t: self.drift(y, t, c, guidance), self.reference.diffusion_at, x,
                                       times, generator=gen, return_path=return_path)
         if self.denoise:
             last = self.denoiser(out[-1] if return_path else out, self.t_end, c, guidance)
@@ -267,9 +281,10 @@ class SchrodingerFollmer(Solver):
         c = None if cond is None else self._condition(cond, x.shape[0])
         mean, chol = self.nu_state["prior_mean"].to(self.device), self.nu_state["prior_chol"].to(self.device)
 
+        nu = DenseCovariance(chol @ chol.T, "nu's covariance C + tau I")
+
         def prior_log_prob(y: torch.Tensor) -> torch.Tensor:
-            white = torch.linalg.solve_triangular(chol, (flat(y) - mean).T, upper=False).T
-            return (-0.5 * (white**2).sum(1) - chol.diagonal().log().sum() - 0.5 * self.dim * math.log(2 * math.pi))
+            return nu.log_prob(flat(y) - mean)
 
         self.ema_models.eval()
         logp, self.last_nfe = log_prob_ode(lambda y, s: -self.velocity(y, 1.0 - s, c), x, t0=self.delta, t1=1.0,

@@ -15,7 +15,7 @@ from torch import nn
 
 from sbridge.core.errors import ConfigError, DataError
 from sbridge.processes.gaussian import GaussianBridge
-from sbridge.solvers.bridge import BridgeSolver
+from sbridge.solvers.bridge import BridgeSolver, BrownianReference
 from sbridge.training import distributed, rundir
 from sbridge.training.trainer import TrainConfig
 
@@ -30,7 +30,7 @@ class Moments(nn.Module):
             self.register_buffer(f"cov{end}", torch.eye(dim, dtype=torch.float64))
 
 
-class GaussianSB(BridgeSolver):
+class GaussianSB(BrownianReference, BridgeSolver):
     """Exact Gaussian Schrödinger bridge fitted from sample moments. ``sigma``: reference noise (sigma^2 per unit
     time; POT's ``reg = 2 sigma^2``). Vectors only: the covariances are full ``(d, d)`` matrices."""
 
@@ -47,15 +47,12 @@ class GaussianSB(BridgeSolver):
             raise ConfigError("GaussianSB is one closed-form bridge between two Gaussian fits and takes no condition; "
                               "fit one GaussianSB per condition, or use dsbm/dsb for a conditional bridge.")
         self._bridge: GaussianBridge | None = None
-        super().__init__(dim, shape=shape, sigma=sigma, iterations=1, net=net, cond=cond, seed=seed, device=device)
+        super().__init__(dim, shape=shape, sigma=sigma, net=net, cond=cond, seed=seed, device=device)
         if len(self.event_shape) != 1:
             raise ConfigError(f"GaussianSB works on vectors (n, d); got event shape {self.event_shape}: flatten the "
                               "data first.")
         #: The fitted means ``mean0, mean1`` and covariances ``cov0, cov1`` (float64), saved with the run.
         self.moments = Moments(self.dim).to(self.device)
-
-    def options(self) -> dict[str, Any]:
-        return {"sigma": self.sigma}
 
     def extra_tensors(self) -> dict[str, torch.Tensor]:
         return {f"moments.{k}": v for k, v in self.moments.state_dict().items()}
@@ -73,7 +70,7 @@ class GaussianSB(BridgeSolver):
         """
         if options.pop("resume", False):
             raise ConfigError("GaussianSB is fitted in closed form and has nothing to resume; drop --resume.")
-        ignored = set(TrainConfig.__dataclass_fields__) | {"callbacks", "evaluate", "iterations"}
+        ignored = set(TrainConfig.__dataclass_fields__) | {"callbacks", "evaluate"}
         unknown = sorted(set(options) - ignored)
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown} for GaussianSB.fit; it takes the data, prior=, out=.")

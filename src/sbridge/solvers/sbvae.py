@@ -17,10 +17,10 @@ and only the decoder trains on, on paths simulated without gradients — the sav
 training, whose forward policy trains to the end.
 
 Training is ``stages`` phases. While the encoder trains, a step minimises the whole bound, as the exact evidence
-bound of the discretised encoder / decoder pair (:class:`~sbridge.solvers.sbfbsde.PathBound`, whose continuous limit
+bound of the discretised encoder / decoder pair (:class:`~sbridge.solvers.policy.PathBound`, whose continuous limit
 is prior loss + drift matching): its gradient in ``theta`` is the drift matching's, and in ``phi`` it is the prior
 loss's once the decoder is near its optimum (the drift matching's gradient vanishes there). After the stop the
-decoder trains on its own steps of that bound (:class:`~sbridge.solvers.sbfbsde.DecoderSteps`). After every
+decoder trains on its own steps of that bound (:class:`~sbridge.solvers.policy.DecoderSteps`). After every
 stage the two terms are estimated on a fixed batch and logged: the prior loss along the encode SDE by the entropy
 production ``-E log pi(X_T) - int E[div F + g^2 |grad log p_phi|^2 / 2] dt`` (§A.4, with the decoder's estimate of
 ``grad log p_phi``; it equals ``KL(p_phi(., T) || pi)`` up to the data's entropy, a constant), the drift matching as
@@ -41,15 +41,15 @@ from sbridge.core.errors import ConfigError
 from sbridge.core.seeds import TERMS_STREAM, stream_seed
 from sbridge.core.validation import check_choice, check_positive_int
 from sbridge.losses.base import Batch, Terms
-from sbridge.numerics.likelihood import elbo_grid
+from sbridge.numerics.likelihood import elbo_grid, path_bound_terms
 from sbridge.solvers.base import FitData
-from sbridge.solvers.sbfbsde import SBFBSDE, DecoderSteps, bound_along_paths
+from sbridge.solvers.policy import DecoderSteps, PolicyBridge
 from sbridge.training.trainer import Phase, TrainConfig, split_steps
 
 
 class SBVAELoss:
-    """One step of SB-VAE: the whole bound (:class:`~sbridge.solvers.sbfbsde.PathBound`) while the encoder trains,
-    then the decoder's part of it alone (:class:`~sbridge.solvers.sbfbsde.DecoderSteps`, on encode paths simulated
+    """One step of SB-VAE: the whole bound (:class:`~sbridge.solvers.policy.PathBound`) while the encoder trains,
+    then the decoder's part of it alone (:class:`~sbridge.solvers.policy.DecoderSteps`, on encode paths simulated
     without gradients). Which one applies is read from the solver at each call (it changes at a stage end)."""
 
     def __init__(self, solver: SBVAE) -> None:
@@ -62,18 +62,19 @@ class SBVAELoss:
         return (self.decoder if self.solver.encoder_stopped else self.bound)(models, batch, generator)
 
 
-class SBVAE(SBFBSDE):
+class SBVAE(PolicyBridge):
     """SB-VAE for generation from the prior of ``process``.
 
     ``decoder``: ``"P1"`` or ``"P2"`` (see the module docstring). ``stages``: phases of ``steps // stages`` steps,
     each followed by the estimates of the prior loss and the drift matching on ``eval_n`` data points.
     ``encoder_stop``: freeze the encoder once the prior loss has improved by less than ``stop_tol`` nats over
-    ``stop_patience`` stages. ``sim_steps``, ``divergence``, ``process``: as for :class:`SBFBSDE`.
+    ``stop_patience`` stages. ``process``, ``sim_steps``, ``divergence``, ``warm_start``: as for
+    :class:`~sbridge.solvers.policy.PolicyBridge`.
     """
 
     method = "sbvae"
     fit_options = ("stages",)
-    declared = SBFBSDE.declared.with_(prior_data=False, plots=("samples", "trajectories", "objective_terms"),
+    declared = PolicyBridge.declared.with_(prior_data=False, plots=("samples", "trajectories", "objective_terms"),
                                       diagnostics=("stage", "prior_loss", "nll_bound", "drift_matching", "encoder"))
     default_steps = 6000
 
@@ -90,10 +91,6 @@ class SBVAE(SBFBSDE):
             raise ConfigError(f"stop_tol must be a non-negative number of nats, got {stop_tol!r}.")
         self.stop_patience = check_positive_int(stop_patience, "stop_patience")
         self.eval_n = check_positive_int(eval_n, "eval_n")
-        for key in ("mode", "cache_size", "cache_refresh", "iterations"):
-            if key in options:
-                raise ConfigError(f"SB-VAE has no option {key!r} (it trains in stages; see SBFBSDE for the "
-                                  "alternating scheme).")
         super().__init__(dim, sim_steps=sim_steps, **options)
 
     def _reset_stages(self) -> None:
@@ -109,11 +106,8 @@ class SBVAE(SBFBSDE):
             self._reset_stages()
 
     def options(self) -> dict[str, Any]:
-        base = super().options()
-        return {"process": base["process"], "decoder": self.decoder, "stages": self.stages,
-                "encoder_stop": self.encoder_stop, "stop_tol": self.stop_tol, "stop_patience": self.stop_patience,
-                "eval_n": self.eval_n, "sim_steps": self.sim_steps, "divergence": self.divergence,
-                "warm_start": self.warm_start}
+        return {**super().options(), "decoder": self.decoder, "stages": self.stages, "encoder_stop": self.encoder_stop,
+                "stop_tol": self.stop_tol, "stop_patience": self.stop_patience, "eval_n": self.eval_n}
 
     @property
     def encoder_stopped(self) -> bool:
@@ -193,11 +187,11 @@ class SBVAE(SBFBSDE):
           (:func:`sbridge.numerics.likelihood.path_elbo`), i.e. ``KL(P_phi || Q_theta)`` plus the data's entropy;
         * ``drift_matching``: their difference, the drift-matching term.
         """
-        terms = bound_along_paths(lambda y, t: self.encode_drift(self.models, y, t, cond),
-                                  lambda y, t: self.decode_drift(self.models, y, t, cond), self.reference, x,
-                                  elbo_grid(*self._time_span(), self.sim_steps), divergence_method=self.divergence,
-                                  generator=make_generator(seed, self.device),
-                                  score=lambda y, t: self.score_estimate(self.models, y, t, cond))
+        terms = path_bound_terms(lambda y, t: self.encode_drift(self.models, y, t, cond),
+                                 lambda y, t: self.decode_drift(self.models, y, t, cond), self.reference, x,
+                                 elbo_grid(*self._time_span(), self.sim_steps), divergence=self.divergence,
+                                 generator=make_generator(seed, self.device),
+                                 score=lambda y, t: self.score_estimate(self.models, y, t, cond))
         prior_loss = float((terms["prior_nll"] - terms["entropy"]).mean())
         nll_bound = float((terms["prior_nll"] + terms["drift"]).mean())
         return {"prior_loss": prior_loss, "nll_bound": nll_bound, "drift_matching": nll_bound - prior_loss}

@@ -24,6 +24,7 @@ from sbridge.core.validation import (
 from sbridge.losses.score import DenoisingScoreMatching
 from sbridge.nets.registry import mlp_shorthand
 from sbridge.numerics.integrators import ODE_METHODS, euler_maruyama, integrate_ode, make_grid
+from sbridge.numerics.likelihood import mean_path_elbo
 from sbridge.processes.linear import LinearSDE, make_process
 from sbridge.solvers.base import FitData, Solver
 from sbridge.solvers.capabilities import GRIDS, Capabilities
@@ -157,29 +158,13 @@ class SGM(Solver):
         """Path-space lower bound on the reverse SDE's log-likelihood (nats, shape ``(n,)``; maths.md §A.2–A.3): the
         encode SDE is the reference process, the decode SDE the learned reverse SDE, so the bound is
         ``E[log pi(X_T)] - int (g^2 |s|^2 / 2 + g^2 div s - div f) dt`` along forward paths from ``x`` (taken as
-        ``X_{t_min}``), averaged over ``repeats`` paths; see :func:`~sbridge.numerics.likelihood.path_elbo`.
+        ``X_{t_min}``), averaged over ``repeats`` draws of the reference's marginals; see
+        :func:`~sbridge.numerics.likelihood.path_bound_terms`.
         It bounds the SDE sampler's density, while :meth:`log_prob` is the probability-flow ODE's: the two agree for
         an exact score and prior."""
         x = self._data(x, "points")
         c = None if cond is None else self._condition(cond, x.shape[0])
         self.ema_models.eval()
-        return mean_elbo(lambda y, t: self.reference.drift(y, t), lambda y, t: self.reverse_drift(y, t, c),
-                         lambda t: self.reference.g(t, x), x, self.reference.t_min, self.reference.T,
-                         self.reference.prior_log_prob, steps=steps, repeats=repeats, divergence=divergence, seed=seed,
-                         device=self.device,
-                         encode_marginal=lambda y, t, gen: self.reference.sample_marginal(y, t, generator=gen)[0])
-
-
-def mean_elbo(encode: Any, decode: Any, diffusion: Any, x: torch.Tensor, t0: float, t1: float, prior_log_prob: Any,
-              *, steps: int, repeats: int, divergence: str, seed: int, device: torch.device,
-              encode_marginal: Any = None) -> torch.Tensor:
-    """:func:`~sbridge.numerics.likelihood.path_elbo` on :func:`~sbridge.numerics.likelihood.elbo_grid`, averaged
-    over ``repeats`` draws from one generator seeded with ``seed``."""
-    from sbridge.numerics.likelihood import elbo_grid, path_elbo
-
-    times = elbo_grid(t0, t1, check_positive_int(steps, "steps"))
-    gen = make_generator(check_seed(seed), device)
-    total = sum(path_elbo(encode, decode, diffusion, x, times, prior_log_prob, divergence=divergence, generator=gen,
-                          encode_marginal=encode_marginal)
-                for _ in range(check_positive_int(repeats, "repeats")))
-    return total / repeats
+        return mean_path_elbo(lambda y, t: self.reference.drift(y, t), lambda y, t: self.reverse_drift(y, t, c),
+                              self.reference, x, steps=steps, repeats=repeats, exact_marginals=True,
+                              divergence=divergence, seed=seed)

@@ -22,7 +22,7 @@ from sbridge.core.errors import ConfigError, DataError
 from sbridge.core.seeds import SA_STREAM, stream_seed
 from sbridge.core.validation import check_choice, check_event_shape, check_positive_float, check_positive_int
 from sbridge.numerics.integrators import time_grid
-from sbridge.processes.linear import DriftMatrix, LinearSDE, PowerRate
+from sbridge.processes.linear import DriftOperator, LinearSDE, PowerRate
 from sbridge.solvers.base import FitData
 from sbridge.solvers.sgm import SGM
 from sbridge.training.trainer import Phase, TrainConfig, split_steps
@@ -184,17 +184,14 @@ def sa_gradient(xs: torch.Tensor, scores: torch.Tensor, betas: torch.Tensor, dts
     return terms if per_time else terms.sum(0)
 
 
-class VariationalDrift(DriftMatrix):
+class VariationalDrift(DriftOperator):
     """The drift operator ``D = I - 2A`` of VSDM's forward process, read from a :class:`LinearScore` (``A`` moves by
     stochastic approximation, not by gradients of the score loss, so ``D`` is used detached)."""
 
     def __init__(self, score: LinearScore, event_shape: tuple[int, ...], T: float = 1.0) -> None:
-        nn.Module.__init__(self)
+        # a learned D may overflow exp(-B D / 2): the variance is checked
+        super().__init__(score.kind, learnable=False, symmetric=score.kind != "full", may_overflow=True)
         self.score, self.event_shape = score, tuple(event_shape)
-        self.kind = score.kind
-        self.learnable = False
-        self.symmetric = score.kind != "full"
-        self.may_overflow = True  # a learned D: the variance is checked
 
         if score.pieces > 1:  # A_t = h_k A on equal pieces of [0, T]
             self.edges = torch.linspace(0.0, T, score.pieces + 1, dtype=torch.float64)
@@ -265,6 +262,9 @@ class VSDM(SGM):
         self.sa_samples = check_positive_int(sa_samples, "sa_samples")
         self.sa_steps = check_positive_int(sa_steps, "sa_steps")
         self.set_option("stages", stages)
+        if isinstance(prior, str) and prior != "marginal":
+            raise ConfigError(f"VSDM's prior is 'marginal' (N(0, Sigma_T) of the current A) or a fixed variance such "
+                              f"as 1.0; got {prior!r}, which would not follow A as it moves.")
         self.prior_kind = prior
         self.variational = LinearScore(numel, a_kind, max_rate, a_ema, a_pieces)
         process = LinearSDE(PowerRate(beta_min, beta_max, beta_r, T),
@@ -294,9 +294,6 @@ class VSDM(SGM):
     def A_scale(self) -> torch.Tensor:
         """The time-varying scale ``(h_1, ..., h_K)`` of ``A`` (a single 1 when ``a_pieces = 1``)."""
         return self.variational.scales().detach()
-
-    def before_fit(self, data: FitData) -> None:
-        """Nothing data-dependent: the prior follows ``A`` (marginal) or is fixed."""
 
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         per_stage = split_steps(config.steps, self.stages, "stages")
