@@ -38,3 +38,8 @@ class SBridgeWarning(UserWarning):
 
 class LossGrowthWarning(SBridgeWarning):
     """The training loss grew by orders of magnitude over its lowest value: the run is probably diverging."""
+
+
+class UnknownOptionError(ConfigError, TypeError):
+    """A constructor keyword the class does not take: a :class:`ConfigError` with one sentence, and a ``TypeError``
+    like Python's own, so that callers which name the valid options (the CLI) still catch it."""

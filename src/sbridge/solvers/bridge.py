@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from sbridge.core.device import make_generator
-from sbridge.core.errors import ConfigError
+from sbridge.core.errors import ConfigError, UnknownOptionError
 from sbridge.core.seeds import (
     BRIDGE_PRIOR_OFFSET,
     BRIDGE_SAMPLE_OFFSET,
@@ -65,8 +65,9 @@ class BridgeSolver(Solver):
                  cond: dict[str, Any] | None = None, seed: int = 0, device: str | torch.device = "auto",
                  **unknown: Any) -> None:
         if unknown:
-            raise ConfigError(f"{type(self).__name__} has no option {sorted(unknown)[0]!r}; "
-                              f"help(sbridge.{type(self).__name__}) lists its options.")
+            name = sorted(unknown)[0]
+            raise UnknownOptionError(f"{type(self).__name__} has no option {name!r} (unexpected keyword argument "
+                                     f"'{name}'); help(sbridge.{type(self).__name__}) lists its options.")
         self.generative = True  # set by fit: False once fitted between two data sets
         super().__init__(dim, shape=shape, cond=cond, net=mlp_shorthand(net, hidden, depth, time_dim), seed=seed,
                          device=device)
