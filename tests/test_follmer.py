@@ -11,7 +11,7 @@ from torch import nn
 
 import sbridge
 from sbridge.core.errors import ConfigError
-from sbridge.solvers.follmer import BridgeRegression, marginal
+from sbridge.solvers.follmer import BridgeRegression, marginal, reference_for
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -76,14 +76,15 @@ def test_case_h_log_prob_is_the_density_of_the_early_stopped_state() -> None:
 
 def test_the_marginals_are_the_closed_forms() -> None:
     y, z, t = torch.ones(4, 2), torch.ones(4, 2), torch.full((4,), 0.25)
-    assert torch.allclose(marginal("F", y, t, z, 2.0), torch.full((4, 2), 0.25 + math.sqrt(2 * 0.25 * 0.75)))
-    assert torch.allclose(marginal("H", y, t, z, 2.0), torch.full((4, 2), 1 + math.sqrt(2 * 0.75)))
+    ref = reference_for(2.0)
+    assert torch.allclose(marginal("F", y, t, z, ref), torch.full((4, 2), 0.25 + math.sqrt(2 * 0.25 * 0.75)))
+    assert torch.allclose(marginal("H", y, t, z, ref), torch.full((4, 2), 1 + math.sqrt(2 * 0.75)))
 
 
 @pytest.mark.parametrize("case", ["F", "H"])
 @pytest.mark.parametrize("weighting", ["uniform", "paper"])
 def test_the_regression_loss_is_smallest_at_the_exact_denoiser(case: str, weighting: str) -> None:
-    loss = BridgeRegression(case, 2.0, 0.99, weighting)
+    loss = BridgeRegression(case, reference_for(2.0), 0.99, weighting)
     y = {"x": gaussian_data(50_000)}
     exact, _ = loss({"drift": GaussianOracle(case, 2.0)}, y, torch.Generator().manual_seed(0))
 
