@@ -42,4 +42,8 @@ class LossGrowthWarning(SBridgeWarning):
 
 class UnknownOptionError(ConfigError, TypeError):
     """A constructor keyword the class does not take: a :class:`ConfigError` with one sentence, and a ``TypeError``
-    like Python's own, so that callers which name the valid options (the CLI) still catch it."""
+    like Python's own; ``name`` is the keyword, which callers that list the valid options (the CLI) read."""
+
+    def __init__(self, owner: str, name: str) -> None:
+        super().__init__(f"{owner} has no option {name!r}; help(sbridge.{owner}) lists its options.")
+        self.name = name

@@ -45,7 +45,7 @@ def train(spec: RunSpec, callbacks: tuple = ()) -> Any:
     try:
         solver = cls(shape=shape, seed=spec.seed, device=spec.device, **options)
     except TypeError as exc:
-        raise ConfigError(_solver_option_error(spec.method, cls, str(exc))) from None
+        raise ConfigError(_solver_option_error(spec.method, cls, exc)) from None
     common = {**spec.train_options(), "out": out, "resume": spec.resume, "overwrite": spec.overwrite,
               "callbacks": callbacks}
     prior_info = None if spec.prior is None else _data_info(spec.prior, spec.n_data, spec.seed + PRIOR_DATA_OFFSET)

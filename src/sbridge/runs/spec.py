@@ -162,13 +162,13 @@ def _check_type(key: str, value: Any, types: tuple[type, ...]) -> None:
         raise ConfigError(f"option {key} must be {wanted}, got {value!r}.")
 
 
-def _solver_option_error(method: str, cls: type, message: str) -> str:
+def _solver_option_error(method: str, cls: type, error: TypeError) -> str:
     """One sentence for a solver option the solver does not take (from ``--set``, a YAML ``solver:`` entry or a
-    shorthand flag such as ``--sigma``)."""
-    found = re.search(r"unexpected keyword argument '(\w+)'", message)
-    if found is None:
-        return f"invalid solver option for {method!r} ({message}); see help(sbridge.{cls.__name__})."
-    name = found.group(1)
+    shorthand flag such as ``--sigma``): an :class:`UnknownOptionError` or Python's own ``TypeError``."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    name = getattr(error, "name", None) or (found.group(1) if found else None)
+    if name is None:
+        return f"invalid solver option for {method!r} ({error}); see help(sbridge.{cls.__name__})."
     if name in RunSpec.__dataclass_fields__:
         return f"{name} is a training option, not a solver option: pass --{name.replace('_', '-')} instead of --set."
     options = sorted({name for klass in cls.__mro__ if "__init__" in vars(klass)

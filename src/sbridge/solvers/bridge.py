@@ -65,9 +65,7 @@ class BridgeSolver(Solver):
                  cond: dict[str, Any] | None = None, seed: int = 0, device: str | torch.device = "auto",
                  **unknown: Any) -> None:
         if unknown:
-            name = sorted(unknown)[0]
-            raise UnknownOptionError(f"{type(self).__name__} has no option {name!r} (unexpected keyword argument "
-                                     f"'{name}'); help(sbridge.{type(self).__name__}) lists its options.")
+            raise UnknownOptionError(type(self).__name__, sorted(unknown)[0])
         self.generative = True  # set by fit: False once fitted between two data sets
         super().__init__(dim, shape=shape, cond=cond, net=mlp_shorthand(net, hidden, depth, time_dim), seed=seed,
                          device=device)

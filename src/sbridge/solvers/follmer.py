@@ -59,7 +59,8 @@ PRIORS = ("gaussian", "data")
 
 def reference_for(tau: float) -> LinearSDE:
     """The reference ``dX = sqrt(tau) dW`` on ``[0, 1]`` (a constant rate ``tau``: Brownian motion of variance
-    ``tau`` per unit time)."""
+    ``tau`` per unit time). Built from the rate ``tau`` itself rather than as ``Brownian(sqrt(tau))``, whose rate
+    ``sqrt(tau)**2`` can differ from ``tau`` in the last bit."""
     return LinearSDE(ConstantRate(tau, 1.0), None, prior="marginal")
 
 

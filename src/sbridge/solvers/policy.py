@@ -21,13 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
 from sbridge.core.tensors import expand_as_batch, sum_event
-from sbridge.core.validation import check_choice, check_positive_int, check_seed
+from sbridge.core.validation import check_choice, check_positive_int
 from sbridge.losses.base import Batch, Terms
 from sbridge.numerics.integrators import time_grid
-from sbridge.numerics.likelihood import DIVERGENCE_METHODS, divergence, elbo_grid, path_bound_terms, rademacher
+from sbridge.numerics.likelihood import DIVERGENCE_METHODS, divergence, mean_path_elbo, rademacher
 from sbridge.numerics.likelihood import divergence_method as choose_divergence
 from sbridge.processes.linear import LinearSDE, make_process
 from sbridge.solvers.base import FitData
@@ -245,19 +244,12 @@ class PolicyBridge(BridgeSolver):
              seed: int = 0) -> torch.Tensor:
         """Path-space lower bound on the backward SDE's log-likelihood (nats, shape ``(n,)``; maths.md §1.4, §A.2):
         ``E[log pi(X_T)] - int (|Z + Z_hat|^2 / 2 + g div Z_hat - div f) dt`` along forward-SDE paths from ``x``
-        (taken as ``X_{t_min}``) on ``steps`` steps (:func:`sbridge.numerics.likelihood.elbo_grid`), averaged over
-        ``repeats`` paths (:func:`~sbridge.numerics.likelihood.path_bound_terms`)."""
+        (taken as ``X_{t_min}``, :meth:`_time_span`) on ``steps`` steps, averaged over ``repeats`` paths
+        (:func:`~sbridge.numerics.likelihood.mean_path_elbo`)."""
         self._require_generative("path_bound", "define a path-space likelihood bound")
         x = self._data(x, "points")
         c = self._bridge_condition(cond, x.shape[0])
         self.ema_models.eval()
-        t0, t1 = self._time_span()
-        times = elbo_grid(t0, t1, check_positive_int(steps, "steps"))
-        gen = make_generator(check_seed(seed), self.device)
-        total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for _ in range(check_positive_int(repeats, "repeats")):
-            terms = path_bound_terms(lambda y, t: self.encode_drift(self.ema_models, y, t, c),
-                                     lambda y, t: self.decode_drift(self.ema_models, y, t, c), self.reference, x,
-                                     times, divergence=divergence, generator=gen)
-            total -= terms["prior_nll"] + terms["drift"]
-        return total / repeats
+        return mean_path_elbo(lambda y, t: self.encode_drift(self.ema_models, y, t, c),
+                              lambda y, t: self.decode_drift(self.ema_models, y, t, c), self.reference, x,
+                              steps=steps, repeats=repeats, divergence=divergence, seed=seed)
