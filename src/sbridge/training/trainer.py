@@ -503,13 +503,12 @@ class Trainer:
     def _run(self, interrupted: Callable[[], bool]) -> None:
         from tqdm.auto import tqdm
 
-        cfg = self.config
-        quiet = cfg.quiet or not sys.stderr.isatty() or not self.dist.is_main
+        quiet = self.config.quiet or not sys.stderr.isatty() or not self.dist.is_main
         # On CUDA the loss is read back only every few steps (no per-step host synchronisation); callbacks need
         # each step's loss, so they keep the eager path.
         deferred = self.device.type in self.DEFER_ON and not self.callbacks
         bar = tqdm(total=self.total_steps, initial=self.step, disable=quiet, dynamic_ncols=True, leave=False)
-        rng_at_step_start: dict[int, torch.Tensor] | None = None
+        self._rng_at_step_start: dict[int, torch.Tensor] | None = None
         try:
             while self.phase_index < len(self.phases):
                 phase = self.phases[self.phase_index]
@@ -520,75 +519,112 @@ class Trainer:
                     self.history[:] = [r for r in self.history if r.get("phase") != phase.name]
                     self._phase_ended = False
                 bar.set_description(phase.name)
-                source = self._start_phase(phase)
-                self._loss_watch = None
-                running: list[float] = []
-                running_terms: dict[str, list[torch.Tensor]] = {}
-                pending: list[tuple[int, torch.Tensor, torch.Tensor | bool]] = []  # deferred: (step, loss, flag) unread
-                while self.phase_step < phase.steps:
-                    if not self.dist.active and not deferred and interrupted():
-                        raise KeyboardInterrupt
-                    if deferred:
-                        loss_t, terms, flag_t = self._train_step(phase, source, interrupted(), deferred=True)
-                        self.phase_step += 1
-                        pending.append((self.step, loss_t, flag_t))
-                        step = self.step
-                        if (step % cfg.log_every == 0 or self.phase_step == phase.steps
-                                or step % cfg.checkpoint_every == 0
-                                or (cfg.eval_every and step % cfg.eval_every == 0)):
-                            running.extend(self._flush(pending))
-                        for key, term in terms.items():
-                            running_terms.setdefault(key, []).append(term)
-                        bar.update(1)
-                    else:
-                        rng_at_step_start = {s: g.get_state() for s, g in self.generators.items()}
-                        value, terms, stop = self._train_step(phase, source, self.dist.active and interrupted())
-                        if stop:
-                            raise KeyboardInterrupt
-                        rng_at_step_start = None
-                        if not math.isfinite(value):
-                            raise self._diverged(value)
-                        self.phase_step += 1
-                        self.last_loss = value
-                        self._track_loss(value)
-                        running.append(value)
-                        for key, term in terms.items():
-                            running_terms.setdefault(key, []).append(term)
-                        bar.update(1)
-                        step = self.step
-                        for cb in self.callbacks:
-                            cb(step, value)
-                    if step % cfg.log_every == 0 or self.phase_step == phase.steps:
-                        mean = sum(running) / len(running)
-                        row: dict[str, Any] = {"step": step, "phase": phase.name, "loss": mean}
-                        row.update({k: float(torch.stack(v).mean()) for k, v in running_terms.items()})
-                        running.clear()
-                        running_terms.clear()
-                        bar.set_postfix(loss=f"{mean:.4g}")
-                        self._log(row)
-                        self._watch_growth(step, mean)
-                    if cfg.eval_every and self.evaluate is not None and step % cfg.eval_every == 0:
-                        if self.dist.is_main:
-                            self._log({"step": step, "phase": phase.name, "eval": self.evaluate(step)})
-                    if step % cfg.checkpoint_every == 0 and self.phase_step < phase.steps:
-                        self.save_checkpoint()
-                if phase.update is not None:
-                    phase.update()
-                if phase.on_end is not None:
-                    row = {"step": self.step, "phase": phase.name, **phase.on_end()}
-                    self.history.append(row)
-                    self._log(row)
-                self._phase_ended = True
-                self.save_checkpoint()
-                self._next_phase()
+                self._run_phase(phase, interrupted, deferred, bar)
+                self._end_phase(phase)
         except KeyboardInterrupt:
-            if rng_at_step_start is not None:  # interrupted inside a step, before its update was applied
-                for s, state in rng_at_step_start.items():
+            if self._rng_at_step_start is not None:  # interrupted inside a step, before its update was applied
+                for s, state in self._rng_at_step_start.items():
                     self.generators[s].set_state(state)
             self.save_checkpoint()
             raise
         finally:
             bar.close()
+
+    def _run_phase(self, phase: Phase, interrupted: Callable[[], bool], deferred: bool, bar: Any) -> None:
+        """The remaining steps of ``phase``: train, then log, evaluate and checkpoint on their schedules."""
+        cfg = self.config
+        source = self._start_phase(phase)
+        self._loss_watch = None
+        window = _LogWindow()
+        pending: list[tuple[int, torch.Tensor, torch.Tensor | bool]] = []  # deferred: (step, loss, flag) unread
+        while self.phase_step < phase.steps:
+            if deferred:
+                step = self._deferred_step(phase, source, interrupted, pending, window)
+            else:
+                step = self._eager_step(phase, source, interrupted, window)
+            bar.update(1)
+            if step % cfg.log_every == 0 or self.phase_step == phase.steps:
+                mean = window.mean_loss()
+                self._log({"step": step, "phase": phase.name, "loss": mean, **window.mean_terms()})
+                window.clear()
+                bar.set_postfix(loss=f"{mean:.4g}")
+                self._watch_growth(step, mean)
+            if cfg.eval_every and self.evaluate is not None and step % cfg.eval_every == 0:
+                if self.dist.is_main:
+                    self._log({"step": step, "phase": phase.name, "eval": self.evaluate(step)})
+            if step % cfg.checkpoint_every == 0 and self.phase_step < phase.steps:
+                self.save_checkpoint()
+
+    def _eager_step(self, phase: Phase, source: Source, interrupted: Callable[[], bool],
+                    window: _LogWindow) -> int:
+        """One step whose loss is read at once (checked, tracked, passed to the callbacks); returns the step."""
+        if not self.dist.active and interrupted():
+            raise KeyboardInterrupt
+        self._rng_at_step_start = {s: g.get_state() for s, g in self.generators.items()}
+        value, terms, stop = self._train_step(phase, source, self.dist.active and interrupted())
+        if stop:
+            raise KeyboardInterrupt
+        self._rng_at_step_start = None
+        if not math.isfinite(value):
+            raise self._diverged(value)
+        self.phase_step += 1
+        self.last_loss = value
+        self._track_loss(value)
+        window.add(value, terms)
+        for cb in self.callbacks:
+            cb(self.step, value)
+        return self.step
+
+    def _deferred_step(self, phase: Phase, source: Source, interrupted: Callable[[], bool],
+                       pending: list[tuple[int, torch.Tensor, torch.Tensor | bool]], window: _LogWindow) -> int:
+        """One step whose loss stays on the device until the next log, checkpoint, evaluation or phase end, when
+        :meth:`_flush` reads every pending loss at once; returns the step."""
+        cfg = self.config
+        loss_t, terms, flag_t = self._train_step(phase, source, interrupted(), deferred=True)
+        self.phase_step += 1
+        step = self.step
+        pending.append((step, loss_t, flag_t))
+        if (step % cfg.log_every == 0 or self.phase_step == phase.steps or step % cfg.checkpoint_every == 0
+                or (cfg.eval_every and step % cfg.eval_every == 0)):
+            window.losses.extend(self._flush(pending))
+        window.add(None, terms)
+        return step
+
+    def _end_phase(self, phase: Phase) -> None:
+        """Apply the phase's state change (``update``), log its ``on_end`` row, checkpoint, move on."""
+        if phase.update is not None:
+            phase.update()
+        if phase.on_end is not None:
+            row = {"step": self.step, "phase": phase.name, **phase.on_end()}
+            self.history.append(row)
+            self._log(row)
+        self._phase_ended = True
+        self.save_checkpoint()
+        self._next_phase()
+
+
+class _LogWindow:
+    """The losses and named loss terms since the last logged row."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.terms: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, loss: float | None, terms: dict[str, torch.Tensor]) -> None:
+        if loss is not None:
+            self.losses.append(loss)
+        for key, term in terms.items():
+            self.terms.setdefault(key, []).append(term)
+
+    def mean_loss(self) -> float:
+        return sum(self.losses) / len(self.losses)
+
+    def mean_terms(self) -> dict[str, float]:
+        return {k: float(torch.stack(v).mean()) for k, v in self.terms.items()}
+
+    def clear(self) -> None:
+        self.losses.clear()
+        self.terms.clear()
 
 
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
