@@ -44,6 +44,7 @@ MODES = [
      {"prior": _data(seed=1, shift=2.0)}),
     ("sbfbsde-joint", lambda: sbridge.SBFBSDE(2, mode="joint", sim_steps=5, **SMALL), {}),
     ("sbvae", lambda: sbridge.SBVAE(2, stages=2, sim_steps=5, eval_n=32, **SMALL), {}),
+    ("sgm-label-no-drop", lambda: sbridge.SGM(2, cond=LABELS, **SMALL), {"cond": _labels()}),
     ("follmer-H", lambda: sbridge.SchrodingerFollmer(2, **SMALL), {}),
     ("follmer-H-label", lambda: sbridge.SchrodingerFollmer(2, cond=LABELS, cond_drop=0.2, **SMALL),
      {"cond": _labels()}),
@@ -99,6 +100,9 @@ def _check_record(model, caps: Capabilities, shape: tuple[int, ...]) -> None:
         assert path.shape[1:] == (n, *shape) and path.shape[0] >= steps["steps"] + 1
         if caps.guidance:
             _check_points(model.sample(n, guidance=1.0, **steps, **cond), n, shape)
+        else:
+            with pytest.raises(SBridgeError, match="does not apply classifier-free guidance"):
+                model.sample(n, guidance=1.0, **steps, **cond)
         for grid in caps.grids:
             _check_points(model.sample(n, grid=grid, **steps, **cond) if grid != "uniform" else
                           model.sample(n, **steps, **cond), n, shape)
@@ -168,6 +172,18 @@ def test_an_autoencoder_or_latent_record_is_what_its_methods_do(name, build, kwa
     caps = model.capabilities()
     assert caps.codec and caps.latent == name.startswith("latent") and not caps.transport
     _check_record(model, caps, (1, 4, 4))
+
+
+def test_guidance_without_condition_dropout_is_refused_with_the_reason() -> None:
+    # the unconditional prediction that guidance mixes in was never trained when cond_drop = 0
+    model = _fit(lambda: sbridge.SGM(2, cond=LABELS, **SMALL), {"cond": _labels()})
+    assert not model.capabilities().guidance
+    with pytest.raises(SBridgeError, match="trained with cond_drop=0.*retrain with cond_drop > 0"):
+        model.sample(5, steps=4, cond=torch.arange(5) % 3, guidance=2.0)
+    with pytest.raises(SBridgeError, match="guidance must be a number >= 0"):
+        model.sample(5, steps=4, cond=torch.arange(5) % 3, guidance=-1.0)
+    assert torch.equal(model.sample(5, steps=4, cond=torch.arange(5) % 3, guidance=0.0),
+                       model.sample(5, steps=4, cond=torch.arange(5) % 3))
 
 
 def test_a_vsdm_record_offers_only_the_grids_its_process_allows() -> None:

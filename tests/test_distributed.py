@@ -93,6 +93,10 @@ def _task(name: str, rank: int, out: Path) -> dict:
         except SBridgeError as exc:
             return {"error": str(exc), "kind": type(exc).__name__, "seconds": time.time() - started}
         return {"error": None}
+    if name == "sample":
+        from sbridge.runs.scoring import sample
+        x, _ = sample(out / "model", 40, steps=20, device="cpu")
+        return {"x": x.tolist()}
     if name == "nan":
         try:
             sbridge.SGM(2, net=NanAfter(rank=1), seed=0, device="cpu").fit(x, steps=40, out=out / "run", **FIT)
@@ -191,6 +195,23 @@ def test_an_interrupted_two_process_run_resumes_exactly_on_two_or_one_process(me
     one = make(method).fit(data(), steps=40, out=tmp_path / "cut1", resume=True, **fit_args(method), shards=2)
     assert one.steps_done == 40
     assert_same_weights(tmp_path / "cut1", tmp_path / "whole" / "run", atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["sgm", "gaussian"])
+def test_a_two_process_sample_gathers_the_one_process_draw_and_a_distinct_share(method: str, tmp_path: Path) -> None:
+    # Rank 0 draws with the seed a single process uses (a bridge's prior and noise streams included), rank 1 with a
+    # seed of its own; both processes receive the whole sample in rank order.
+    if method == "sgm":
+        sbridge.SGM(2, **MODEL).fit(data(), steps=20, out=tmp_path / "model", **FIT)
+    else:
+        sbridge.GaussianSB(2, seed=0, device="cpu").fit(data(), out=tmp_path / "model", quiet=True)
+    from sbridge.runs.scoring import sample
+    single, _ = sample(tmp_path / "model", 20, steps=20, device="cpu")
+    results = spawn("sample", tmp_path)
+    gathered = [torch.tensor(r["x"]) for r in results]
+    assert gathered[0].shape == (40, 2) and torch.equal(gathered[0], gathered[1])
+    torch.testing.assert_close(gathered[0][:20], single, atol=1e-6, rtol=0)
+    assert (gathered[0][20:] - single).abs().min() > 1e-4  # rank 1's share is not a repeat of rank 0's
 
 
 def test_a_nan_on_one_rank_stops_both_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:

@@ -118,8 +118,9 @@ class _Zero(nn.Module):
 
 def test_sbfbsde_recovers_the_gaussian_bridge_coupling_between_two_data_sets() -> None:
     # data to data under Brownian motion (sigma = 1): N(a, A) -> N(b, B) in 2-D, alternating SB-FBSDE; the
-    # forward transport's cross-covariance against the closed form C_sigma (maths.md §G.2). Measured: 3 stages give
-    # a mean error 0.16 and a coupling error 0.056, 5 stages 0.05 and 0.074; the marginal errors fall every stage.
+    # forward transport's cross-covariance against the closed form C_sigma (maths.md §G.2). Measured: 3 iterations
+    # give a mean error 0.16 and a coupling error 0.056, 5 iterations 0.05 and 0.074; the marginal errors fall every
+    # iteration.
     a, A = torch.tensor([-1.0, 0.5]), torch.tensor([[1.0, 0.4], [0.4, 0.6]])
     b, B = torch.tensor([1.5, -0.5]), torch.tensor([[0.5, -0.2], [-0.2, 1.2]])
     g = torch.Generator().manual_seed(0)

@@ -67,7 +67,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, n: int, labels: bool = True) 
                                                          "(dopri5, bosh3, adaptive_heun, dopri8)")
     p.add_argument("--grid", default="uniform",
                    help="time grid of the sampler (SGM): uniform (default), edm or logsnr")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's seed + 1)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampling seed (default: the run's own, derived from its training seed)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     if not labels:
         return

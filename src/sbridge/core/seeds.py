@@ -20,7 +20,9 @@ SAMPLE_OFFSET = 1
 TRANSPORT_OFFSET = 1
 #: The synthetic prior end (``N(0, I)`` draws) of a generative bridge.
 BRIDGE_PRIOR_OFFSET = 2
-#: The prior draw of a bridge's ``sample``; also the forward paths of the ``forward_backward`` plot.
+#: The prior draw of a bridge's ``sample``; also the forward paths of the ``forward_backward`` plot. Given an
+#: explicit seed ``s``, a bridge's ``sample`` draws its prior from ``s`` and its transport noise from
+#: ``s + TRANSPORT_OFFSET``.
 BRIDGE_SAMPLE_OFFSET = 3
 
 # ---- hashed streams: stream_seed(seed, STREAM, ...) --------------------------------------------------------------
@@ -32,7 +34,8 @@ COUPLING_STREAM = 11
 CACHE_STREAM = 12
 #: The training generators of shards other than shard 0 (indices: shard, step at resume).
 SHARD_STREAM = 14
-#: Sampling seeds of processes other than rank 0 in a distributed ``sbridge sample`` (index: rank).
+#: Sampling seeds of processes other than rank 0 in a distributed ``sbridge sample`` (index: rank; hashed from the
+#: given seed, or the model's seed; rank 0 samples as a single process would).
 SAMPLE_SHARD_STREAM = 15
 #: VSDM's stochastic-approximation simulations (index: stage).
 SA_STREAM = 16

@@ -140,6 +140,17 @@ def check_positive_float(value: Any, name: str) -> float:
     return v
 
 
+def check_nonnegative_float(value: Any, name: str) -> float:
+    """Return ``value`` as a finite float ``>= 0`` or raise :class:`ConfigError`."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(value, bool) or not np.isfinite(v) or v < 0:
+        raise ConfigError(f"{name} must be a number >= 0, got {value!r}.")
+    return v
+
+
 def check_choice(value: Any, choices: list[str] | tuple[str, ...], name: str) -> str:
     """Return ``value`` if it is one of ``choices`` or raise :class:`ConfigError` listing them."""
     if value not in choices:

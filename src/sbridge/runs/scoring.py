@@ -11,7 +11,7 @@ import torch
 
 from sbridge.core import io
 from sbridge.core.errors import ConfigError, RunDirError
-from sbridge.core.seeds import SAMPLE_OFFSET, SAMPLE_SHARD_STREAM, stream_seed
+from sbridge.core.seeds import SAMPLE_SHARD_STREAM, stream_seed
 from sbridge.core.validation import check_choice, check_positive_int, check_seed
 from sbridge.metrics import samples as metrics
 from sbridge.runs.datasets import (
@@ -65,9 +65,7 @@ def _generate(solver: Any, run_dir: Path | None, n: int, steps: int | None, ode:
     if (label is not None or guidance) and caps.cond != "label":
         raise ConfigError("--label and --guidance apply to class-conditional runs (trained with --class-cond).")
     if guidance:
-        if not caps.guidance:
-            raise ConfigError(f"{solver.label} has no classifier-free guidance; drop --guidance.")
-        kwargs["guidance"] = guidance
+        kwargs["guidance"] = solver.check_guidance(guidance)
     if prior is None:
         count = n if rows is None else len(range(n)[rows])
         if caps.cond == "label":
@@ -115,11 +113,14 @@ def sample(run_dir: str | Path, n: int, *, steps: int | None = None, ode: bool =
     if not ctx.active or return_path:
         x = _generate(solver, path, n, steps, ode, method, seed, return_path, grid, **labels)
         return x.cpu(), int(solver.last_nfe or 0)
-    # distributed: each process draws a contiguous share with its own seed; the shares are gathered in rank order
+    # distributed: each process draws a contiguous share with its own seed; the shares are gathered in rank order.
+    # Rank 0 draws with the seed a single process would use (``seed``, or the solver's own default when None), so
+    # its share is the single-process draw; the other ranks' seeds are hashed from it.
     n = check_positive_int(n, "n")
     lo, hi = n * ctx.rank // ctx.world, n * (ctx.rank + 1) // ctx.world
-    base = check_seed(seed) if seed is not None else solver.seed + SAMPLE_OFFSET
-    local_seed = base if ctx.rank == 0 else stream_seed(base, SAMPLE_SHARD_STREAM, ctx.rank)
+    seed = None if seed is None else check_seed(seed)
+    base = solver.seed if seed is None else seed
+    local_seed = seed if ctx.rank == 0 else stream_seed(base, SAMPLE_SHARD_STREAM, ctx.rank)
     x = _generate(solver, path, n, steps, ode, method, local_seed, False, grid, rows=slice(lo, hi), **labels)
     parts = distributed.all_gather_objects(x.cpu(), ctx)
     return torch.cat(parts), int(solver.last_nfe or 0)

@@ -25,7 +25,13 @@ from torch import nn
 from sbridge.core import io
 from sbridge.core.device import make_generator, resolve_device
 from sbridge.core.errors import ConfigError, RunDirError
-from sbridge.core.validation import as_condition, as_data_tensor, check_batch_memory, check_event_shape, check_seed
+from sbridge.core.validation import (
+    as_condition,
+    as_data_tensor,
+    check_batch_memory,
+    check_event_shape,
+    check_seed,
+)
 from sbridge.nets.embeddings import check_condition_spec
 from sbridge.nets.registry import make_network, network_config
 from sbridge.processes.linear import LinearSDE
@@ -78,6 +84,9 @@ class Solver(Declared):
     owns_reference: ClassVar[bool] = True
     #: What the class can do in its default mode; :meth:`capabilities` refines it for one instance and its fit.
     declared: ClassVar[Capabilities] = Capabilities()
+    #: Probability of training without the condition (classifier-free guidance needs it above 0: the guided
+    #: prediction mixes in the unconditional one). Solvers with guidance take it as an option.
+    cond_drop: float = 0.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -121,7 +130,16 @@ class Solver(Declared):
         """What this solver can do now (after its fit): :attr:`declared` with the condition it was built for.
         Solvers whose abilities depend on their options or on how they were fitted extend this."""
         kind = None if self.cond_spec is None else self.cond_spec["kind"]
-        return self.declared.with_(cond=kind, guidance=self.declared.guidance and kind is not None)
+        guidance = self.declared.guidance and kind is not None and self.cond_drop > 0
+        return self.declared.with_(cond=kind, guidance=guidance)
+
+    def _guidance_hint(self) -> str:
+        if self.declared.guidance and self.cond_spec is None:
+            return "guidance needs a conditional model"
+        if self.declared.guidance and self.cond_drop == 0:
+            return ("it was trained with cond_drop=0, so the unconditional prediction that guidance mixes in is "
+                    "untrained: retrain with cond_drop > 0, e.g. 0.1")
+        return ""
 
     @property
     def likelihood_dim(self) -> int:

@@ -193,17 +193,20 @@ class BridgeSolver(Solver):
 
     @torch.no_grad()
     def sample(self, n: int, *, steps: int | None = None, ode: bool = False, method: str = "heun",
-               cond: Any = None, return_path: bool = False, seed: int | None = None) -> torch.Tensor:
+               cond: Any = None, guidance: float = 0.0, return_path: bool = False,
+               seed: int | None = None) -> torch.Tensor:
         """Draw ``n`` points of the data end: the reference's prior transported backward (generative bridges);
-        ``cond``: one condition per sample, or one for all, for a conditional bridge."""
+        ``cond``: one condition per sample, or one for all, for a conditional bridge (no bridge declares
+        classifier-free guidance: a nonzero ``guidance`` raises)."""
         self._require_generative()
+        self.check_guidance(guidance)
         gen = make_generator(self.seed + BRIDGE_SAMPLE_OFFSET if seed is None else check_seed(seed), self.device)
         n = check_positive_int(n, "n")
         check_sample_request(n, 100 if steps is None else check_positive_int(steps, "steps"), self.event_shape,
                              return_path)
         z = self._prior_draw((n, *self.event_shape), gen)
         # the transport noise needs its own stream: reusing ``seed`` would make its first increment equal ``z``
-        noise_seed = None if seed is None else seed + 1
+        noise_seed = None if seed is None else seed + TRANSPORT_OFFSET
         return self.transport(z, steps=steps, reverse=True, ode=ode, method=method, cond=cond,
                               return_path=return_path, seed=noise_seed)
 
@@ -296,7 +299,7 @@ class BrownianReference:
 
 
 class Iterated:
-    """Mixin of the solvers trained in outer iterations (IPF, IMF, alternating stages): the option ``iterations``,
+    """Mixin of the solvers trained in outer iterations (IPF, IMF, SB-FBSDE's alternation): the option ``iterations``,
     which ``fit`` may also set (``default_iterations`` when not given)."""
 
     fit_options = ("iterations",)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from sbridge.core.errors import ConfigError
+from sbridge.core.validation import check_nonnegative_float
 
 #: Time grids a sampler may be asked for (``sample(..., grid=...)``; :func:`~sbridge.numerics.integrators.make_grid`).
 GRIDS = ("uniform", "edm", "logsnr")
@@ -120,6 +121,18 @@ class Declared:
         caps = self.capabilities()
         if not getattr(caps, ability):
             raise refuse(what, f"this {self.label} model", caps, hint)
+
+    def check_guidance(self, guidance: Any) -> float:
+        """``guidance`` as a weight ``w >= 0``; a nonzero weight is refused (with the reason) unless the record
+        declares ``guidance``."""
+        w = check_nonnegative_float(guidance, "guidance")
+        if w:
+            self._require("guidance", "apply classifier-free guidance", self._guidance_hint())
+        return w
+
+    def _guidance_hint(self) -> str:
+        """Why guidance is missing, when the model knows (e.g. trained without condition dropout)."""
+        return ""
 
     def sample(self, n: int, **kwargs: Any) -> Any:
         """Draw ``n`` new points of the data end (models that declare ``sample`` implement it)."""

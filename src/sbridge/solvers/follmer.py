@@ -252,6 +252,7 @@ class SchrodingerFollmer(Solver):
                               "it with the SDE (drop --ode).")
         gen = make_generator(self.seed + SAMPLE_OFFSET if seed is None else check_seed(seed), self.device)
         c = self._sampling_condition(cond, n)
+        guidance = self.check_guidance(guidance)
         self.ema_models.eval()
         x = self.prior_sample(n, gen)
         times = time_grid(0.0, self.t_end, steps)

@@ -66,6 +66,9 @@ class LatentBridge(Declared):
         self.latent_std = torch.ones(autoencoder.latent_dim)
 
     # ---- what it is --------------------------------------------------------------------------------------------
+    def _guidance_hint(self) -> str:
+        return self.solver._guidance_hint()
+
     def capabilities(self) -> Capabilities:
         """The latent solver's generative abilities (decoded), with the autoencoder's: it samples as its solver
         does, gives likelihoods of the latent codes when its solver has them, and encodes and decodes. It neither

@@ -5,7 +5,7 @@ reference ``dX = f dt + g dW``, sampled by the decode SDE or the probability flo
 
 Training (``mode``):
 
-* ``"alternate"`` (the paper's IPF-like scheme): stages of (a) the backward policy on cached forward trajectories,
+* ``"alternate"`` (the paper's IPF-like scheme): iterations of (a) the backward policy on cached forward trajectories,
   ``E[|Z_hat|^2 / 2 + g div Z_hat + Z . Z_hat]``, then (b) the forward policy on cached backward trajectories,
   ``E[|Z|^2 / 2 + g div Z + Z_hat . Z]`` (Eq. 18-19). Both are :class:`DriftMatching`, the part of the path bound's
   integrand (:func:`~sbridge.numerics.likelihood.path_bound_terms`) that the trained network changes. Works between two
@@ -41,7 +41,7 @@ TRAINS = {"backward": "decoder", "forward": "encoder"}
 class SBFBSDE(Iterated, PolicyBridge):
     """SB-FBSDE between data and the prior of ``process`` (generation) or between two data sets.
 
-    ``mode``: ``"alternate"`` or ``"joint"`` (generation only). ``iterations``: alternating stages (each a backward
+    ``mode``: ``"alternate"`` or ``"joint"`` (generation only). ``iterations``: alternating iterations (each a backward
     then a forward phase of ``steps // (2 iterations)`` steps; ``joint`` runs ``steps`` steps of one phase);
     ``cache_size`` trajectories per cache, refreshed every ``cache_refresh`` steps. ``process``, ``sim_steps``,
     ``divergence``, ``warm_start``: as for :class:`~sbridge.solvers.policy.PolicyBridge`.
@@ -91,7 +91,7 @@ class SBFBSDE(Iterated, PolicyBridge):
             return DriftMatching(drift, self.reference.diffusion, trains, self.divergence)
 
         return self._alternating_phases(
-            data, config, lambda n, direction: f"stage{n + 1}_{direction}", loss,
+            data, config, lambda n, direction: f"iteration{n + 1}_{direction}", loss,
             lambda direction, data, gen, count: self._simulate_cache(TRAINS[direction], data, gen, count),
             self.sim_steps)
 

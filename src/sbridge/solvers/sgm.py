@@ -121,6 +121,7 @@ class SGM(Solver):
         check_sample_request(n, steps, self.event_shape, return_path)
         gen = make_generator(self.seed + SAMPLE_OFFSET if seed is None else check_seed(seed), self.device)
         c = self._sampling_condition(cond, n)
+        guidance = self.check_guidance(guidance)
         if x_T is None:
             x_T = self.reference.prior_sample((n, *self.event_shape), generator=gen, device=self.device)
         self.ema_models.eval()
