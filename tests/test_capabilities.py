@@ -50,6 +50,9 @@ MODES = [
      {"cond": _labels()}),
     ("follmer-F", lambda: sbridge.SchrodingerFollmer(2, case="F", **SMALL), {}),
     ("follmer-H-data-prior", lambda: sbridge.SchrodingerFollmer(2, prior="data", **SMALL), {}),
+    ("lightsb", lambda: sbridge.LightSB(2, components=4, device="cpu"), {}),
+    ("lightsb-two-sets", lambda: sbridge.LightSB(2, components=4, covariance="full", device="cpu"),
+     {"prior": _data(seed=1, shift=2.0)}),
 ]
 
 
@@ -120,6 +123,16 @@ def _check_record(model, caps: Capabilities, shape: tuple[int, ...]) -> None:
     else:
         with pytest.raises(SBridgeError, match="does not transport"):
             model.transport(x)
+    # the exact conditional plan: draws without steps, and its density both ways
+    if caps.exact_plan:
+        _check_points(model.transport(x), n, shape)
+        assert model.last_nfe == 0
+        for reverse in (False, True):
+            logp = model.plan_log_prob(x, model.transport(x, reverse=reverse), reverse=reverse)
+            assert logp.shape == (n,) and torch.isfinite(logp).all()
+    else:
+        with pytest.raises(SBridgeError, match="does not give the density of a conditional plan"):
+            model.plan_log_prob(x, x)
     if caps.cond_required and caps.cond is not None:
         with pytest.raises(SBridgeError):
             model.transport(x, **steps) if caps.transport else model.sample(n, **steps)

@@ -12,6 +12,7 @@ from sbridge.solvers import (
     Autoencoder,
     BridgeSolver,
     GaussianSB,
+    LightSB,
     SchrodingerFollmer,
     Solver,
     load,
@@ -21,4 +22,4 @@ from sbridge.solvers.latent import LatentBridge
 __version__ = "0.1.0"
 
 __all__ = ["DSB", "DSBM", "SBFBSDE", "SBVAE", "SGM", "SOLVERS", "VSDM", "Autoencoder", "BridgeSolver", "GaussianSB",
-           "LatentBridge", "SBridgeError", "SchrodingerFollmer", "Solver", "__version__", "load"]
+           "LatentBridge", "LightSB", "SBridgeError", "SchrodingerFollmer", "Solver", "__version__", "load"]

@@ -41,6 +41,8 @@ SAMPLE_SHARD_STREAM = 15
 SA_STREAM = 16
 #: SB-VAE's per-stage estimates of the objective's terms.
 TERMS_STREAM = 17
+#: Data-dependent initialisations (LightSB's mixture means drawn from the target end; index: direction).
+INIT_STREAM = 18
 
 # ---- offsets added to a run's data seed ------------------------------------------------------------------------
 #: The second data set of a bridge run (so toy data and prior are independent draws).
@@ -52,7 +54,8 @@ FLOOR_DATA_OFFSET = 2_000
 
 #: The hashed streams by name (distinct numbers).
 HASHED_STREAMS = {"monitor": MONITOR_STREAM, "coupling": COUPLING_STREAM, "cache": CACHE_STREAM,
-                  "shard": SHARD_STREAM, "sample_shard": SAMPLE_SHARD_STREAM, "sa": SA_STREAM, "terms": TERMS_STREAM}
+                  "shard": SHARD_STREAM, "sample_shard": SAMPLE_SHARD_STREAM, "sa": SA_STREAM, "terms": TERMS_STREAM,
+                  "init": INIT_STREAM}
 #: The offsets of a bridge's streams (distinct numbers; SGM-like solvers use only :data:`SAMPLE_OFFSET`).
 BRIDGE_OFFSETS = {"transport": TRANSPORT_OFFSET, "prior": BRIDGE_PRIOR_OFFSET, "sample": BRIDGE_SAMPLE_OFFSET}
 #: The data-seed offsets of a run (distinct numbers).

@@ -7,10 +7,11 @@ from sbridge.solvers.dsb import DSB
 from sbridge.solvers.dsbm import DSBM
 from sbridge.solvers.follmer import SchrodingerFollmer
 from sbridge.solvers.gaussian_sb import GaussianSB
+from sbridge.solvers.lightsb import LightSB
 from sbridge.solvers.sbfbsde import SBFBSDE
 from sbridge.solvers.sbvae import SBVAE
 from sbridge.solvers.sgm import SGM
 from sbridge.solvers.vsdm import VSDM
 
 __all__ = ["DSB", "DSBM", "SBFBSDE", "SBVAE", "SGM", "SOLVERS", "VSDM", "Autoencoder", "BridgeSolver", "GaussianSB",
-           "SchrodingerFollmer", "Solver", "load"]
+           "LightSB", "SchrodingerFollmer", "Solver", "load"]

@@ -42,8 +42,9 @@ class Capabilities:
     call needs one (no "no condition" mode); ``guidance``: classifier-free guidance (``guidance=`` of ``sample``).
     ``samplers``: ``"sde"`` (``ode=False``) and/or ``"ode"`` (``ode=True``); ``grids``: the time grids ``sample``
     takes; ``fixed_steps``: the only step count its sampler runs (``None``: any).
-    ``closed_form``: fitted without training steps. ``codec``: ``encode`` / ``decode`` and an ``autoencoder_run``
-    with ``reconstruct`` (an autoencoder, or a latent run's first stage).
+    ``exact_plan``: ``transport(x)`` without steps draws the learned conditional plan exactly, and
+    ``plan_log_prob(x, y)`` gives its density. ``closed_form``: fitted without training steps. ``codec``: ``encode``
+    / ``decode`` and an ``autoencoder_run`` with ``reconstruct`` (an autoencoder, or a latent run's first stage).
     ``latent``: a latent composition (``LatentBridge``); ``latent_solver``: may be the solver of one.
     ``plots``: the plot kinds it draws (:data:`PLOT_KINDS`, in drawing order); ``diagnostics``: the keys of the rows
     its phases add when they end (``history``, and ``metrics.jsonl``: what its own plots read).
@@ -62,6 +63,7 @@ class Capabilities:
     samplers: tuple[str, ...] = ()
     grids: tuple[str, ...] = ()
     fixed_steps: int | None = None
+    exact_plan: bool = False
     closed_form: bool = False
     codec: bool = False
     latent: bool = False
@@ -147,6 +149,11 @@ class Declared:
     def log_prob(self, x: Any, **kwargs: Any) -> Any:
         """Exact log-likelihood (models that declare ``log_prob`` implement it)."""
         self._require("log_prob", "give exact likelihoods")
+        raise NotImplementedError
+
+    def plan_log_prob(self, x: Any, y: Any, **kwargs: Any) -> Any:
+        """``log pi(y | x)`` of the learned conditional plan (models that declare ``exact_plan`` implement it)."""
+        self._require("exact_plan", "give the density of a conditional plan")
         raise NotImplementedError
 
     def elbo(self, x: Any, **kwargs: Any) -> Any:

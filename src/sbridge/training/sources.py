@@ -56,6 +56,23 @@ class TensorSource(_Positionless):
         return {k: v[idx] for k, v in self.tensors.items()}
 
 
+class IndependentSource(_Positionless):
+    """Minibatches of several tensors of any lengths, each drawn uniformly with replacement on its own (e.g. the two
+    ends of an unpaired bridge: ``x0`` and ``x1`` batches with no coupling between them)."""
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        if not tensors:
+            raise ConfigError("an independent data source needs at least one tensor.")
+        self.tensors = tensors
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        out = {}
+        for key, v in self.tensors.items():
+            idx = torch.randint(v.shape[0], (batch_size,), generator=generator, device=v.device)
+            out[key] = v[idx]
+        return out
+
+
 class LoaderSource(_Positionless):
     """Minibatches from a ``torch.utils.data.DataLoader`` (its own batch size), cycled without end.
 

@@ -1,0 +1,371 @@
+"""Light Schrödinger Bridge (Korotin, Gushchin & Burnaev, ICLR 2024; maths.md §I): the Schrödinger potential as a
+Gaussian mixture, so the bridge is trained without simulation and sampled exactly.
+
+Reference ``dX = sqrt(eps) dW`` on ``[0, 1]`` (``eps = sigma**2``). The entropic plan has the form
+``pi(x1 | x0) ∝ exp(<x0, x1> / eps) v(x1)``, and LightSB takes the adjusted potential ``v`` to be an unnormalised
+Gaussian mixture (:class:`MixturePotential`),
+
+    v(y) = sum_k alpha_k N(y | r_k, eps S_k),
+
+so that the normaliser ``c(x) = int exp(<x, y> / eps) v(y) dy`` and the conditional plan are closed-form:
+
+    log c(x) = logsumexp_k [log alpha_k + (r_k . x + x^T S_k x / 2) / eps],
+    pi(y | x) = sum_k w_k(x) N(y | r_k + S_k x, eps S_k),    w_k(x) ∝ alpha_k exp((r_k . x + x^T S_k x / 2) / eps).
+
+Training minimises ``E_{x0 ~ p0} log c(x0) - E_{x1 ~ p1} log v(x1)``, which is ``KL(pi* || pi_v)`` up to a constant
+(the paper's Eq. 11): independent minibatches of the two ends, no simulation. The SDE drift of the bridge is also
+closed-form (:meth:`MixturePotential.drift`), so ``transport`` samples the plan exactly by default and by SDE or
+ODE on a grid when asked. Each direction has its own potential: ``fwd`` for ``pi(x1 | x0)``, ``bwd`` for
+``pi(x0 | x1)`` (the same problem with the ends swapped), so transport works both ways and a generative fit samples
+``N(0, I) -> data`` exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from sbridge.core.device import make_generator
+from sbridge.core.errors import ConfigError
+from sbridge.core.seeds import INIT_STREAM, TRANSPORT_OFFSET, stream_seed
+from sbridge.core.validation import check_choice, check_positive_float, check_positive_int
+from sbridge.losses.base import Batch, Terms
+from sbridge.solvers.base import FitData
+from sbridge.solvers.bridge import BridgeSolver, BrownianReference
+from sbridge.training.sources import IndependentSource
+from sbridge.training.trainer import Phase, TrainConfig
+
+#: Covariance parametrisations of the mixture components: ``S = diag(s)``, ``S = L L^T`` (Cholesky factor ``L``),
+#: ``S = diag(s) + V V^T`` (``V`` of ``rank`` columns).
+COVARIANCES = ("diagonal", "full", "lowrank")
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class MixturePotential(nn.Module):
+    """The adjusted Schrödinger potential ``v(y) = sum_k alpha_k N(y | r_k, eps S_k)`` of one direction (LightSB,
+    Eq. 9) and the closed forms it gives: the normaliser ``log c``, the conditional plan, and the bridge's drift.
+
+    Parameters: ``log_alpha`` (K,), ``r`` (K, d), ``log_s`` (K, d) (the log diagonal of ``S``; of ``L L^T`` for
+    ``"full"``), ``tril`` (K, d, d; strictly lower part of ``L``, ``"full"``) or ``factor`` (K, d, rank,
+    ``"lowrank"``). ``initialised`` records that ``r`` was set from data (:meth:`initialise`).
+    """
+
+    def __init__(self, dim: int, components: int, eps: float, covariance: str = "diagonal", rank: int = 1,
+                 scale_init: float = 1.0) -> None:
+        super().__init__()
+        self.dim, self.components, self.eps = dim, components, float(eps)
+        self.covariance = check_choice(covariance, COVARIANCES, "covariance")
+        # log alpha = log_alpha_raw / eps: the logits of the plan scale as 1 / eps, and so must the weights' steps
+        self.log_alpha_raw = nn.Parameter(torch.full((components,), -self.eps * math.log(components)))
+        self.r = nn.Parameter(torch.zeros(components, dim))
+        self.log_s = nn.Parameter(torch.full((components, dim), math.log(scale_init)))
+        if covariance == "full":
+            self.tril = nn.Parameter(torch.zeros(components, dim, dim))
+        elif covariance == "lowrank":
+            # a zero factor would have a zero gradient (S is quadratic in V): start it small and random
+            self.factor = nn.Parameter(1e-2 * torch.randn(components, dim, rank))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def log_alpha(self) -> torch.Tensor:
+        """``log alpha_k`` (K,)."""
+        return self.log_alpha_raw / self.eps
+
+    # ---- the covariances ---------------------------------------------------------------------------------------
+    def cholesky(self) -> torch.Tensor:
+        """``L`` with ``L L^T = S`` (``"full"``), shape (K, d, d)."""
+        return torch.tril(self.tril, -1) + torch.diag_embed(torch.exp(0.5 * self.log_s))
+
+    def matrices(self) -> torch.Tensor:
+        """``S_k`` as dense (K, d, d) matrices."""
+        if self.covariance == "diagonal":
+            return torch.diag_embed(torch.exp(self.log_s))
+        if self.covariance == "full":
+            chol = self.cholesky()
+            return chol @ chol.transpose(-1, -2)
+        return torch.diag_embed(torch.exp(self.log_s)) + self.factor @ self.factor.transpose(-1, -2)
+
+    def quadratic(self, x: torch.Tensor) -> torch.Tensor:
+        """``x^T S_k x`` for every point and component, shape (n, K)."""
+        if self.covariance == "diagonal":
+            return (x.square() @ torch.exp(self.log_s).T)
+        if self.covariance == "full":
+            return torch.einsum("nd,kde->nke", x, self.cholesky()).square().sum(-1)
+        diag = x.square() @ torch.exp(self.log_s).T
+        return diag + torch.einsum("nd,kdr->nkr", x, self.factor).square().sum(-1)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``S_k x`` for every point and component, shape (n, K, d)."""
+        if self.covariance == "diagonal":
+            return torch.exp(self.log_s)[None] * x[:, None, :]
+        return torch.einsum("kde,ne->nkd", self.matrices(), x)
+
+    def component_log_prob(self, y: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """``log N(y | means_k, eps S_k)``, shape (n, K); ``means`` is (K, d) or (n, K, d)."""
+        diff = y[:, None, :] - means  # (n, K, d)
+        eps, d = self.eps, self.dim
+        if self.covariance == "diagonal":
+            maha = (diff.square() * torch.exp(-self.log_s)[None]).sum(-1)
+            logdet = self.log_s.sum(-1)[None]
+        elif self.covariance == "full":
+            # one (K, d, d) triangular inverse, then a batched product: far cheaper than n * K small solves
+            eye = torch.eye(d, dtype=diff.dtype, device=diff.device).expand(self.components, d, d)
+            inverse = torch.linalg.solve_triangular(self.cholesky(), eye, upper=False)
+            maha = torch.einsum("kde,nke->nkd", inverse, diff).square().sum(-1)
+            logdet = self.log_s.sum(-1)[None]
+        else:
+            dist = torch.distributions.LowRankMultivariateNormal(torch.zeros(d, device=y.device), self.factor,
+                                                                 torch.exp(self.log_s))
+            return dist.log_prob(diff / math.sqrt(eps)) - 0.5 * d * math.log(eps)
+        return -0.5 * (maha / eps + logdet + d * (_LOG_2PI + math.log(eps)))
+
+    def noise(self, shape: tuple[int, ...], index: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Draws of ``N(0, S_k)`` for the components ``index`` (n,), shape (n, d)."""
+        z = torch.randn(shape, generator=generator, device=self.r.device, dtype=self.r.dtype)
+        if self.covariance == "diagonal":
+            return torch.exp(0.5 * self.log_s)[index] * z
+        if self.covariance == "full":
+            return (self.cholesky()[index] @ z.unsqueeze(-1)).squeeze(-1)
+        extra = torch.randn((shape[0], self.factor.shape[-1]), generator=generator, device=self.r.device,
+                            dtype=self.r.dtype)
+        return torch.exp(0.5 * self.log_s)[index] * z + (self.factor[index] @ extra.unsqueeze(-1)).squeeze(-1)
+
+    # ---- the closed forms --------------------------------------------------------------------------------------
+    def log_v(self, y: torch.Tensor) -> torch.Tensor:
+        """``log v(y) = logsumexp_k [log alpha_k + log N(y | r_k, eps S_k)]``, shape (n,)."""
+        return torch.logsumexp(self.log_alpha[None] + self.component_log_prob(y, self.r), dim=1)
+
+    def plan_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``log alpha_k + (r_k . x + x^T S_k x / 2) / eps`` (n, K): the log-weights of the conditional plan's
+        components, whose logsumexp is ``log c(x)``."""
+        return self.log_alpha[None] + (x @ self.r.T + 0.5 * self.quadratic(x)) / self.eps
+
+    def log_c(self, x: torch.Tensor) -> torch.Tensor:
+        """``log c(x) = log int exp(<x, y> / eps) v(y) dy``, shape (n,)."""
+        return torch.logsumexp(self.plan_logits(x), dim=1)
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """LightSB's loss ``E log c(x) - E log v(y)`` on a minibatch of each end (``KL(pi* || pi_v)`` + const)."""
+        return self.log_c(x).mean() - self.log_v(y).mean()
+
+    def plan_log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``log pi(y | x)`` of the conditional plan (a Gaussian mixture), shape (n,)."""
+        weights = torch.log_softmax(self.plan_logits(x), dim=1)
+        return torch.logsumexp(weights + self.component_log_prob(y, self.r[None] + self.apply(x)), dim=1)
+
+    def sample_plan(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Exact draws of ``pi(. | x)``: a component ``k ~ w(x)``, then ``N(r_k + S_k x, eps S_k)``."""
+        logits = self.plan_logits(x)
+        uniform = torch.rand(logits.shape, generator=generator, device=x.device, dtype=logits.dtype)
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-30)))
+        k = torch.argmax(logits + gumbel, dim=1)
+        rows = torch.arange(x.shape[0], device=x.device)
+        mean = self.r[k] + self.apply(x)[rows, k]
+        return mean + math.sqrt(self.eps) * self.noise(tuple(x.shape), k, generator)
+
+    def plan_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (n, d) and covariance (n, d, d) of the conditional plan ``pi(. | x)``: ``sum_k w_k m_k`` and
+        ``eps sum_k w_k S_k + sum_k w_k (m_k - mean)(m_k - mean)^T`` with ``m_k = r_k + S_k x`` (maths.md §I.1)."""
+        weights = torch.softmax(self.plan_logits(x), dim=1)
+        means = self.r[None] + self.apply(x)
+        mean = (weights[:, :, None] * means).sum(1)
+        spread = means - mean[:, None]
+        cov = (self.eps * torch.einsum("nk,kde->nde", weights, self.matrices())
+               + torch.einsum("nk,nkd,nke->nde", weights, spread, spread))
+        return mean, cov
+
+    @classmethod
+    def from_gaussian_potential(cls, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor,
+                                eps: float) -> MixturePotential:
+        """The full-covariance potential whose plan is ``pi(y | x) ∝ N(y | x, eps I) f(y)`` for the Gaussian
+        mixture ``f = sum_k p_k N(mu_k, Sigma_k)`` (the known plans of maths.md §H.1): ``v(y) = exp(-|y|^2 / (2 eps))
+        f(y)`` has ``eps S_k = (I / eps + Sigma_k^{-1})^{-1}``, ``r_k = eps S_k Sigma_k^{-1} mu_k`` and ``log alpha_k
+        = log p_k + log N(mu_k | 0, Sigma_k + eps I)`` up to a common constant (maths.md §I.1)."""
+        k, d = means.shape
+        eye = torch.eye(d, dtype=covs.dtype, device=covs.device)
+        plan_covs = torch.linalg.inv(eye / eps + torch.linalg.inv(covs))
+        r = torch.einsum("kde,kef,kf->kd", plan_covs, torch.linalg.inv(covs), means)
+        log_alpha = torch.log(weights) + torch.distributions.MultivariateNormal(
+            torch.zeros(d, dtype=covs.dtype, device=covs.device), covs + eps * eye).log_prob(means)
+        chol = torch.linalg.cholesky(plan_covs / eps)
+        potential = cls(d, k, eps, "full").to(dtype=covs.dtype, device=covs.device)
+        with torch.no_grad():
+            potential.r.copy_(r)
+            potential.log_alpha_raw.copy_(eps * log_alpha)
+            potential.log_s.copy_(2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)))
+            potential.tril.copy_(torch.tril(chol, -1))
+            potential.initialised.fill_(True)
+        return potential
+
+    def spectrum(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eigenvalues (K, d) and eigenvectors (K, d, d; ``None`` when diagonal) of ``S_k``, kept until the
+        parameters change (the drift reads them at every step)."""
+        key = tuple((id(p), p._version) for p in self.parameters())
+        cached = getattr(self, "_spectrum", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            if self.covariance == "diagonal":
+                value: tuple[torch.Tensor, torch.Tensor | None] = (torch.exp(self.log_s), None)
+            else:
+                eigs, vecs = torch.linalg.eigh(self.matrices().double())
+                value = (eigs.clamp_min(1e-12).to(self.r.dtype), vecs.to(self.r.dtype))
+        self._spectrum = (key, value)
+        return value
+
+    def drift(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        """The bridge's drift ``(E[X1 | X_t = x] - x) / (1 - t)`` at time ``t`` in ``[0, 1]`` (maths.md §I.3).
+
+        With ``S_k = U diag(lam) U^T``, ``s = eps lam``, ``z = U^T x``, ``rho = U^T r_k`` and ``den = t s +
+        eps (1 - t)``, the posterior of ``X1`` given ``X_t = x`` is a mixture with log-weights ``log alpha_k -
+        sum log(den) / 2 + sum [z^2 (s - eps) / eps + 2 z rho - t rho^2] / (2 den)`` (up to terms common to all
+        k) and per-component drift ``U [(s - eps) z + eps rho] / den``: finite on all of ``[0, 1]``.
+        """
+        eps = self.eps
+        lam, vecs = self.spectrum()
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)  # (1 or n, 1, 1)
+        s = eps * lam[None]  # (1, K, d)
+        if vecs is None:
+            z, rho = x[:, None, :].expand(-1, self.components, -1), self.r[None]
+        else:
+            z, rho = torch.einsum("nd,kde->nke", x, vecs), torch.einsum("kd,kde->ke", self.r, vecs)[None]
+        den = t * s + eps * (1 - t)
+        logits = (self.log_alpha[None] - 0.5 * torch.log(den).sum(-1)
+                  + 0.5 * ((z.square() * (s - eps) / eps + 2 * z * rho - t * rho.square()) / den).sum(-1))
+        weights = torch.softmax(logits, dim=1)  # (n, K)
+        coef = ((s - eps) * z + eps * rho) / den  # (n, K, d) in each component's eigenbasis
+        if vecs is not None:
+            coef = torch.einsum("kde,nke->nkd", vecs, coef)
+        return (weights[:, :, None] * coef).sum(1)
+
+    def forward(self, x: torch.Tensor, t: Any = None, cond: Any = None, target: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """The drift at ``t``; with ``target`` (points of the other end), the training objective (so that the
+        trainer's distributed wrapper sees the loss go through ``forward``)."""
+        if target is not None:
+            return self.objective(x, target)
+        return self.drift(x, t)
+
+    @torch.no_grad()
+    def initialise(self, targets: torch.Tensor) -> None:
+        """Set ``r`` to ``K`` points of the target end (the paper's initialisation) and mark the potential as
+        initialised."""
+        self.r.copy_(targets[: self.components].to(self.r))
+        self.initialised.fill_(True)
+
+
+class LightSBObjective:
+    """Both directions' LightSB losses on independent minibatches ``{"x0", "x1"}``: ``fwd`` on ``(x0, x1)``, ``bwd``
+    on ``(x1, x0)``."""
+
+    def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
+                 generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        fwd = models["fwd"](batch["x0"], target=batch["x1"])
+        bwd = models["bwd"](batch["x1"], target=batch["x0"])
+        return fwd + bwd, {"fwd": fwd.detach(), "bwd": bwd.detach()}
+
+
+class LightSB(BrownianReference, BridgeSolver):
+    """Light Schrödinger Bridge between data and ``N(0, I)`` or between two data sets (vectors).
+
+    ``sigma``: reference noise, ``eps = sigma**2``. ``components``: mixture components ``K`` of each potential;
+    ``covariance``: ``"diagonal"``, ``"full"`` or ``"lowrank"`` (with ``rank`` columns); ``scale_init``: the
+    initial ``S_k = scale_init I``. ``transport(x)`` samples the conditional plan exactly (no steps); with ``steps``
+    (or ``ode=True``, ``return_path=True``) it integrates the closed-form drift on a grid.
+    """
+
+    method = "lightsb"
+    fit_options = ()
+    default_steps = 10_000
+    declared = BridgeSolver.declared.with_(cond_required=False, exact_plan=True, plots=("samples", "trajectories"))
+
+    def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, sigma: float = 1.0,
+                 components: int = 50, covariance: str = "diagonal", rank: int = 4, scale_init: float = 1.0,
+                 seed: int = 0, device: str | torch.device = "auto", cond: dict[str, Any] | None = None,
+                 net: Any = None) -> None:
+        if isinstance(net, nn.Module):
+            raise ConfigError("LightSB's potentials are Gaussian mixtures, not networks; drop net= and choose "
+                              "components / covariance instead.")
+        if cond is not None:
+            raise ConfigError("LightSB's potentials take no condition; fit one LightSB per condition, or use dsbm for "
+                              "a conditional bridge.")
+        self.components = check_positive_int(components, "components")
+        self.covariance = check_choice(covariance, COVARIANCES, "covariance")
+        self.rank = check_positive_int(rank, "rank")
+        self.scale_init = check_positive_float(scale_init, "scale_init")
+        if shape is not None and len(tuple(shape)) != 1:
+            raise ConfigError(f"LightSB works on vectors (n, d); got event shape {tuple(shape)}: flatten the data "
+                              "first, or run it in an autoencoder's latent space (--latent).")
+        # ``net`` is only ever the stored default configuration of a saved run here: no network is built from it
+        super().__init__(dim, shape=shape, sigma=sigma, net=net if isinstance(net, dict) else None, seed=seed,
+                         device=device)
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "components": self.components, "covariance": self.covariance,
+                "rank": self.rank, "scale_init": self.scale_init}
+
+    @property
+    def eps(self) -> float:
+        """The reference's variance per unit time, ``sigma**2``."""
+        return self.sigma**2
+
+    def _build_models(self) -> dict[str, nn.Module]:
+        return {name: MixturePotential(self.dim, self.components, self.eps, self.covariance, self.rank,
+                                       self.scale_init) for name in self.model_names}
+
+    # ---- training ----------------------------------------------------------------------------------------------
+    def before_fit(self, data: FitData) -> None:
+        """Start each potential's means at points of its target end (once: a later fit continues from them)."""
+        for name, targets, part in (("fwd", data.x1, 0), ("bwd", data.x0, 1)):
+            if bool(self.models[name].initialised):
+                continue
+            gen = make_generator(stream_seed(self.seed, INIT_STREAM, part), targets.device)
+            idx = torch.randint(targets.shape[0], (self.components,), generator=gen, device=targets.device)
+            self.models[name].initialise(targets[idx])
+            self.ema_models[name].load_state_dict(self.models[name].state_dict())
+
+    def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
+        source = IndependentSource(x0=data.x0, x1=data.x1)
+        return [Phase("potentials", config.steps, LightSBObjective(), source, ("fwd", "bwd"),
+                      on_end=lambda: self._monitor(1, data, None))]
+
+    # ---- the bridge --------------------------------------------------------------------------------------------
+    def forward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The forward potential's closed-form drift at ``t``."""
+        return self.ema_models["fwd"].drift(x, t)
+
+    def backward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The backward potential's drift in reverse time ``s = 1 - t`` (the bridge ``x1 -> x0`` is the same problem
+        with the ends swapped, and Brownian motion is reversible)."""
+        return self.ema_models["bwd"].drift(x, 1.0 - t)
+
+    @torch.no_grad()
+    def transport(self, x: Any, *, steps: int | None = None, reverse: bool = False, ode: bool = False,
+                  method: str = "heun", cond: Any = None, return_path: bool = False,
+                  seed: int | None = None) -> torch.Tensor:
+        """Exact draws of the conditional plan ``pi(x1 | x0)`` (``reverse``: ``pi(x0 | x1)``) by default;
+        with ``steps``, ``ode=True`` or ``return_path``, the bridge's SDE / probability-flow ODE on a grid (see
+        :meth:`BridgeSolver.transport`)."""
+        if steps is not None or ode or return_path:
+            return super().transport(x, steps=steps, reverse=reverse, ode=ode, method=method, cond=cond,
+                                     return_path=return_path, seed=seed)
+        x = self._data(x, "points to transport")
+        self._bridge_condition(cond, x.shape[0])
+        gen = make_generator(self.seed + TRANSPORT_OFFSET if seed is None else seed, self.device)
+        self.last_nfe = 0
+        return self.ema_models["bwd" if reverse else "fwd"].sample_plan(x, gen)
+
+    @torch.no_grad()
+    def plan_log_prob(self, x: Any, y: Any, *, reverse: bool = False) -> torch.Tensor:
+        """``log pi(y | x)`` of the learned conditional plan (``reverse``: ``log pi(x0 = y | x1 = x)``), shape
+        ``(n,)``."""
+        x = self._data(x, "points to condition on")
+        y = self._data(y, "points of the other end")
+        if x.shape[0] != y.shape[0]:
+            raise ConfigError(f"plan_log_prob takes one point of each end per row; got {x.shape[0]} and "
+                              f"{y.shape[0]} rows.")
+        return self.ema_models["bwd" if reverse else "fwd"].plan_log_prob(x, y)

@@ -1,0 +1,315 @@
+"""Tests for LightSB (maths.md §I): the Gaussian-mixture potential's closed forms against the known plans of the EOT
+benchmark (§H), the three covariance forms against each other, the one-component objective against the Gaussian SB
+of §G.2, a short fit, exact and simulated transport, runs (save, load, resume, CLI) and bad input.
+
+Closed-form comparisons run in float64 with tolerances of rounding size; Monte-Carlo checks use fixed seeds and state
+their bound next to the assertion.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sbridge
+from sbridge.cli import main
+from sbridge.core.errors import ConfigError, SBridgeError
+from sbridge.data.eot_benchmark import EOTBenchmark
+from sbridge.processes.gaussian import coupling
+from sbridge.solvers.lightsb import MixturePotential
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+F64 = torch.float64
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def truth(bench: EOTBenchmark) -> MixturePotential:
+    """The benchmark's own potential, as a full-covariance LightSB potential (float64)."""
+    return MixturePotential.from_gaussian_potential(bench.potential_weights, bench.potential_means,
+                                                    bench.potential_covs, bench.eps)
+
+
+def solver_at(bench: EOTBenchmark) -> sbridge.LightSB:
+    """A LightSB whose forward potential is the benchmark's (float32, as a fitted solver holds it)."""
+    solver = sbridge.LightSB(bench.dim, sigma=bench.sigma, components=bench.potential_weights.shape[0],
+                             covariance="full", device="cpu")
+    state = truth(bench).state_dict()
+    solver.models["fwd"].load_state_dict(state)
+    solver.ema_models["fwd"].load_state_dict(state)
+    return solver
+
+
+# ---------------------------------------------------------------- 1. closed forms
+
+
+def test_the_benchmarks_potential_gives_the_benchmarks_plan_and_drift() -> None:
+    bench = EOTBenchmark(dim=3, eps=0.5, seed=0)
+    pot = truth(bench)
+    x = bench.sample_x0(300, gen(0)).double()
+    with torch.no_grad():
+        mean, cov = pot.plan_moments(x)
+        true_mean, true_cov = bench.conditional_moments(x)
+        assert torch.allclose(mean, true_mean.to(F64), atol=1e-9) and torch.allclose(cov, true_cov.to(F64), atol=1e-9)
+        for t in (0.0, 0.3, 0.7, 0.99):
+            assert torch.allclose(pot.drift(x, t), bench.drift(x, t).to(F64), atol=1e-8), t
+        times = torch.rand(x.shape[0], generator=gen(1), dtype=F64) * 0.999
+        assert torch.allclose(pot.drift(x, times), bench.drift(x, times).to(F64), atol=1e-8)
+        # finite at t = 1, where (E[X1 | X_t] - x) / (1 - t) is 0 / 0, and continuous there
+        end = pot.drift(x, 1.0)
+        assert torch.isfinite(end).all() and torch.allclose(end, pot.drift(x, 1.0 - 1e-9), atol=1e-6)
+
+
+def test_the_plan_density_integrates_to_one_with_the_plans_mean() -> None:
+    # 1-D: quadrature of exp(plan_log_prob) on a fine grid gives mass 1 and the closed-form mean, for each x
+    bench = EOTBenchmark(dim=1, eps=0.3, seed=2)
+    pot = truth(bench)
+    x = torch.tensor([[-2.0], [0.0], [1.5]], dtype=F64)
+    grid = torch.linspace(-15.0, 15.0, 60_001, dtype=F64)
+    h = float(grid[1] - grid[0])
+    with torch.no_grad():
+        mean, _ = pot.plan_moments(x)
+        for i in range(x.shape[0]):
+            density = pot.plan_log_prob(x[i].expand(grid.shape[0], 1), grid[:, None]).exp()
+            assert abs(float(density.sum() * h) - 1.0) < 1e-6
+            assert abs(float((density * grid).sum() * h) - float(mean[i, 0])) < 1e-6
+
+
+def _random_diagonal(d: int, k: int, eps: float, seed: int) -> MixturePotential:
+    torch.manual_seed(seed)
+    pot = MixturePotential(d, k, eps, "diagonal").double()
+    with torch.no_grad():
+        pot.r.normal_(0.0, 1.5)
+        pot.log_s.uniform_(-1.0, 0.5)
+        pot.log_alpha_raw.normal_(0.0, eps)
+    return pot
+
+
+def _as_full(matrices: torch.Tensor, like: MixturePotential) -> MixturePotential:
+    full = MixturePotential(like.dim, like.components, like.eps, "full").double()
+    chol = torch.linalg.cholesky(matrices)
+    with torch.no_grad():
+        full.r.copy_(like.r)
+        full.log_alpha_raw.copy_(like.log_alpha_raw)
+        full.log_s.copy_(2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)))
+        full.tril.copy_(torch.tril(chol, -1))
+    return full
+
+
+def _assert_same_closed_forms(a: MixturePotential, b: MixturePotential, seed: int) -> None:
+    x = torch.randn(64, a.dim, generator=gen(seed), dtype=F64) * 2
+    y = torch.randn(64, a.dim, generator=gen(seed + 1), dtype=F64) * 2
+    with torch.no_grad():
+        assert torch.allclose(a.matrices(), b.matrices(), atol=1e-12)
+        for fn in ("log_v", "log_c"):
+            assert torch.allclose(getattr(a, fn)(x), getattr(b, fn)(x), atol=1e-9), fn
+        assert torch.allclose(a.plan_log_prob(x, y), b.plan_log_prob(x, y), atol=1e-9)
+        assert torch.allclose(a.objective(x, y), b.objective(x, y), atol=1e-9)
+        for t in (0.0, 0.5, 1.0):
+            assert torch.allclose(a.drift(x, t), b.drift(x, t), atol=1e-8), t
+        for pa, pb in zip(a.plan_moments(x), b.plan_moments(x), strict=True):
+            assert torch.allclose(pa, pb, atol=1e-9)
+
+
+def test_the_three_covariance_forms_agree_on_the_same_matrices() -> None:
+    # diagonal vs its Cholesky form, and low rank vs the Cholesky factor of diag(s) + V V^T: same matrices S_k,
+    # so every closed form must agree to rounding
+    diag = _random_diagonal(3, 4, 0.7, seed=0)
+    _assert_same_closed_forms(diag, _as_full(diag.matrices(), diag), seed=10)
+    low = MixturePotential(3, 4, 0.7, "lowrank", rank=2).double()
+    with torch.no_grad():
+        low.r.copy_(diag.r)
+        low.log_alpha_raw.copy_(diag.log_alpha_raw)
+        low.log_s.copy_(diag.log_s)
+        low.factor.normal_(0.0, 0.5, generator=gen(3))
+    _assert_same_closed_forms(low, _as_full(low.matrices(), low), seed=20)
+
+
+# ---------------------------------------------------------------- 2. the objective
+
+
+def _gaussian_pair(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = gen(seed)
+    a, b = torch.tensor([0.5, -1.0], dtype=F64), torch.tensor([-1.0, 2.0], dtype=F64)
+    la = torch.tensor([[1.0, 0.0], [0.6, 0.7]], dtype=F64)
+    lb = torch.tensor([[0.8, 0.0], [-0.5, 1.2]], dtype=F64)
+    x0 = a + torch.randn(n, 2, generator=g, dtype=F64) @ la.T
+    x1 = b + torch.randn(n, 2, generator=g, dtype=F64) @ lb.T
+    return x0, x1
+
+
+def _moment_bridge(x0: torch.Tensor, x1: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``S = C^T A^{-1}`` and ``r = b - S a`` of the Gaussian SB between the (1/n) moment fits (§I.2, §G.2)."""
+    a, b = x0.mean(0), x1.mean(0)
+    A = (x0 - a).T @ (x0 - a) / x0.shape[0]
+    B = (x1 - b).T @ (x1 - b) / x1.shape[0]
+    C = coupling(a, A, b, B, math.sqrt(eps)).to(F64)
+    S = C.T @ torch.linalg.inv(A)
+    return S, b - S @ a
+
+
+def test_one_component_minimiser_is_the_gaussian_bridge_of_the_sample_moments() -> None:
+    # the one-component objective sees only the two ends' first two moments, so its minimiser on the samples is the
+    # Gaussian SB of the moment fits; full-batch L-BFGS finds it to optimiser tolerance
+    eps = 0.5
+    x0, x1 = _gaussian_pair(3000, seed=0)
+    pot = MixturePotential(2, 1, eps, "full").double()
+    with torch.no_grad():
+        pot.r.copy_(x1[:1])
+    opt = torch.optim.LBFGS(pot.parameters(), lr=1.0, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = pot.objective(x0, x1)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    S, r = _moment_bridge(x0, x1, eps)
+    with torch.no_grad():
+        assert torch.allclose(pot.matrices()[0], S, atol=1e-5), (pot.matrices()[0], S)
+        assert torch.allclose(pot.r[0], r, atol=1e-5)
+        # and its conditional covariance eps S is the coupling's B - C^T A^{-1} C (the product form, §G.2)
+        _, cov = pot.plan_moments(x0[:1])
+        b = x1.mean(0)
+        B = (x1 - b).T @ (x1 - b) / x1.shape[0]
+        a = x0.mean(0)
+        A = (x0 - a).T @ (x0 - a) / x0.shape[0]
+        C = coupling(a, A, b, B, math.sqrt(eps)).to(F64)
+        assert torch.allclose(cov[0], B - C.T @ torch.linalg.inv(A) @ C, atol=1e-5)
+
+
+def test_a_short_fit_moves_the_potential_towards_the_gaussian_bridge() -> None:
+    # the solver's own training loop (Adam on independent minibatches): after 1500 steps the fitted S and r are
+    # within 0.05 of the moment bridge, from a start (S = I, r at a data point) at least 10x farther away
+    eps = 0.5
+    x0, x1 = _gaussian_pair(4000, seed=1)
+    S, r = _moment_bridge(x0, x1, eps)
+    solver = sbridge.LightSB(2, sigma=math.sqrt(eps), components=1, covariance="full", device="cpu", seed=3)
+    start = torch.eye(2, dtype=F64)
+    solver.fit(x0.float(), x1.float(), steps=1500, batch_size=512, lr=1e-2, lr_schedule="cosine", quiet=True)
+    pot = solver.ema_models["fwd"]
+    with torch.no_grad():
+        err = float((pot.matrices()[0].double() - S).abs().max())
+        err_r = float((pot.r[0].double() - r).abs().max())
+    assert err < 0.05 and err_r < 0.05, (err, err_r)
+    assert float((start - S).abs().max()) > 10 * err
+    # the backward potential solves the swapped problem
+    S_back, r_back = _moment_bridge(x1, x0, eps)
+    back = solver.ema_models["bwd"]
+    with torch.no_grad():
+        assert float((back.matrices()[0].double() - S_back).abs().max()) < 0.05
+        assert float((back.r[0].double() - r_back).abs().max()) < 0.05
+
+
+# ---------------------------------------------------------------- 3. transport
+
+
+def test_exact_transport_has_the_plans_conditional_moments() -> None:
+    # 20000 exact draws per input: each mean coordinate within 5 standard errors of the closed form, each
+    # covariance entry within 5 standard errors (Var of a product <= E[x^4]-ish, bounded here by 3 sd_i sd_j)
+    bench = EOTBenchmark(dim=2, eps=0.5, seed=1)
+    solver = solver_at(bench)
+    inputs = bench.test_inputs(3, seed=4).float()
+    n = 20_000
+    draws = solver.transport(inputs.repeat_interleave(n, 0)).reshape(3, n, 2).double()
+    assert solver.last_nfe == 0
+    mean, cov = bench.conditional_moments(inputs)
+    for i in range(3):
+        sd = cov[i].diagonal().sqrt().double()
+        assert ((draws[i].mean(0) - mean[i].double()).abs() < 5 * sd / math.sqrt(n)).all()
+        emp = torch.cov(draws[i].T)
+        assert ((emp - cov[i].double()).abs() < 5 * 3 * torch.outer(sd, sd) / math.sqrt(n)).all()
+    # a seed fixes the draws; another seed gives others
+    x = inputs.repeat_interleave(4, 0)
+    assert torch.equal(solver.transport(x, seed=7), solver.transport(x, seed=7))
+    assert not torch.equal(solver.transport(x, seed=7), solver.transport(x, seed=8))
+
+
+def test_the_sde_on_the_closed_form_drift_reproduces_the_exact_plan() -> None:
+    # 200 Euler-type steps on the closed-form drift from 4000 copies of each input: the mean and variance of the
+    # endpoints match the exact plan's to 5 standard errors plus a discretisation allowance of 0.03
+    bench = EOTBenchmark(dim=2, eps=0.5, seed=1)
+    solver = solver_at(bench)
+    inputs = bench.test_inputs(2, seed=5).float()
+    n = 4000
+    ends = solver.transport(inputs.repeat_interleave(n, 0), steps=200, seed=1).reshape(2, n, 2).double()
+    assert solver.last_nfe > 0
+    mean, cov = bench.conditional_moments(inputs)
+    for i in range(2):
+        sd = cov[i].diagonal().sqrt().double()
+        assert ((ends[i].mean(0) - mean[i].double()).abs() < 5 * sd / math.sqrt(n) + 0.03).all()
+        var = ends[i].var(0)
+        assert ((var - cov[i].diagonal().double()).abs() < 5 * math.sqrt(2 / n) * sd**2 + 0.03).all()
+
+
+# ---------------------------------------------------------------- 4. runs and bad input
+
+
+def test_a_saved_run_loads_to_the_same_plan_and_a_resumed_fit_matches_an_uninterrupted_one(tmp_path: Path) -> None:
+    x0, x1 = _gaussian_pair(2000, seed=2)
+    x0, x1 = x0.float(), x1.float()
+    opts = {"batch_size": 128, "lr": 1e-2, "quiet": True, "checkpoint_every": 20}
+    full = sbridge.LightSB(2, components=3, device="cpu").fit(x0, x1, steps=40, out=tmp_path / "a", **opts)
+    loaded = sbridge.load(tmp_path / "a", device="cpu")
+    assert isinstance(loaded, sbridge.LightSB) and loaded.components == 3
+    probe = x0[:50]
+    assert torch.equal(full.transport(probe, seed=1), loaded.transport(probe, seed=1))
+    y = full.transport(probe, seed=1)
+    assert torch.allclose(full.plan_log_prob(probe, y), loaded.plan_log_prob(probe, y))
+    # a fit stopped at step 20 and resumed to 40 ends with the uninterrupted fit's weights
+    sbridge.LightSB(2, components=3, device="cpu").fit(x0, x1, steps=20, out=tmp_path / "b", **opts)
+    resumed = sbridge.LightSB(2, components=3, device="cpu").fit(x0, x1, steps=40, out=tmp_path / "b", resume=True,
+                                                                  **opts)
+    for name in ("fwd", "bwd"):
+        for key, value in full.models[name].state_dict().items():
+            assert torch.equal(value, resumed.models[name].state_dict()[key]), (name, key)
+
+
+def test_the_cli_trains_samples_and_scores_a_lightsb_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--method", "lightsb", "--data", "moons", "--steps", "300", "--n-data", "2000",
+                 "--set", "components=8", "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out), "--n", "400", "--out", str(tmp_path / "s.npy")]) == 0
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (400, 2) and np.isfinite(samples).all()
+    # moons lie in [-1.2, 2.2] x [-0.7, 1.2]: exact draws of the learned plan from N(0, I) land around them
+    assert -0.6 < samples[:, 0].mean() < 1.6 and -0.5 < samples[:, 1].mean() < 1.0
+    code = main(["train", "--method", "lightsb", "--data", "moons", "--set", "components=0", "--quiet",
+                 "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert code == 2 and "components" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"components": 0}, "components"),
+    ({"covariance": "spherical"}, "covariance"),
+    ({"rank": 0}, "rank"),
+    ({"scale_init": -1.0}, "scale_init"),
+    ({"cond": {"kind": "label", "classes": 3}}, "no condition"),
+    ({"shape": (1, 4, 4)}, "works on vectors"),
+])
+def test_bad_options_raise_one_sentence(kwargs: dict, needle: str) -> None:
+    args = {"dim": 2} if "shape" not in kwargs else {}
+    with pytest.raises(ConfigError, match=needle) as info:
+        sbridge.LightSB(**args, **kwargs, device="cpu")
+    message = str(info.value)
+    assert message.endswith(".") and "\n" not in message
+
+
+def test_plan_log_prob_checks_its_rows_and_a_generative_fit_declares_its_samplers() -> None:
+    x = torch.randn(200, 2, generator=gen(0))
+    solver = sbridge.LightSB(2, components=3, device="cpu").fit(x, steps=20, batch_size=64, quiet=True)
+    caps = solver.capabilities()
+    assert caps.exact_plan and caps.sample and not caps.two_sets
+    with pytest.raises(SBridgeError, match="one point of each end per row"):
+        solver.plan_log_prob(x[:3], x[:4])
