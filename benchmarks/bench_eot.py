@@ -8,7 +8,8 @@ seed=0)``: ``--n-train`` independent draws of each end for training; ``--n-input
 * ``floor``: the true plan sampled the same way (``per_input`` exact draws per input): what any sampler of the
   right plan scores with this many draws;
 * ``sde floor``: the true drift (the benchmark's own potential, :meth:`MixturePotential.from_gaussian_potential`)
-  integrated by the same SDE sampler (``--sde-steps``): what a perfect drift scores through that discretisation.
+  integrated by the same SDE sampler (``--sde-steps``, ``--sde-per-input`` draws per input): what a perfect drift
+  scores through that discretisation with that many draws.
 
 LightSB rows give cBW2-UVP of its exact plan draws, the same from the learned moments in closed form (``exact``: no
 sampling error, compare with 0), and through the SDE on its closed-form drift. Published figures (cBW2-UVP %,
@@ -33,7 +34,6 @@ import torch
 import sbridge
 from sbridge import metrics
 from sbridge.data.eot_benchmark import EOTBenchmark
-from sbridge.metrics.samples import _bw2_squared
 from sbridge.solvers.lightsb import MixturePotential
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,8 +45,9 @@ PUBLISHED_LIGHTSB = {(2, 0.1): 0.03, (2, 1.0): 0.05, (2, 10.0): 0.07, (16, 0.1):
 
 def lightsb_settings(dim: int, eps: float, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """(constructor options, fit options) of LightSB in one cell."""
-    covariance = args.covariance if args.covariance != "auto" else ("full" if dim <= 16 else "lowrank")
-    build = {"components": args.components, "covariance": covariance, "rank": args.rank}
+    build = {k: v for k, v in {"components": args.components, "covariance": args.covariance,
+                                 "rank": args.rank}.items() if v is not None}
+    build["directions"] = "forward"  # only pi(x1 | x0) is scored
     fit = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
     fit["quiet"] = True
     return build, fit
@@ -57,7 +58,7 @@ def _exact_cbw(potential: MixturePotential, inputs: torch.Tensor, true_mean: tor
     """cBW2-UVP from the learned plan's closed-form conditional moments (no Monte-Carlo error)."""
     with torch.no_grad():
         mean, cov = potential.plan_moments(inputs.to(potential.r))
-    return 100.0 * float(_bw2_squared(mean.double(), cov.double(), true_mean.double(), true_cov.double()).mean()) / var
+    return metrics.cbw2_uvp_from_moments(mean, cov, true_mean, true_cov, var)
 
 
 def cell(dim: int, eps: float, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -77,7 +78,9 @@ def cell(dim: int, eps: float, args: argparse.Namespace) -> list[dict[str, Any]]
     state = MixturePotential.from_gaussian_potential(bench.potential_weights, bench.potential_means,
                                                      bench.potential_covs, eps).state_dict()
     oracle.ema_models["fwd"].load_state_dict(state)
-    sde_floor = metrics.cbw2_uvp(oracle.transport(repeated, steps=args.sde_steps).reshape(-1, k, dim),
+    k_sde = args.sde_per_input
+    repeated_sde = inputs.repeat_interleave(k_sde, 0)
+    sde_floor = metrics.cbw2_uvp(oracle.transport(repeated_sde, steps=args.sde_steps).reshape(-1, k_sde, dim),
                                  true_mean, true_cov, var)
     base = {"dim": dim, "eps": eps, "floor": floor, "sde_floor": sde_floor, "bw2_uvp_floor": bw_floor,
             "published_lightsb": PUBLISHED_LIGHTSB.get((dim, eps))}
@@ -91,8 +94,11 @@ def cell(dim: int, eps: float, args: argparse.Namespace) -> list[dict[str, Any]]
         solver.fit(x0, x1, **fit)
         seconds = time.perf_counter() - start
         draws = solver.transport(repeated).reshape(-1, k, dim)
-        sde = solver.transport(repeated, steps=args.sde_steps).reshape(-1, k, dim)
-        rows.append({**base, "method": method, "settings": {**build, **fit}, "seconds": seconds,
+        sde = solver.transport(repeated_sde, steps=args.sde_steps).reshape(-1, k_sde, dim)
+        settings = {**solver.options(), **solver.train_config.to_dict()}
+        settings = {k: settings[k] for k in ("components", "covariance", "rank", "directions", "steps", "batch_size",
+                                             "lr", "lr_schedule", "ema_decay", "grad_clip")}
+        rows.append({**base, "method": method, "settings": settings, "seconds": seconds,
                      "cbw2_uvp": metrics.cbw2_uvp(draws, true_mean, true_cov, var),
                      "cbw2_uvp_exact": _exact_cbw(solver.ema_models["fwd"], inputs, true_mean, true_cov, var),
                      "cbw2_uvp_sde": metrics.cbw2_uvp(sde, true_mean, true_cov, var),
@@ -106,12 +112,16 @@ def markdown(r: dict[str, Any]) -> str:
            "cBW2-UVP (%) on the project's pairs (maths.md §H; 'floor': the true plan sampled alike; 'sde floor': the "
            "true drift through the same SDE sampler; 'exact': from the learned plan's closed-form moments, floor 0). "
            "'published': LightSB on the published pairs (other draws of the same construction).", "",
-           "| D | eps | method | cBW2-UVP | floor | ratio | exact | SDE | sde floor | published | BW2-UVP "
-           "(floor) | seconds |",
-           "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| D | eps | method | potential | cBW2-UVP | floor | ratio | exact | SDE | sde floor | published | "
+           "BW2-UVP (floor) | fit seconds |",
+           "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in r["rows"]:
         pub = "—" if e["published_lightsb"] is None else f"{e['published_lightsb']:.2f}"
-        out.append(f"| {e['dim']} | {e['eps']:g} | {e['method']} | {e['cbw2_uvp']:.3f} | {e['floor']:.3f} | "
+        st = e["settings"]
+        potential = f"{st['covariance']} K{st['components']}" + (
+            f" r{st['rank']}" if st["covariance"] == "lowrank" else "")
+        out.append(f"| {e['dim']} | {e['eps']:g} | {e['method']} | {potential} | {e['cbw2_uvp']:.3f} | "
+                   f"{e['floor']:.3f} | "
                    f"{e['cbw2_uvp'] / e['floor']:.2f} | {e['cbw2_uvp_exact']:.3f} | {e['cbw2_uvp_sde']:.3f} | "
                    f"{e['sde_floor']:.3f} | {pub} | {e['bw2_uvp']:.3f} ({e['bw2_uvp_floor']:.3f}) | "
                    f"{e['seconds']:.1f} |")
@@ -123,21 +133,23 @@ def main() -> None:
     parser.add_argument("--dims", default="2,16,64,128")
     parser.add_argument("--eps", default="0.1,1,10")
     parser.add_argument("--methods", default="lightsb")
-    parser.add_argument("--components", type=int, default=50)
-    parser.add_argument("--covariance", default="auto", help="diagonal, full, lowrank or auto (full up to D = 16)")
-    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--components", type=int, default=None, help="mixture components (default: the solver's)")
+    parser.add_argument("--covariance", default=None, help="diagonal, full, lowrank or auto (default: the solver's)")
+    parser.add_argument("--rank", type=int, default=None, help="rank of lowrank covariances (default: the solver's)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the solver's)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the solver's)")
-    parser.add_argument("--n-train", type=int, default=200_000)
+    parser.add_argument("--n-train", type=int, default=1_000_000)
     parser.add_argument("--n-inputs", type=int, default=500)
     parser.add_argument("--per-input", type=int, default=500)
     parser.add_argument("--sde-steps", type=int, default=100)
+    parser.add_argument("--sde-per-input", type=int, default=100, help="SDE draws per test input (its floor alike)")
     parser.add_argument("--solver-seed", type=int, default=0)
     parser.add_argument("--out", default="eot", help="results file stem in benchmarks/results")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the script runs")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.n_train, args.n_inputs, args.per_input, args.sde_steps = 50, 2000, 20, 20, 10
+        args.sde_per_input = 20
         args.dims, args.out = "2", args.out + "_quick"
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",

@@ -50,7 +50,7 @@ MODES = [
      {"cond": _labels()}),
     ("follmer-F", lambda: sbridge.SchrodingerFollmer(2, case="F", **SMALL), {}),
     ("follmer-H-data-prior", lambda: sbridge.SchrodingerFollmer(2, prior="data", **SMALL), {}),
-    ("lightsb", lambda: sbridge.LightSB(2, components=4, device="cpu"), {}),
+    ("lightsb", lambda: sbridge.LightSB(2, components=4, covariance="diagonal", device="cpu"), {}),
     ("lightsb-two-sets", lambda: sbridge.LightSB(2, components=4, covariance="full", device="cpu"),
      {"prior": _data(seed=1, shift=2.0)}),
 ]

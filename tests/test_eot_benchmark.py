@@ -298,6 +298,25 @@ def test_metric_shape_errors() -> None:
         metrics.bw2_uvp(torch.randn(10, 2), torch.ones(10, 2))  # zero target variance
 
 
+def test_cbw2_uvp_from_moments_is_zero_at_the_truth_and_equals_the_sampled_score_on_sample_moments() -> None:
+    bench = EOTBenchmark(dim=3, eps=0.5, seed=1)
+    inputs = bench.test_inputs(6, seed=3)
+    mean, cov = bench.conditional_moments(inputs)
+    var = bench.x1_var()
+    assert metrics.cbw2_uvp_from_moments(mean, cov, mean, cov, var) == pytest.approx(0.0, abs=1e-10)
+    draws = bench.sample_conditional(inputs, 50, generator=gen(1)).double()
+    centred = draws - draws.mean(1, keepdim=True)
+    sample_cov = torch.einsum("mkd,mke->mde", centred, centred) / 49
+    assert metrics.cbw2_uvp_from_moments(draws.mean(1), sample_cov, mean, cov, var) == pytest.approx(
+        metrics.cbw2_uvp(draws, mean, cov, var), rel=1e-6)
+    # a shift by delta in every conditional mean adds 100 |delta|^2 / var
+    delta = torch.full((3,), 0.2, dtype=mean.dtype)
+    assert metrics.cbw2_uvp_from_moments(mean + delta, cov, mean, cov, var) == pytest.approx(
+        100 * float(delta.square().sum()) / var, rel=1e-6)
+    with pytest.raises(DataError, match="pred_covs"):
+        metrics.cbw2_uvp_from_moments(mean, cov[:, :2], mean, cov, var)
+
+
 # ---------------------------------------------------------------- 6. determinism and validation
 
 

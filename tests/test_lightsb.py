@@ -257,7 +257,7 @@ def test_the_sde_on_the_closed_form_drift_reproduces_the_exact_plan() -> None:
 def test_a_saved_run_loads_to_the_same_plan_and_a_resumed_fit_matches_an_uninterrupted_one(tmp_path: Path) -> None:
     x0, x1 = _gaussian_pair(2000, seed=2)
     x0, x1 = x0.float(), x1.float()
-    opts = {"batch_size": 128, "lr": 1e-2, "quiet": True, "checkpoint_every": 20}
+    opts = {"batch_size": 128, "lr": 1e-2, "lr_schedule": "constant", "quiet": True, "checkpoint_every": 20}
     full = sbridge.LightSB(2, components=3, device="cpu").fit(x0, x1, steps=40, out=tmp_path / "a", **opts)
     loaded = sbridge.load(tmp_path / "a", device="cpu")
     assert isinstance(loaded, sbridge.LightSB) and loaded.components == 3
@@ -313,3 +313,74 @@ def test_plan_log_prob_checks_its_rows_and_a_generative_fit_declares_its_sampler
     assert caps.exact_plan and caps.sample and not caps.two_sets
     with pytest.raises(SBridgeError, match="one point of each end per row"):
         solver.plan_log_prob(x[:3], x[:4])
+
+
+# ---------------------------------------------------------------- 5. speed paths and training defaults
+
+
+def test_the_gemm_forms_match_dense_gaussians_for_every_covariance() -> None:
+    # log N(y | m_k, eps S_k) and y^T S_k y from the one-GEMM forms (Cholesky inverse, Woodbury) against
+    # torch's MultivariateNormal on the dense S_k, for shared means (K, d) and per-point means (n, K, d)
+    d, k, eps = 6, 3, 0.3
+    y = torch.randn(40, d, generator=gen(0), dtype=F64) * 2
+    for covariance in ("full", "lowrank", "diagonal"):
+        torch.manual_seed(1)
+        pot = MixturePotential(d, k, eps, covariance, rank=2).double()
+        with torch.no_grad():
+            for p in pot.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=gen(2), dtype=F64))
+        mats = pot.matrices().detach()
+        per_point = pot.r[None] + 0.1 * torch.randn(40, k, d, generator=gen(3), dtype=F64)
+        for means in (pot.r, per_point):
+            dense = torch.distributions.MultivariateNormal(means, eps * mats).log_prob(y[:, None, :])
+            assert torch.allclose(pot.component_log_prob(y, means), dense, rtol=1e-10, atol=1e-9), covariance
+        assert torch.allclose(pot.quadratic(y), torch.einsum("nd,kde,ne->nk", y, mats, y), rtol=1e-12), covariance
+
+
+def test_one_direction_trains_one_potential_and_refuses_the_other_way() -> None:
+    x0, x1 = _gaussian_pair(1000, seed=3)
+    solver = sbridge.LightSB(2, components=2, directions="forward", device="cpu")
+    start = {k: v.clone() for k, v in sbridge.LightSB(2, components=2, device="cpu").models["bwd"].state_dict()
+             .items()}
+    solver.fit(x0.float(), x1.float(), steps=30, batch_size=64, quiet=True)
+    moved = any(not torch.equal(v, solver.models["fwd"].state_dict()[k]) for k, v in
+                sbridge.LightSB(2, components=2, device="cpu").models["fwd"].state_dict().items() if k != "r")
+    assert moved
+    for key, value in start.items():
+        if key not in ("r", "initialised"):  # the means are set from the data either way
+            assert torch.equal(value, solver.models["bwd"].state_dict()[key]), key
+    assert solver.transport(x0[:5].float()).shape == (5, 2)
+    with pytest.raises(ConfigError, match="directions='forward'.*x1 -> x0"):
+        solver.transport(x1[:5].float(), reverse=True)
+    with pytest.raises(ConfigError, match="directions"):
+        sbridge.LightSB(2, directions="sideways", device="cpu")
+
+
+def test_the_methods_training_defaults_apply_in_python_and_on_the_command_line() -> None:
+    from sbridge.runs.spec import RunSpec
+
+    defaults = sbridge.LightSB.train_defaults
+    assert defaults, "LightSB declares its training defaults"
+    x = torch.randn(300, 2, generator=gen(4))
+    solver = sbridge.LightSB(2, components=2, device="cpu").fit(x, steps=3, batch_size=32, quiet=True)
+    for key, value in defaults.items():
+        if key not in ("steps", "batch_size"):
+            assert getattr(solver.train_config, key) == value, key
+    spec = RunSpec.from_dict({"method": "lightsb"})
+    assert all(getattr(spec, key) == value for key, value in defaults.items())
+    assert RunSpec.from_dict({"method": "lightsb", "lr": 0.5}).lr == 0.5  # a given option wins
+    assert RunSpec.from_dict({"method": "sgm"}).lr == RunSpec().lr  # other methods keep the trainer's
+
+
+def test_auto_covariance_is_full_in_low_dimension_and_low_rank_above() -> None:
+    from sbridge.solvers import lightsb
+
+    small = sbridge.LightSB(lightsb.AUTO_FULL_MAX_DIM, device="cpu")
+    large = sbridge.LightSB(lightsb.AUTO_FULL_MAX_DIM + 1, device="cpu")
+    assert (small.covariance, small.components) == ("full", lightsb.AUTO_FULL_COMPONENTS)
+    assert (large.covariance, large.components) == ("lowrank", lightsb.AUTO_LOWRANK_COMPONENTS)
+    assert large.models["fwd"].factor.shape == (lightsb.AUTO_LOWRANK_COMPONENTS, lightsb.AUTO_FULL_MAX_DIM + 1,
+                                                large.rank)
+    # the resolved choice is what a saved run records, so it reloads the same way whatever "auto" becomes
+    assert small.options()["covariance"] == "full" and small.options()["components"] == lightsb.AUTO_FULL_COMPONENTS
+    assert sbridge.LightSB(4, covariance="auto", components=3, device="cpu").components == 3

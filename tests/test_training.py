@@ -294,7 +294,7 @@ def test_divergence_before_any_checkpoint_says_so(data: torch.Tensor) -> None:
 @pytest.mark.parametrize("options", [
     {"steps": 0}, {"steps": -5}, {"steps": 2.5}, {"steps": True}, {"batch_size": 0}, {"lr": -1.0}, {"lr": 0.0},
     {"lr": float("nan")}, {"ema_decay": 1.5}, {"ema_decay": 1.0}, {"ema_decay": -0.1}, {"ema_decay": float("nan")},
-    {"grad_clip": 0.0}, {"checkpoint_every": 0}, {"log_every": -1}, {"eval_every": -1}, {"eval_every": 1.5},
+    {"grad_clip": -1.0}, {"checkpoint_every": 0}, {"log_every": -1}, {"eval_every": -1}, {"eval_every": 1.5},
 ])
 def test_train_config_rejects_invalid_values(options: dict) -> None:
     with pytest.raises(ConfigError):
@@ -411,3 +411,27 @@ def _trainer(loss: Any, cfg: TrainConfig, *, net: nn.Module | None = None, ema: 
     phase = Phase("p", steps, loss, _NoData(), ("m",))
     return Trainer(nn.ModuleDict({"m": net}), nn.ModuleDict({"m": ema}), [phase], cfg,
                    generator=torch.Generator().manual_seed(1), callbacks=callbacks)
+
+
+def test_logsumexp_and_softmax_match_torchs_over_hundreds_of_nats() -> None:
+    from sbridge.core.tensors import logsumexp, softmax
+
+    x = (torch.randn(64, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 300
+         ).requires_grad_()
+    ours = logsumexp(x, dim=1)
+    assert torch.allclose(ours, torch.logsumexp(x, dim=1), rtol=1e-14, atol=0)
+    (grad,) = torch.autograd.grad(ours.sum(), x)
+    assert torch.allclose(grad, torch.softmax(x, dim=1), atol=1e-30)
+    assert torch.allclose(softmax(x, dim=1), torch.softmax(x, dim=1), atol=1e-30)
+    assert torch.equal(logsumexp(torch.full((2, 3), -math.inf), dim=1), torch.full((2,), -math.inf))
+
+
+def test_grad_clip_zero_turns_clipping_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+    real = nn.utils.clip_grad_norm_
+    monkeypatch.setattr(nn.utils, "clip_grad_norm_", lambda params, norm: calls.append(norm) or real(params, norm))
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    for clip, expected in ((0.0, 0), (2.5, 5)):
+        calls.clear()
+        sbridge.SGM(2, device="cpu").fit(x, steps=5, batch_size=32, grad_clip=clip, quiet=True)
+        assert len(calls) == expected and all(c == clip for c in calls)

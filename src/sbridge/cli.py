@@ -105,6 +105,7 @@ TRAIN_HELP = {
               "result depends on it, not on the number of processes",
     "precision": "fp32, or bf16 (autocast of the loss, meant for GPUs)",
     "log_every": "write the mean training loss to metrics.jsonl every this many steps",
+    "grad_clip": "clip the gradient's norm to this (0: no clipping)",
 }
 
 

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from sbridge.core.errors import ConfigError, DataError
+from sbridge.core.tensors import logsumexp, softmax
 from sbridge.core.validation import as_data_tensor, check_positive_float, check_positive_int
 from sbridge.processes.linear import Brownian
 
@@ -226,7 +227,7 @@ class EOTBenchmark:
         eps = self.eps
         zx = self._rotate(x)
         logits, _ = self._log_terms(zx, torch.full((x.shape[0], 1), eps, dtype=_DTYPE))
-        weights = torch.softmax(logits, dim=1)
+        weights = softmax(logits, dim=1)
         coef = (eps * self._mu_rot[None] + self._lam[None] * zx) / (self._lam[None] + eps)
         means = torch.einsum("kde,nke->nkd", self._rot, coef)
         return weights, means
@@ -240,7 +241,7 @@ class EOTBenchmark:
         xt = self._points(x)
         tt = self._times(t, xt.shape[0])
         logits, _ = self._log_terms(self._rotate(xt), self.eps * (1.0 - tt))
-        return torch.logsumexp(logits, dim=1)
+        return logsumexp(logits, dim=1)
 
     def drift(self, x: Any, t: Any) -> torch.Tensor:
         """Ground-truth SB drift ``eps grad_x log sum_k p_k N(x | mu_k, Sigma_k + eps (1 - t) I)`` (maths.md §H.1).
@@ -254,7 +255,7 @@ class EOTBenchmark:
         xt = self._points(x).detach()
         tt = self._times(t, xt.shape[0])
         logits, scaled = self._log_terms(self._rotate(xt), self.eps * (1.0 - tt))
-        resp = torch.softmax(logits, dim=1)
+        resp = softmax(logits, dim=1)
         grad = -torch.einsum("kde,nke->nd", self._rot, resp[:, :, None] * scaled)
         out_dtype = _DTYPE if isinstance(x, torch.Tensor) and x.dtype == _DTYPE else _OUT
         return (self.eps * grad).to(out_dtype)

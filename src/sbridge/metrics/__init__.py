@@ -4,6 +4,7 @@
 from sbridge.metrics.samples import (
     bw2_uvp,
     cbw2_uvp,
+    cbw2_uvp_from_moments,
     energy_distance,
     evaluate,
     kinetic_energy,
@@ -14,5 +15,5 @@ from sbridge.metrics.samples import (
     w2,
 )
 
-__all__ = ["bw2_uvp", "cbw2_uvp", "energy_distance", "evaluate", "kinetic_energy", "mmd", "path_straightness",
-           "sliced_w2", "straightness_gap", "w2"]
+__all__ = ["bw2_uvp", "cbw2_uvp", "cbw2_uvp_from_moments", "energy_distance", "evaluate", "kinetic_energy", "mmd",
+           "path_straightness", "sliced_w2", "straightness_gap", "w2"]

@@ -247,17 +247,30 @@ def cbw2_uvp(pred_conditional_samples: Any, true_means: Any, true_covs: Any, x1_
     if pred.ndim != 3 or pred.shape[0] == 0 or pred.shape[1] < 2 or pred.shape[2] == 0:
         raise DataError(f"pred_conditional_samples has shape {tuple(pred.shape)} but must be (m, k, d) with "
                         "m >= 1 test inputs, k >= 2 samples per input and d >= 1.")
-    m, _, d = pred.shape
+    pred_means, pred_covs = _moments(pred)
+    return cbw2_uvp_from_moments(pred_means, pred_covs, true_means, true_covs, x1_var)
+
+
+def cbw2_uvp_from_moments(pred_means: Any, pred_covs: Any, true_means: Any, true_covs: Any, x1_var: float) -> float:
+    """:func:`cbw2_uvp` from a model's conditional means (m, d) and covariances (m, d, d) in closed form (a plan
+    whose moments are known, e.g. LightSB's ``plan_moments``): no Monte-Carlo floor, the true plan scores 0."""
+    pred_means = as_float64(pred_means, "pred_means")
+    pred_covs = as_float64(pred_covs, "pred_covs")
+    if pred_means.ndim != 2 or pred_means.shape[0] == 0 or pred_means.shape[1] == 0:
+        raise DataError(f"pred_means has shape {tuple(pred_means.shape)} but must be (m, d) with m, d >= 1.")
+    m, d = pred_means.shape
+    if tuple(pred_covs.shape) != (m, d, d):
+        raise DataError(f"pred_covs has shape {tuple(pred_covs.shape)} but must be ({m}, {d}, {d}) to match "
+                        "pred_means of shape (m, d).")
     means = as_float64(true_means, "true_means")
     covs = as_float64(true_covs, "true_covs")
     if tuple(means.shape) != (m, d):
-        raise DataError(f"true_means has shape {tuple(means.shape)} but must be ({m}, {d}) to match "
-                        "pred_conditional_samples of shape (m, k, d).")
+        raise DataError(f"true_means has shape {tuple(means.shape)} but must be ({m}, {d}) to match the model's "
+                        "conditional moments (m test inputs, d dimensions).")
     if tuple(covs.shape) != (m, d, d):
-        raise DataError(f"true_covs has shape {tuple(covs.shape)} but must be ({m}, {d}, {d}) to match "
-                        "pred_conditional_samples of shape (m, k, d).")
+        raise DataError(f"true_covs has shape {tuple(covs.shape)} but must be ({m}, {d}, {d}) to match the model's "
+                        "conditional moments (m test inputs, d dimensions).")
     var = check_positive_float(x1_var, "x1_var")
-    pred_means, pred_covs = _moments(pred)
     return 100.0 * float(_bw2_squared(pred_means, pred_covs, means, covs).mean()) / var
 
 

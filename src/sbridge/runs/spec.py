@@ -57,6 +57,9 @@ class RunSpec(TrainConfig):
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown} in the configuration; valid keys are {sorted(known)}.")
         d = {key: _coerce_number(value, _FIELD_TYPES[key]) for key, value in d.items()}
+        method = d.get("method", cls.method)
+        if isinstance(method, str) and method in SOLVERS:  # the method's own training defaults, for options not given
+            d = {**SOLVERS[method].train_defaults, **d}
         for key, value in d.items():
             _check_type(key, value, _FIELD_TYPES[key])
         for key in ("data", "out", "method", "device"):

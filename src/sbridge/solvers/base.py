@@ -77,6 +77,9 @@ class Solver(Declared):
     #: Options of the constructor that ``fit(...)`` may also set (e.g. the number of outer iterations).
     fit_options: ClassVar[tuple[str, ...]] = ()
     default_steps: ClassVar[int] = 5000
+    #: Training options (:class:`~sbridge.training.TrainConfig` fields) the method trains best with where they
+    #: differ from the trainer's defaults; ``fit`` and ``sbridge train`` use them for every option not given.
+    train_defaults: ClassVar[dict[str, Any]] = {}
     #: The reference process the solver diffuses with (a ``LinearSDE``; ``None`` for solvers without one).
     reference: LinearSDE | None = None
     #: Whether :attr:`reference` holds state to save with the weights (a fitted prior, VSDM's ``A``); a reference
@@ -244,7 +247,7 @@ class Solver(Declared):
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown} for {type(self).__name__}.fit; valid options are "
                               f"{sorted(train_keys | set(self.fit_options))}.")
-        cfg = TrainConfig.from_dict({"steps": self.default_steps, **options})
+        cfg = TrainConfig.from_dict({"steps": self.default_steps, **self.train_defaults, **options})
         run_dir = Path(out) if out is not None else None
         if resume and run_dir is None:
             raise ConfigError("resume=True needs the run directory to resume from; pass out=... (--out).")

@@ -270,12 +270,21 @@ class BridgeSolver(Solver):
         x0, x1 = data.x0, data.x1
         n = min(self.monitor_n, x0.shape[0], x1.shape[0])
         c = None if data.cond is None else data.cond[:n]
-        to_x1 = self.transport(x0[:n], steps=steps, cond=c, seed=stream_seed(self.seed, MONITOR_STREAM, iteration, 0))
-        to_x0 = self.transport(x1[:n], steps=steps, reverse=True, cond=c,
-                               seed=stream_seed(self.seed, MONITOR_STREAM, iteration, 1))
-        return {"iteration": iteration,
-                "energy_x1": metrics.energy_distance(to_x1.flatten(1).cpu(), x1[-n:].flatten(1).cpu()),
-                "energy_x0": metrics.energy_distance(to_x0.flatten(1).cpu(), x0[-n:].flatten(1).cpu())}
+        result: dict[str, Any] = {"iteration": iteration}
+        if "fwd" in self.trained_directions:
+            to_x1 = self.transport(x0[:n], steps=steps, cond=c,
+                                   seed=stream_seed(self.seed, MONITOR_STREAM, iteration, 0))
+            result["energy_x1"] = metrics.energy_distance(to_x1.flatten(1).cpu(), x1[-n:].flatten(1).cpu())
+        if "bwd" in self.trained_directions:
+            to_x0 = self.transport(x1[:n], steps=steps, reverse=True, cond=c,
+                                   seed=stream_seed(self.seed, MONITOR_STREAM, iteration, 1))
+            result["energy_x0"] = metrics.energy_distance(to_x0.flatten(1).cpu(), x0[-n:].flatten(1).cpu())
+        return result
+
+    @property
+    def trained_directions(self) -> tuple[str, ...]:
+        """The directions a fit trains, ``"fwd"`` (x0 -> x1) and ``"bwd"``: both, for most bridges."""
+        return ("fwd", "bwd")
 
 
 class BrownianReference:

@@ -32,6 +32,7 @@ from torch import nn
 from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
 from sbridge.core.seeds import INIT_STREAM, TRANSPORT_OFFSET, stream_seed
+from sbridge.core.tensors import logsumexp, softmax
 from sbridge.core.validation import check_choice, check_positive_float, check_positive_int
 from sbridge.losses.base import Batch, Terms
 from sbridge.solvers.base import FitData
@@ -42,7 +43,37 @@ from sbridge.training.trainer import Phase, TrainConfig
 #: Covariance parametrisations of the mixture components: ``S = diag(s)``, ``S = L L^T`` (Cholesky factor ``L``),
 #: ``S = diag(s) + V V^T`` (``V`` of ``rank`` columns).
 COVARIANCES = ("diagonal", "full", "lowrank")
+#: ``covariance="auto"``: full covariances (``AUTO_FULL_COMPONENTS`` of them) up to this dimension, above it low-rank
+#: ones (``AUTO_LOWRANK_COMPONENTS``): the cost of a full covariance grows as ``K d^2`` per point, a low-rank one's as
+#: ``K d rank`` (measured on the EOT benchmark, benchmarks/bench_eot.py).
+AUTO_FULL_MAX_DIM = 32
+AUTO_FULL_COMPONENTS = 10
+AUTO_LOWRANK_COMPONENTS = 50
+#: Which potentials a fit trains: both, or only that of ``pi(x1 | x0)`` (``"forward"``) or ``pi(x0 | x1)``.
+DIRECTIONS = {"both": ("fwd", "bwd"), "forward": ("fwd",), "backward": ("bwd",)}
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _projected_square(y: torch.Tensor, means: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """``|M_k (y_n - m_k)|^2`` (n, K) for points ``y`` (n, d), means (K, d) or (n, K, d) and maps ``M`` (K, p, d):
+    ``M_k y`` for all k as one GEMM, ``y @ [M_1; ...; M_K]^T`` (n K p d flops, an (n, K, p) result)."""
+    k, p, d = maps.shape
+    projected = (y @ maps.reshape(k * p, d).T).reshape(-1, k, p)
+    if means.dim() == 2:
+        return (projected - torch.einsum("kpd,kd->kp", maps, means)[None]).square().sum(-1)
+    return (projected - torch.einsum("kpd,nkd->nkp", maps, means)).square().sum(-1)
+
+
+def _diagonal_square(y: torch.Tensor, means: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_j w_kj (y_nj - m_kj)^2`` (n, K) for weights (K, d). Shared means (K, d): expanded into three GEMMs
+    about the means' centre (the form is invariant to a common shift, which keeps the cancellation small), with no
+    (n, K, d) intermediate; per-point means (n, K, d): directly."""
+    if means.dim() == 3:
+        return ((y[:, None, :] - means).square() * weights[None]).sum(-1)
+    centre = means.mean(0).detach()
+    y, means = y - centre, means - centre
+    return (y.square() @ weights.T - 2 * y @ (weights * means).T + (weights * means.square()).sum(-1)[None]
+            ).clamp_min(0)
 
 
 class MixturePotential(nn.Module):
@@ -90,13 +121,30 @@ class MixturePotential(nn.Module):
         return torch.diag_embed(torch.exp(self.log_s)) + self.factor @ self.factor.transpose(-1, -2)
 
     def quadratic(self, x: torch.Tensor) -> torch.Tensor:
-        """``x^T S_k x`` for every point and component, shape (n, K)."""
-        if self.covariance == "diagonal":
-            return (x.square() @ torch.exp(self.log_s).T)
+        """``x^T S_k x`` for every point and component, shape (n, K): ``|L_k^T x|^2`` (full) or
+        ``x^T diag(s_k) x + |V_k^T x|^2`` (low rank)."""
         if self.covariance == "full":
-            return torch.einsum("nd,kde->nke", x, self.cholesky()).square().sum(-1)
+            return _projected_square(x, torch.zeros_like(self.r), self.cholesky().transpose(-1, -2))
         diag = x.square() @ torch.exp(self.log_s).T
-        return diag + torch.einsum("nd,kdr->nkr", x, self.factor).square().sum(-1)
+        if self.covariance == "diagonal":
+            return diag
+        return diag + _projected_square(x, torch.zeros_like(self.r), self.factor.transpose(-1, -2))
+
+    def whitening(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The maps of the Mahalanobis form and ``log det S_k`` (K,). Full: ``W_k = L_k^{-1}`` (K, d, d), with
+        ``z^T S_k^{-1} z = |W_k z|^2``. Low rank (Woodbury, with ``D = diag(s_k)``, ``V = V_k`` and ``C C^T = I +
+        V^T D^{-1} V``): ``U_k = C^{-1} V^T D^{-1}`` (K, rank, d), with ``z^T S_k^{-1} z = z^T D^{-1} z - |U_k z|^2``
+        and ``log det S_k = log det D + 2 log det C``."""
+        if self.covariance == "full":
+            eye = torch.eye(self.dim, dtype=self.r.dtype, device=self.r.device).expand(self.components, -1, -1)
+            return torch.linalg.solve_triangular(self.cholesky(), eye, upper=False), self.log_s.sum(-1)
+        inv_diag = torch.exp(-self.log_s)  # (K, d)
+        scaled = self.factor.transpose(-1, -2) * inv_diag[:, None, :]  # V^T D^{-1}, (K, rank, d)
+        rank = self.factor.shape[-1]
+        inner = torch.eye(rank, dtype=self.r.dtype, device=self.r.device) + scaled @ self.factor
+        chol = torch.linalg.cholesky(inner)
+        maps = torch.linalg.solve_triangular(chol, scaled, upper=False)
+        return maps, self.log_s.sum(-1) + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """``S_k x`` for every point and component, shape (n, K, d)."""
@@ -105,23 +153,19 @@ class MixturePotential(nn.Module):
         return torch.einsum("kde,ne->nkd", self.matrices(), x)
 
     def component_log_prob(self, y: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-        """``log N(y | means_k, eps S_k)``, shape (n, K); ``means`` is (K, d) or (n, K, d)."""
-        diff = y[:, None, :] - means  # (n, K, d)
+        """``log N(y | means_k, eps S_k)``, shape (n, K); ``means`` is (K, d) or (n, K, d). The Mahalanobis terms
+        of all components come from one GEMM (:meth:`whitening`, :func:`_projected_square`)."""
         eps, d = self.eps, self.dim
-        if self.covariance == "diagonal":
-            maha = (diff.square() * torch.exp(-self.log_s)[None]).sum(-1)
-            logdet = self.log_s.sum(-1)[None]
-        elif self.covariance == "full":
-            # one (K, d, d) triangular inverse, then a batched product: far cheaper than n * K small solves
-            eye = torch.eye(d, dtype=diff.dtype, device=diff.device).expand(self.components, d, d)
-            inverse = torch.linalg.solve_triangular(self.cholesky(), eye, upper=False)
-            maha = torch.einsum("kde,nke->nkd", inverse, diff).square().sum(-1)
-            logdet = self.log_s.sum(-1)[None]
+        if self.covariance == "full":
+            maps, logdet = self.whitening()
+            maha = _projected_square(y, means, maps)
         else:
-            dist = torch.distributions.LowRankMultivariateNormal(torch.zeros(d, device=y.device), self.factor,
-                                                                 torch.exp(self.log_s))
-            return dist.log_prob(diff / math.sqrt(eps)) - 0.5 * d * math.log(eps)
-        return -0.5 * (maha / eps + logdet + d * (_LOG_2PI + math.log(eps)))
+            maha = _diagonal_square(y, means, torch.exp(-self.log_s))
+            logdet = self.log_s.sum(-1)
+            if self.covariance == "lowrank":
+                maps, logdet = self.whitening()
+                maha = maha - _projected_square(y, means, maps)
+        return -0.5 * (maha / eps + logdet[None] + d * (_LOG_2PI + math.log(eps)))
 
     def noise(self, shape: tuple[int, ...], index: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Draws of ``N(0, S_k)`` for the components ``index`` (n,), shape (n, d)."""
@@ -137,7 +181,7 @@ class MixturePotential(nn.Module):
     # ---- the closed forms --------------------------------------------------------------------------------------
     def log_v(self, y: torch.Tensor) -> torch.Tensor:
         """``log v(y) = logsumexp_k [log alpha_k + log N(y | r_k, eps S_k)]``, shape (n,)."""
-        return torch.logsumexp(self.log_alpha[None] + self.component_log_prob(y, self.r), dim=1)
+        return logsumexp(self.log_alpha[None] + self.component_log_prob(y, self.r), dim=1)
 
     def plan_logits(self, x: torch.Tensor) -> torch.Tensor:
         """``log alpha_k + (r_k . x + x^T S_k x / 2) / eps`` (n, K): the log-weights of the conditional plan's
@@ -146,7 +190,7 @@ class MixturePotential(nn.Module):
 
     def log_c(self, x: torch.Tensor) -> torch.Tensor:
         """``log c(x) = log int exp(<x, y> / eps) v(y) dy``, shape (n,)."""
-        return torch.logsumexp(self.plan_logits(x), dim=1)
+        return logsumexp(self.plan_logits(x), dim=1)
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """LightSB's loss ``E log c(x) - E log v(y)`` on a minibatch of each end (``KL(pi* || pi_v)`` + const)."""
@@ -154,8 +198,9 @@ class MixturePotential(nn.Module):
 
     def plan_log_prob(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``log pi(y | x)`` of the conditional plan (a Gaussian mixture), shape (n,)."""
-        weights = torch.log_softmax(self.plan_logits(x), dim=1)
-        return torch.logsumexp(weights + self.component_log_prob(y, self.r[None] + self.apply(x)), dim=1)
+        logits = self.plan_logits(x)
+        weights = logits - logsumexp(logits, dim=1)[:, None]
+        return logsumexp(weights + self.component_log_prob(y, self.r[None] + self.apply(x)), dim=1)
 
     def sample_plan(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Exact draws of ``pi(. | x)``: a component ``k ~ w(x)``, then ``N(r_k + S_k x, eps S_k)``."""
@@ -170,7 +215,7 @@ class MixturePotential(nn.Module):
     def plan_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (n, d) and covariance (n, d, d) of the conditional plan ``pi(. | x)``: ``sum_k w_k m_k`` and
         ``eps sum_k w_k S_k + sum_k w_k (m_k - mean)(m_k - mean)^T`` with ``m_k = r_k + S_k x`` (maths.md §I.1)."""
-        weights = torch.softmax(self.plan_logits(x), dim=1)
+        weights = softmax(self.plan_logits(x), dim=1)
         means = self.r[None] + self.apply(x)
         mean = (weights[:, :, None] * means).sum(1)
         spread = means - mean[:, None]
@@ -236,7 +281,7 @@ class MixturePotential(nn.Module):
         den = t * s + eps * (1 - t)
         logits = (self.log_alpha[None] - 0.5 * torch.log(den).sum(-1)
                   + 0.5 * ((z.square() * (s - eps) / eps + 2 * z * rho - t * rho.square()) / den).sum(-1))
-        weights = torch.softmax(logits, dim=1)  # (n, K)
+        weights = softmax(logits, dim=1)  # (n, K)
         coef = ((s - eps) * z + eps * rho) / den  # (n, K, d) in each component's eigenbasis
         if vecs is not None:
             coef = torch.einsum("kde,nke->nkd", vecs, coef)
@@ -259,44 +304,60 @@ class MixturePotential(nn.Module):
 
 
 class LightSBObjective:
-    """Both directions' LightSB losses on independent minibatches ``{"x0", "x1"}``: ``fwd`` on ``(x0, x1)``, ``bwd``
-    on ``(x1, x0)``."""
+    """The LightSB losses of the potentials ``names`` on independent minibatches ``{"x0", "x1"}``: ``fwd`` on
+    ``(x0, x1)``, ``bwd`` on ``(x1, x0)``."""
+
+    def __init__(self, names: tuple[str, ...] = ("fwd", "bwd")) -> None:
+        self.names = names
 
     def __call__(self, models: Mapping[str, nn.Module], batch: Batch,
                  generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
-        fwd = models["fwd"](batch["x0"], target=batch["x1"])
-        bwd = models["bwd"](batch["x1"], target=batch["x0"])
-        return fwd + bwd, {"fwd": fwd.detach(), "bwd": bwd.detach()}
+        ends = {"fwd": ("x0", "x1"), "bwd": ("x1", "x0")}
+        terms = {name: models[name](batch[ends[name][0]], target=batch[ends[name][1]]) for name in self.names}
+        return sum(terms.values()), {name: value.detach() for name, value in terms.items()}
 
 
 class LightSB(BrownianReference, BridgeSolver):
     """Light Schrödinger Bridge between data and ``N(0, I)`` or between two data sets (vectors).
 
-    ``sigma``: reference noise, ``eps = sigma**2``. ``components``: mixture components ``K`` of each potential;
-    ``covariance``: ``"diagonal"``, ``"full"`` or ``"lowrank"`` (with ``rank`` columns); ``scale_init``: the
-    initial ``S_k = scale_init I``. ``transport(x)`` samples the conditional plan exactly (no steps); with ``steps``
+    ``sigma``: reference noise, ``eps = sigma**2``. ``covariance``: ``"diagonal"``, ``"full"``, ``"lowrank"`` (with
+    ``rank`` columns) or ``"auto"`` (full up to ``AUTO_FULL_MAX_DIM`` dimensions, low-rank above); ``components``:
+    mixture components ``K`` of each potential (default 10 with full covariances, else 50); ``scale_init``: the
+    initial ``S_k = scale_init I``; ``directions``: ``"both"`` (default), or ``"forward"`` / ``"backward"`` to
+    train only the potential of ``pi(x1 | x0)`` / ``pi(x0 | x1)`` (half the work; sampling from noise uses the
+    backward one). ``transport(x)`` samples the conditional plan exactly (no steps); with ``steps``
     (or ``ode=True``, ``return_path=True``) it integrates the closed-form drift on a grid.
     """
 
     method = "lightsb"
     fit_options = ()
     default_steps = 10_000
+    #: Measured on the EOT benchmark (benchmarks/bench_eot.py): a 10x larger step than the trainer's, annealed to
+    #: its hundredth.
+    train_defaults = {"steps": default_steps, "lr": 1e-2, "lr_schedule": "cosine", "ema_decay": 0.99}
     declared = BridgeSolver.declared.with_(cond_required=False, exact_plan=True, plots=("samples", "trajectories"))
 
     def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, sigma: float = 1.0,
-                 components: int = 50, covariance: str = "diagonal", rank: int = 4, scale_init: float = 1.0,
-                 seed: int = 0, device: str | torch.device = "auto", cond: dict[str, Any] | None = None,
-                 net: Any = None) -> None:
+                 components: int | None = None, covariance: str = "auto", rank: int = 8, scale_init: float = 1.0,
+                 directions: str = "both", seed: int = 0, device: str | torch.device = "auto",
+                 cond: dict[str, Any] | None = None, net: Any = None) -> None:
         if isinstance(net, nn.Module):
             raise ConfigError("LightSB's potentials are Gaussian mixtures, not networks; drop net= and choose "
                               "components / covariance instead.")
         if cond is not None:
             raise ConfigError("LightSB's potentials take no condition; fit one LightSB per condition, or use dsbm for "
                               "a conditional bridge.")
+        self.covariance = check_choice(covariance, (*COVARIANCES, "auto"), "covariance")
+        if self.covariance == "auto":
+            size = dim if shape is None else next(iter(tuple(shape)), None)
+            small = isinstance(size, int) and size <= AUTO_FULL_MAX_DIM
+            self.covariance = "full" if small else "lowrank"
+        if components is None:
+            components = AUTO_FULL_COMPONENTS if self.covariance == "full" else AUTO_LOWRANK_COMPONENTS
         self.components = check_positive_int(components, "components")
-        self.covariance = check_choice(covariance, COVARIANCES, "covariance")
         self.rank = check_positive_int(rank, "rank")
         self.scale_init = check_positive_float(scale_init, "scale_init")
+        self.directions = check_choice(directions, tuple(DIRECTIONS), "directions")
         if shape is not None and len(tuple(shape)) != 1:
             raise ConfigError(f"LightSB works on vectors (n, d); got event shape {tuple(shape)}: flatten the data "
                               "first, or run it in an autoencoder's latent space (--latent).")
@@ -306,7 +367,7 @@ class LightSB(BrownianReference, BridgeSolver):
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "components": self.components, "covariance": self.covariance,
-                "rank": self.rank, "scale_init": self.scale_init}
+                "rank": self.rank, "scale_init": self.scale_init, "directions": self.directions}
 
     @property
     def eps(self) -> float:
@@ -330,18 +391,33 @@ class LightSB(BrownianReference, BridgeSolver):
 
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         source = IndependentSource(x0=data.x0, x1=data.x1)
-        return [Phase("potentials", config.steps, LightSBObjective(), source, ("fwd", "bwd"),
+        names = self.trained_directions
+        return [Phase("potentials", config.steps, LightSBObjective(names), source, names,
                       on_end=lambda: self._monitor(1, data, None))]
 
     # ---- the bridge --------------------------------------------------------------------------------------------
+    @property
+    def trained_directions(self) -> tuple[str, ...]:
+        return DIRECTIONS[self.directions]
+
+    def potential(self, reverse: bool = False) -> MixturePotential:
+        """The (EMA) potential of ``pi(x1 | x0)``, or with ``reverse`` of ``pi(x0 | x1)``; refused with a sentence
+        when the fit did not train it (``directions``)."""
+        name = "bwd" if reverse else "fwd"
+        if name not in self.trained_directions:
+            way = "x1 -> x0 (nor sample from noise)" if reverse else "x0 -> x1"
+            raise ConfigError(f"this LightSB was trained with directions={self.directions!r}, so it cannot transport "
+                              f"{way}; fit it with directions='both'.")
+        return self.ema_models[name]
+
     def forward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The forward potential's closed-form drift at ``t``."""
-        return self.ema_models["fwd"].drift(x, t)
+        return self.potential().drift(x, t)
 
     def backward_drift(self, x: torch.Tensor, t: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The backward potential's drift in reverse time ``s = 1 - t`` (the bridge ``x1 -> x0`` is the same problem
         with the ends swapped, and Brownian motion is reversible)."""
-        return self.ema_models["bwd"].drift(x, 1.0 - t)
+        return self.potential(reverse=True).drift(x, 1.0 - t)
 
     @torch.no_grad()
     def transport(self, x: Any, *, steps: int | None = None, reverse: bool = False, ode: bool = False,
@@ -357,7 +433,7 @@ class LightSB(BrownianReference, BridgeSolver):
         self._bridge_condition(cond, x.shape[0])
         gen = make_generator(self.seed + TRANSPORT_OFFSET if seed is None else seed, self.device)
         self.last_nfe = 0
-        return self.ema_models["bwd" if reverse else "fwd"].sample_plan(x, gen)
+        return self.potential(reverse).sample_plan(x, gen)
 
     @torch.no_grad()
     def plan_log_prob(self, x: Any, y: Any, *, reverse: bool = False) -> torch.Tensor:
@@ -368,4 +444,4 @@ class LightSB(BrownianReference, BridgeSolver):
         if x.shape[0] != y.shape[0]:
             raise ConfigError(f"plan_log_prob takes one point of each end per row; got {x.shape[0]} and "
                               f"{y.shape[0]} rows.")
-        return self.ema_models["bwd" if reverse else "fwd"].plan_log_prob(x, y)
+        return self.potential(reverse).plan_log_prob(x, y)

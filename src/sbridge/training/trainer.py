@@ -38,7 +38,7 @@ from sbridge.core import io
 from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError, LossGrowthWarning, RunDirError, TrainingDivergedError
 from sbridge.core.seeds import SHARD_STREAM, stream_seed
-from sbridge.core.validation import check_choice, check_positive_float, check_positive_int
+from sbridge.core.validation import check_choice, check_nonnegative_float, check_positive_float, check_positive_int
 from sbridge.losses.base import Loss, Terms
 from sbridge.training import distributed
 from sbridge.training.sources import Source
@@ -76,7 +76,7 @@ class TrainConfig:
         self.steps = check_positive_int(self.steps, "steps")
         self.batch_size = check_positive_int(self.batch_size, "batch_size")
         self.lr = check_positive_float(self.lr, "lr")
-        self.grad_clip = check_positive_float(self.grad_clip, "grad_clip")
+        self.grad_clip = check_nonnegative_float(self.grad_clip, "grad_clip")  # 0: no clipping
         self.checkpoint_every = check_positive_int(self.checkpoint_every, "checkpoint_every")
         self.log_every = check_positive_int(self.log_every, "log_every")
         check_choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
@@ -414,7 +414,8 @@ class Trainer:
         assert self.optimizer is not None
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(phase, self.phase_step)
-        nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
         self.optimizer.step()
         decay = self.ema_decay(self.phase_step)
         for name in self._trained:
