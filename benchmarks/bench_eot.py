@@ -108,7 +108,9 @@ def cell(dim: int, eps: float, args: argparse.Namespace) -> list[dict[str, Any]]
 
 
 def markdown(r: dict[str, Any]) -> str:
-    out = [f"# The EOT benchmark — measured on {r['machine']}", "", f"Command: `{r['command']}`.", "",
+    commands = sorted({e.get("command", r["command"]) for e in r["rows"]})
+    out = [f"# The EOT benchmark — measured on {r['machine']}", "",
+           "Command(s): " + "; ".join(f"`{c}`" for c in commands) + ".", "",
            "cBW2-UVP (%) on the project's pairs (maths.md §H; 'floor': the true plan sampled alike; 'sde floor': the "
            "true drift through the same SDE sampler; 'exact': from the learned plan's closed-form moments, floor 0). "
            "'published': LightSB on the published pairs (other draws of the same construction).", "",
@@ -146,6 +148,8 @@ def main() -> None:
     parser.add_argument("--solver-seed", type=int, default=0)
     parser.add_argument("--out", default="eot", help="results file stem in benchmarks/results")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the script runs")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of other cells already in the results file (run cells separately)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.n_train, args.n_inputs, args.per_input, args.sde_steps = 50, 2000, 20, 20, 10
@@ -155,15 +159,26 @@ def main() -> None:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "command": "python benchmarks/bench_eot.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-            if k != "quick" and v is not None) + (" --quick" if args.quick else ""),
+            if k not in ("quick", "merge") and v is not None and v is not False) + (" --quick" if args.quick else ""),
         "rows": []}
+    path = RESULTS / f"{args.out}.json"
+    kept = json.loads(path.read_text())["rows"] if args.merge and path.is_file() else []
     for dim in [int(d) for d in args.dims.split(",")]:
         for eps in [float(e) for e in args.eps.split(",")]:
-            result["rows"] += cell(dim, eps, args)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{args.out}.md").write_text(markdown(result))
+            rows = cell(dim, eps, args)
+            for row in rows:
+                row["command"] = result["command"]
+            keys = {(r["dim"], r["eps"], r["method"]) for r in rows}
+            kept = [r for r in kept if (r["dim"], r["eps"], r["method"]) not in keys] + rows
+            result["rows"] = sorted(kept, key=lambda r: (r["dim"], r["eps"], r["method"]))
+            write(result, args.out)  # after every cell: a run stopped part-way keeps what it measured
     print(markdown(result))
+
+
+def write(result: dict[str, Any], stem: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(result))
 
 
 if __name__ == "__main__":

@@ -358,3 +358,17 @@ def test_invalid_inputs_raise(bench2: EOTBenchmark) -> None:
         bench2.sample_conditional(torch.zeros(2, 2), 0)
     with pytest.raises(ConfigError):
         bench2.sample_x0(0)
+
+
+def test_sampling_in_chunks_draws_the_same_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sbridge.data import eot_benchmark
+
+    bench = EOTBenchmark(dim=3, eps=0.5, seed=2)
+    inputs = bench.test_inputs(9)
+    whole = bench.sample_plan(500, generator=gen(4))
+    whole_conditional = bench.sample_conditional(inputs, 4, generator=gen(5))
+    monkeypatch.setattr(eot_benchmark, "_CHUNK_ELEMENTS", 7 * 5 * 3)  # 7 rows per chunk, the last one short
+    chunked = bench.sample_plan(500, generator=gen(4))
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
+    monkeypatch.setattr(eot_benchmark, "_CHUNK_ELEMENTS", 1)  # one row per chunk
+    assert torch.equal(bench.sample_conditional(inputs, 4, generator=gen(5)), whole_conditional)

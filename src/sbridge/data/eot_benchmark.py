@@ -102,6 +102,10 @@ def _generator_from(*words: int) -> torch.Generator:
     return torch.Generator().manual_seed(state)
 
 
+#: Elements of the (rows, K, d) intermediates formed at once when sampling (about 128 MB in float64).
+_CHUNK_ELEMENTS = 1 << 24
+
+
 class EOTBenchmark:
     """A pair ``(P0, P1)`` whose entropic OT plan and Schrödinger bridge are known exactly (maths.md §H.1).
 
@@ -294,10 +298,15 @@ class EOTBenchmark:
     def _sample_conditional_64(self, x: torch.Tensor, n_per_x: int,
                                generator: torch.Generator | None) -> torch.Tensor:
         m, d = x.shape
-        weights, means = self._plan_weights_and_means(x)
+        # the (m, K, d) component means are formed a chunk of rows at a time (1M points at d = 128 would need
+        # several GB at once); the random draws are made whole, so chunking does not change the samples
+        rows = max(1, _CHUNK_ELEMENTS // (self.potential_weights.shape[0] * d))
+        weights = torch.cat([self._plan_weights_and_means(part)[0] for part in x.split(rows)])
         comp = torch.multinomial(weights, n_per_x, replacement=True, generator=generator)  # (m, n_per_x)
         z = torch.randn(m, n_per_x, d, generator=generator, dtype=_DTYPE)
-        out = torch.gather(means, 1, comp[:, :, None].expand(m, n_per_x, d))
+        out = torch.cat([torch.gather(self._plan_weights_and_means(part)[1], 1,
+                                      chosen[:, :, None].expand(-1, n_per_x, d))
+                         for part, chosen in zip(x.split(rows), comp.split(rows), strict=True)])
         for k in range(self.potential_weights.shape[0]):
             idx = comp == k
             out[idx] += z[idx] @ self._plan_factor[k].T
