@@ -54,11 +54,14 @@ DIRECTIONS = {"both": ("fwd", "bwd"), "forward": ("fwd",), "backward": ("bwd",)}
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _projected_square(y: torch.Tensor, means: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    """``|M_k (y_n - m_k)|^2`` (n, K) for points ``y`` (n, d), means (K, d) or (n, K, d) and maps ``M`` (K, p, d):
-    ``M_k y`` for all k as one GEMM, ``y @ [M_1; ...; M_K]^T`` (n K p d flops, an (n, K, p) result)."""
+def _projected_square(y: torch.Tensor, means: torch.Tensor | None, maps: torch.Tensor) -> torch.Tensor:
+    """``|M_k (y_n - m_k)|^2`` (n, K) for points ``y`` (n, d), means (K, d), (n, K, d) or ``None`` (zero) and maps
+    ``M`` (K, p, d): ``M_k y`` for all k as one GEMM, ``y @ [M_1; ...; M_K]^T`` (n K p d flops, an (n, K, p)
+    result)."""
     k, p, d = maps.shape
     projected = (y @ maps.reshape(k * p, d).T).reshape(-1, k, p)
+    if means is None:
+        return projected.square().sum(-1)
     if means.dim() == 2:
         return (projected - torch.einsum("kpd,kd->kp", maps, means)[None]).square().sum(-1)
     return (projected - torch.einsum("kpd,nkd->nkp", maps, means)).square().sum(-1)
@@ -134,11 +137,11 @@ class MixturePotential(nn.Module):
         """``x^T S_k x`` for every point and component, shape (n, K): ``|L_k^T x|^2`` (full) or
         ``x^T diag(s_k) x + |V_k^T x|^2`` (low rank)."""
         if self.covariance == "full":
-            return _projected_square(x, torch.zeros_like(self.r), self.cholesky().transpose(-1, -2))
+            return _projected_square(x, None, self.cholesky().transpose(-1, -2))
         diag = x.square() @ torch.exp(self.log_s).T
         if self.covariance == "diagonal":
             return diag
-        return diag + _projected_square(x, torch.zeros_like(self.r), self.factor.transpose(-1, -2))
+        return diag + _projected_square(x, None, self.factor.transpose(-1, -2))
 
     def whitening(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The maps of the Mahalanobis form and ``log det S_k`` (K,). Full: ``W_k = L_k^{-1}`` (K, d, d), with
