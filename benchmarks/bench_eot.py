@@ -14,7 +14,9 @@ seed=0)``: ``--n-train`` independent draws of each end for training; ``--n-input
 LightSB rows give cBW2-UVP of its exact plan draws, the same from the learned moments in closed form (``exact``: no
 sampling error, compare with 0), and through the SDE on its closed-form drift. Published figures (cBW2-UVP %,
 Gushchin et al. 2023 benchmark, as reported by the LightSB paper, Korotin et al. ICLR 2024, Table 2) are on the
-published pairs, not ours: same construction, other draws (§H.2).
+published pairs, not ours: same construction, other draws (§H.2). The neural bridges (``--methods sf2m,dsbm,...``;
+``name:variant`` picks SF2M's coupling or DSBM's start) are scored through the SDE (their ``transport``, ``--sde-steps``
+steps, DSB on its own grid), against ``sde floor``; ``finite`` says whether every draw was finite.
 
 Writes ``benchmarks/results/eot.json`` and ``.md``. Run alone on the machine (wall-clock times):
 ``.venv/bin/python benchmarks/bench_eot.py``.
@@ -43,14 +45,34 @@ PUBLISHED_LIGHTSB = {(2, 0.1): 0.03, (2, 1.0): 0.05, (2, 10.0): 0.07, (16, 0.1):
                      (128, 1.0): 0.62, (128, 10.0): 0.37}
 
 
-def lightsb_settings(dim: int, eps: float, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(constructor options, fit options) of LightSB in one cell."""
-    build = {k: v for k, v in {"components": args.components, "covariance": args.covariance,
-                                 "rank": args.rank}.items() if v is not None}
-    build["directions"] = "forward"  # only pi(x1 | x0) is scored
+#: The solvers a method name builds; "name:variant" passes the variant to the option named here.
+SOLVERS = {"lightsb": ("LightSB", None), "sf2m": ("SF2M", "coupling"), "dsbm": ("DSBM", "start"),
+           "dsb": ("DSB", None), "sbfbsde": ("SBFBSDE", None), "gaussiansb": ("GaussianSB", None)}
+#: Settings recorded per row (those the solver has).
+RECORDED = ("components", "covariance", "rank", "directions", "coupling", "start", "hidden", "depth", "steps",
+            "batch_size", "lr", "lr_schedule", "ema_decay", "grad_clip")
+
+
+def settings(method: str, args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(sbridge class name, constructor options, fit options) of ``method`` ("name" or "name:variant")."""
+    name, _, variant = method.partition(":")
+    if name not in SOLVERS:
+        raise SystemExit(f"unknown method {method!r}; choose from {', '.join(SOLVERS)} (optionally name:variant).")
+    cls, variant_option = SOLVERS[name]
+    build: dict[str, Any] = {}
+    if variant:
+        if variant_option is None:
+            raise SystemExit(f"method {name!r} has no variants; got {method!r}.")
+        build[variant_option] = variant
+    if name == "lightsb":
+        build.update({k: v for k, v in {"components": args.components, "covariance": args.covariance,
+                                        "rank": args.rank}.items() if v is not None})
+        build["directions"] = "forward"  # only pi(x1 | x0) is scored
+    elif name != "gaussiansb":
+        build.update({k: v for k, v in {"hidden": args.hidden, "depth": args.depth}.items() if v is not None})
     fit = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
     fit["quiet"] = True
-    return build, fit
+    return cls, build, fit
 
 
 def _exact_cbw(potential: MixturePotential, inputs: torch.Tensor, true_mean: torch.Tensor, true_cov: torch.Tensor,
@@ -86,25 +108,59 @@ def cell(dim: int, eps: float, args: argparse.Namespace) -> list[dict[str, Any]]
             "published_lightsb": PUBLISHED_LIGHTSB.get((dim, eps))}
     rows = []
     for method in args.methods.split(","):
-        if method != "lightsb":
-            raise SystemExit(f"bench_eot.py runs lightsb only so far; got method {method!r}.")
-        build, fit = lightsb_settings(dim, eps, args)
-        solver = sbridge.LightSB(dim, sigma=bench.sigma, device="cpu", seed=args.solver_seed, **build)
+        cls, build, fit = settings(method, args)
+        solver = getattr(sbridge, cls)(dim, sigma=bench.sigma, device="cpu", seed=args.solver_seed, **build)
         start = time.perf_counter()
-        solver.fit(x0, x1, **fit)
+        if cls == "GaussianSB":
+            solver.fit(x0, x1)
+        else:
+            solver.fit(x0, x1, **fit)
         seconds = time.perf_counter() - start
-        draws = solver.transport(repeated).reshape(-1, k, dim)
-        sde = solver.transport(repeated_sde, steps=args.sde_steps).reshape(-1, k_sde, dim)
-        settings = {**solver.options(), **solver.train_config.to_dict()}
-        settings = {k: settings[k] for k in ("components", "covariance", "rank", "directions", "steps", "batch_size",
-                                             "lr", "lr_schedule", "ema_decay", "grad_clip")}
-        rows.append({**base, "method": method, "settings": settings, "seconds": seconds,
-                     "cbw2_uvp": metrics.cbw2_uvp(draws, true_mean, true_cov, var),
-                     "cbw2_uvp_exact": _exact_cbw(solver.ema_models["fwd"], inputs, true_mean, true_cov, var),
-                     "cbw2_uvp_sde": metrics.cbw2_uvp(sde, true_mean, true_cov, var),
-                     "bw2_uvp": metrics.bw2_uvp(solver.transport(bench.sample_x0(10_000, generator=g)), target)})
-        print(json.dumps(rows[-1]), flush=True)
+        sde = solver.transport(repeated_sde, steps=None if cls == "DSB" else args.sde_steps, seed=3)
+        row = {**base, "method": method, "settings": _recorded(solver), "seconds": seconds,
+               "sde_steps": args.sde_steps, "sde_per_input": k_sde,
+               "cbw2_uvp_sde": metrics.cbw2_uvp(sde.reshape(-1, k_sde, dim), true_mean, true_cov, var)}
+        if cls == "LightSB":  # exact draws of its plan, and its closed-form moments
+            draws = solver.transport(repeated).reshape(-1, k, dim)
+            row["cbw2_uvp"] = metrics.cbw2_uvp(draws, true_mean, true_cov, var)
+            row["cbw2_uvp_exact"] = _exact_cbw(solver.ema_models["fwd"], inputs, true_mean, true_cov, var)
+            ends = solver.transport(bench.sample_x0(10_000, generator=g))
+        else:
+            ends = solver.transport(bench.sample_x0(10_000, generator=g), steps=None if cls == "DSB" else
+                                    args.sde_steps, seed=4)
+        row["bw2_uvp"] = metrics.bw2_uvp(ends, target)
+        row["finite"] = bool(torch.isfinite(sde).all() and torch.isfinite(ends).all())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
+
+
+def _recorded(solver: Any) -> dict[str, Any]:
+    """The settings of a fitted solver worth a column: its options and training configuration, where it has them."""
+    found = dict(solver.options())
+    config = getattr(solver, "train_config", None)
+    if config is not None:
+        found.update(config.to_dict())
+    kept = {k: found[k] for k in RECORDED if k in found}
+    models = getattr(solver, "models", None)
+    if models and "covariance" not in kept:  # a neural bridge: the size of its networks
+        kept["parameters"] = sum(p.numel() for m in models.values() for p in m.parameters())
+    return kept
+
+
+def _potential(settings: dict[str, Any]) -> str:
+    """A short name of the model: LightSB's mixture, or the variant and network of a neural bridge."""
+    if "covariance" in settings:
+        return f"{settings['covariance']} K{settings['components']}" + (
+            f" r{settings['rank']}" if settings["covariance"] == "lowrank" else "")
+    variant = settings.get("coupling", settings.get("start"))
+    if "parameters" in settings:
+        return (f"{variant}, " if variant else "") + f"nets {settings['parameters'] / 1e3:.0f}k"
+    return "closed form"
+
+
+def _cell(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -113,20 +169,19 @@ def markdown(r: dict[str, Any]) -> str:
            "Command(s): " + "; ".join(f"`{c}`" for c in commands) + ".", "",
            "cBW2-UVP (%) on the project's pairs (maths.md §H; 'floor': the true plan sampled alike; 'sde floor': the "
            "true drift through the same SDE sampler; 'exact': from the learned plan's closed-form moments, floor 0). "
-           "'published': LightSB on the published pairs (other draws of the same construction).", "",
-           "| D | eps | method | potential | cBW2-UVP | floor | ratio | exact | SDE | sde floor | published | "
-           "BW2-UVP (floor) | fit seconds |",
-           "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "'published': LightSB on the published pairs (other draws of the same construction). Neural bridges are "
+           "scored through their SDE only (compare 'SDE' with 'sde floor', both with the row's draws per input).", "",
+           "| D | eps | method | model | cBW2-UVP | floor | ratio | exact | SDE | sde floor | SDE draws/input | "
+           "published | BW2-UVP (floor) | fit seconds |",
+           "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in r["rows"]:
-        pub = "—" if e["published_lightsb"] is None else f"{e['published_lightsb']:.2f}"
-        st = e["settings"]
-        potential = f"{st['covariance']} K{st['components']}" + (
-            f" r{st['rank']}" if st["covariance"] == "lowrank" else "")
-        out.append(f"| {e['dim']} | {e['eps']:g} | {e['method']} | {potential} | {e['cbw2_uvp']:.3f} | "
-                   f"{e['floor']:.3f} | "
-                   f"{e['cbw2_uvp'] / e['floor']:.2f} | {e['cbw2_uvp_exact']:.3f} | {e['cbw2_uvp_sde']:.3f} | "
-                   f"{e['sde_floor']:.3f} | {pub} | {e['bw2_uvp']:.3f} ({e['bw2_uvp_floor']:.3f}) | "
-                   f"{e['seconds']:.1f} |")
+        sampled = e.get("cbw2_uvp")
+        ratio = None if sampled is None else sampled / e["floor"]
+        out.append(f"| {e['dim']} | {e['eps']:g} | {e['method']} | {_potential(e['settings'])} | {_cell(sampled)} | "
+                   f"{e['floor']:.3f} | {_cell(ratio, 2)} | {_cell(e.get('cbw2_uvp_exact'))} | "
+                   f"{e['cbw2_uvp_sde']:.3f} | {e['sde_floor']:.3f} | {e['sde_per_input']} | "
+                   f"{_cell(e['published_lightsb'] if e['method'] == 'lightsb' else None, 2)} | "
+                   f"{e['bw2_uvp']:.3f} ({e['bw2_uvp_floor']:.3f}) | {e['seconds']:.1f} |")
     return "\n".join(out) + "\n"
 
 
@@ -134,12 +189,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dims", default="2,16,64,128")
     parser.add_argument("--eps", default="0.1,1,10")
-    parser.add_argument("--methods", default="lightsb")
+    parser.add_argument("--methods", default="lightsb",
+                        help="comma-separated: " + ", ".join(SOLVERS) + "; name:variant for sf2m's coupling "
+                             "(entropic, exact, independent) and dsbm's start")
     parser.add_argument("--components", type=int, default=None, help="mixture components (default: the solver's)")
     parser.add_argument("--covariance", default=None, help="diagonal, full, lowrank or auto (default: the solver's)")
     parser.add_argument("--rank", type=int, default=None, help="rank of lowrank covariances (default: the solver's)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the solver's)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the solver's)")
+    parser.add_argument("--hidden", type=int, default=None, help="network width of neural bridges")
+    parser.add_argument("--depth", type=int, default=None, help="network depth of neural bridges")
     parser.add_argument("--n-train", type=int, default=1_000_000)
     parser.add_argument("--n-inputs", type=int, default=500)
     parser.add_argument("--per-input", type=int, default=500)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,3 +40,18 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             os.environ.pop("SBRIDGE_CACHE_DIR", None)
         else:
             os.environ["SBRIDGE_CACHE_DIR"] = previous
+
+
+def cli_train_and_sample(out: Path, method: str, options: list[str], n: int,
+                         capsys: pytest.CaptureFixture[str]) -> np.ndarray:
+    """Train a ``sbridge train --method method --data moons`` run in ``out`` (2,000 points, quiet) and return ``n``
+    points drawn by ``sbridge sample``, after checking both commands succeed and the draws are finite."""
+    from sbridge.cli import main
+
+    assert main(["train", "--method", method, "--data", "moons", "--n-data", "2000", *options, "--quiet",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out), "--n", str(n), "--out", str(out.parent / "s.npy")]) == 0
+    samples = np.load(out.parent / "s.npy")
+    assert samples.shape == (n, 2) and np.isfinite(samples).all()
+    return samples

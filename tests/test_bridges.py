@@ -27,7 +27,10 @@ from sbridge.core.errors import ConfigError, DataError, SBridgeError
 from sbridge.data import toy
 from sbridge.metrics import samples as metrics
 from sbridge.processes.gaussian import coupling, sinkhorn_reg
+from sbridge.solvers.base import FitData
 from sbridge.solvers.dsb import symmetric_schedule
+from sbridge.training.sources import CoupledSource
+from sbridge.training.trainer import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -183,6 +186,20 @@ def dsbm2(single_thread: None, pair2: dict[str, torch.Tensor]) -> DSBM:
 
 
 @pytest.fixture(scope="module")
+def dsbm2_reference(single_thread: None, pair2: dict[str, torch.Tensor]) -> DSBM:
+    # DSBM-IPF: the reference coupling first, then backward, forward, backward, forward.
+    return DSBM(2, sigma=1.0, hidden=64, seed=0, start="reference").fit(pair2["x0"], prior=pair2["x1"],
+                                                                         iterations=4, steps=4000, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def dsbm2_ot(single_thread: None, pair2: dict[str, torch.Tensor]) -> DSBM:
+    # minibatch entropic OT pairs first, then one IMF iteration (forward, backward) on half the budget
+    return DSBM(2, sigma=1.0, hidden=64, seed=0, start="ot").fit(pair2["x0"], prior=pair2["x1"], iterations=2,
+                                                                  steps=2000, quiet=True)
+
+
+@pytest.fixture(scope="module")
 def dsb2(single_thread: None, pair2: dict[str, torch.Tensor]) -> DSB:
     # 4 IPF iterations of two 1000-step half-steps. n_steps = 40 rather than 20: DSB's mean matching (Prop. 3) is
     # exact only as gamma -> 0 and its marginal bias on this pair shrinks with the step size, while the training
@@ -214,7 +231,7 @@ def test_the_2d_pair_has_a_coupling_far_from_independent() -> None:
     assert float((t64(A0_MEAN) - t64(B1_MEAN)).abs().min()) > 4 * MEAN_TOL_2D
 
 
-@pytest.mark.parametrize("name", ["dsbm2", "dsb2"])
+@pytest.mark.parametrize("name", ["dsbm2", "dsbm2_reference", "dsbm2_ot", "dsb2"])
 def test_learned_bridge_forward_transport_recovers_the_target_and_the_sb_coupling(
         name: str, request: pytest.FixtureRequest, pair2: dict[str, torch.Tensor]) -> None:
     model = request.getfixturevalue(name)
@@ -229,7 +246,7 @@ def test_learned_bridge_forward_transport_recovers_the_target_and_the_sb_couplin
     assert float((cross - C).norm()) < 0.5 * float(cross.norm()), "closer to the independent coupling than to C"
 
 
-@pytest.mark.parametrize("name", ["dsbm2", "dsb2"])
+@pytest.mark.parametrize("name", ["dsbm2", "dsbm2_reference", "dsbm2_ot", "dsb2"])
 def test_learned_bridge_reverse_transport_recovers_the_source_and_the_sb_coupling(
         name: str, request: pytest.FixtureRequest, pair2: dict[str, torch.Tensor]) -> None:
     # Same tolerances as forward (the SEs use the larger of the two covariances, so they hold both ways).
@@ -449,6 +466,47 @@ def test_dsb_schedule_needs_an_even_number_of_steps() -> None:
     gammas = symmetric_schedule(8)
     assert torch.allclose(gammas.sum(), torch.tensor(1.0, dtype=torch.float64))
     assert torch.equal(gammas, gammas.flip(0)) and float(gammas.max() / gammas.min()) == pytest.approx(10.0)
+
+
+def test_dsbm_reference_start_trains_backward_first(dsbm2_reference: DSBM) -> None:
+    assert [row["trained"] for row in dsbm2_reference.history] == ["backward", "forward", "backward", "forward"]
+
+
+def test_dsbm_starts_from_the_coupling_it_names(pair2: dict[str, torch.Tensor]) -> None:
+    x0, x1 = pair2["x0"], pair2["x1"]
+    data = FitData(x0=x0, x1=x1, cond=None)
+    # the reference start pairs each x0 with x0 + sigma W_1: increments of mean 0 and covariance sigma^2 I (n = 1e4:
+    # SE of a mean 0.02 at sigma = 1.5, of a variance 0.03), independent of x0; and the backward direction is first
+    sigma = 1.5
+    ref = DSBM(2, sigma=sigma, hidden=8, start="reference", device="cpu")
+    a, b = ref.coupling(0, x0, x1)
+    assert torch.equal(a, x0)
+    increments = (b - a).double()
+    assert float(increments.mean(0).abs().max()) < 0.1
+    assert float((torch.cov(increments.T) - sigma**2 * torch.eye(2, dtype=torch.float64)).abs().max()) < 0.15
+    assert float(moments(a, increments)[2].abs().max()) < 0.1
+    assert [ref.direction(k) for k in range(4)] == ["backward", "forward", "backward", "forward"]
+    assert ref.options()["start"] == "reference"
+    # the OT start draws fresh minibatch entropic-OT pairs: their mean cost E|x0 - x1|^2 is the SB plan's,
+    # |a - b|^2 + tr A + tr B - 2 tr C = 5.43 at sigma = 1, not the independent pairs' 7.55 (2048 pairs: SE ~0.15)
+    ot_start, independent = DSBM(2, start="ot", device="cpu"), DSBM(2, device="cpu")
+    assert [independent.direction(k) for k in range(3)] == ["forward", "backward", "forward"]
+    assert [ot_start.direction(k) for k in range(3)] == ["forward", "backward", "forward"]
+    g = torch.Generator().manual_seed(0)
+    ot_batch = ot_start._source(0, data).batch(2048, g)
+    ind_batch = independent._source(0, data).batch(2048, g)
+
+    def cost(batch: dict[str, torch.Tensor]) -> float:
+        return float((batch["x0"] - batch["x1"]).square().sum(1).mean())
+
+    C = exact_coupling_2d()
+    sb_cost = float((t64(A0_MEAN) - t64(B1_MEAN)).square().sum() + t64(A0_COV).trace() + t64(B1_COV).trace()
+                    - 2 * C.trace())
+    assert abs(cost(ot_batch) - sb_cost) < 0.6 and cost(ind_batch) - cost(ot_batch) > 1.2
+    phases = ot_start.phases(data, TrainConfig(steps=20))  # the phase that trains uses that source
+    assert isinstance(phases[0].source(), CoupledSource)
+    with pytest.raises(ConfigError, match="start"):
+        DSBM(2, start="sinkhorn")
 
 
 def test_dsbm_needs_two_iterations() -> None:

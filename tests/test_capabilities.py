@@ -37,6 +37,9 @@ MODES = [
     ("dsbm", lambda: sbridge.DSBM(2, iterations=2, **SMALL), {}),
     ("dsbm-two-sets", lambda: sbridge.DSBM(2, iterations=2, **SMALL), {"prior": _data(seed=1, shift=2.0)}),
     ("dsbm-label", lambda: sbridge.DSBM(2, iterations=2, cond=LABELS, **SMALL), {"cond": _labels()}),
+    ("dsbm-reference", lambda: sbridge.DSBM(2, iterations=2, start="reference", **SMALL),
+     {"prior": _data(seed=1, shift=2.0)}),
+    ("dsbm-ot-label", lambda: sbridge.DSBM(2, iterations=2, start="ot", cond=LABELS, **SMALL), {"cond": _labels()}),
     ("gaussian_sb", lambda: sbridge.GaussianSB(2, device="cpu"), {}),
     ("gaussian_sb-two-sets", lambda: sbridge.GaussianSB(2, device="cpu"), {"prior": _data(seed=1, shift=2.0)}),
     ("sbfbsde", lambda: sbridge.SBFBSDE(2, iterations=1, sim_steps=5, cache_size=32, **SMALL), {}),
@@ -53,6 +56,9 @@ MODES = [
     ("lightsb", lambda: sbridge.LightSB(2, components=4, covariance="diagonal", device="cpu"), {}),
     ("lightsb-two-sets", lambda: sbridge.LightSB(2, components=4, covariance="full", device="cpu"),
      {"prior": _data(seed=1, shift=2.0)}),
+    ("sf2m", lambda: sbridge.SF2M(2, **SMALL), {}),
+    ("sf2m-two-sets", lambda: sbridge.SF2M(2, coupling="exact", **SMALL), {"prior": _data(seed=1, shift=2.0)}),
+    ("sf2m-label", lambda: sbridge.SF2M(2, cond=LABELS, **SMALL), {"cond": _labels()}),
 ]
 
 

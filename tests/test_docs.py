@@ -8,12 +8,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MATHS = ROOT / "docs" / "maths.md"
-LABEL = r"(?:[A-H](?:\.\d+)?|\d\.\d+)"
+LABEL = r"(?:[A-J](?:\.\d+)?|\d\.\d+)"
 #: ``maths.md §A.2``, ``maths.md §A.2–A.3``, ``maths.md §D.1, §1.4``, ``maths.md §G.4 / §G.5``: a citation and the
 #: labels chained to it.
 CITATION = re.compile(rf"maths\.md (§{LABEL}(?:\s*(?:[–-]|,|/|and)\s*§?{LABEL})*)")
 #: A bare letter label (``§C.4``) anywhere: numbered sections of other papers (``§4.3``) are not ours.
-BARE = re.compile(r"(?<![\w.])§([A-H](?:\.\d+)?)\b")
+BARE = re.compile(r"(?<![\w.])§([A-J](?:\.\d+)?)\b")
 
 
 def _sections() -> set[str]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import sbridge
+from conftest import cli_train_and_sample
 from sbridge.cli import main
 from sbridge.core.errors import ConfigError, SBridgeError
 from sbridge.data.eot_benchmark import EOTBenchmark
@@ -276,12 +276,7 @@ def test_a_saved_run_loads_to_the_same_plan_and_a_resumed_fit_matches_an_uninter
 
 def test_the_cli_trains_samples_and_scores_a_lightsb_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    assert main(["train", "--method", "lightsb", "--data", "moons", "--steps", "300", "--n-data", "2000",
-                 "--set", "components=8", "--quiet", "--out", str(out)]) == 0
-    capsys.readouterr()
-    assert main(["sample", str(out), "--n", "400", "--out", str(tmp_path / "s.npy")]) == 0
-    samples = np.load(tmp_path / "s.npy")
-    assert samples.shape == (400, 2) and np.isfinite(samples).all()
+    samples = cli_train_and_sample(out, "lightsb", ["--steps", "300", "--set", "components=8"], 400, capsys)
     # moons lie in [-1.2, 2.2] x [-0.7, 1.2]: exact draws of the learned plan from N(0, I) land around them
     assert -0.6 < samples[:, 0].mean() < 1.6 and -0.5 < samples[:, 1].mean() < 1.0
     code = main(["train", "--method", "lightsb", "--data", "moons", "--set", "components=0", "--quiet",

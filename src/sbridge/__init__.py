@@ -6,6 +6,7 @@ from sbridge.solvers import (
     DSBM,
     SBFBSDE,
     SBVAE,
+    SF2M,
     SGM,
     SOLVERS,
     VSDM,
@@ -21,5 +22,6 @@ from sbridge.solvers.latent import LatentBridge
 
 __version__ = "0.1.0"
 
-__all__ = ["DSB", "DSBM", "SBFBSDE", "SBVAE", "SGM", "SOLVERS", "VSDM", "Autoencoder", "BridgeSolver", "GaussianSB",
-           "LatentBridge", "LightSB", "SBridgeError", "SchrodingerFollmer", "Solver", "__version__", "load"]
+__all__ = ["DSB", "DSBM", "SBFBSDE", "SBVAE", "SF2M", "SGM", "SOLVERS", "VSDM", "Autoencoder", "BridgeSolver",
+           "GaussianSB", "LatentBridge", "LightSB", "SBridgeError", "SchrodingerFollmer", "Solver", "__version__",
+           "load"]

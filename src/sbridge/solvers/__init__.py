@@ -10,8 +10,9 @@ from sbridge.solvers.gaussian_sb import GaussianSB
 from sbridge.solvers.lightsb import LightSB
 from sbridge.solvers.sbfbsde import SBFBSDE
 from sbridge.solvers.sbvae import SBVAE
+from sbridge.solvers.sf2m import SF2M
 from sbridge.solvers.sgm import SGM
 from sbridge.solvers.vsdm import VSDM
 
-__all__ = ["DSB", "DSBM", "SBFBSDE", "SBVAE", "SGM", "SOLVERS", "VSDM", "Autoencoder", "BridgeSolver", "GaussianSB",
-           "LightSB", "SchrodingerFollmer", "Solver", "load"]
+__all__ = ["DSB", "DSBM", "SBFBSDE", "SBVAE", "SF2M", "SGM", "SOLVERS", "VSDM", "Autoencoder", "BridgeSolver",
+           "GaussianSB", "LightSB", "SchrodingerFollmer", "Solver", "load"]

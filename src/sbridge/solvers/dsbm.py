@@ -11,8 +11,16 @@ Markovian projection of the mixture of bridges (:class:`BridgeMatching`):
 
 Both losses are the drift regressions weighted by ``(1 - t)^2`` and ``t^2``, which have the same minimiser and keep
 the targets' variance bounded near the ends. The next phase's coupling is simulated by the direction just trained
-(forward from the ``X0`` data, or backward from the ``X1`` data) with a fixed seed, when that phase starts. The first
-coupling is the independent one, ``p0 x p1`` (DSBM-IMF).
+(forward from the ``X0`` data, or backward from the ``X1`` data) with a fixed seed, when that phase starts.
+
+The first coupling (``start``; Shi et al. 2023, Sec. 4 and App. I) is one of
+
+* ``"independent"``: ``p0 x p1`` (DSBM-IMF; the default), directions forward, backward, ...;
+* ``"reference"``: ``X0 ~ p0``, ``X1 = X0 + sigma W_1``, the reference process's own coupling (DSBM-IPF, the
+  authors' default): the first phase learns the reference run backward, so the phases alternate backward,
+  forward, ... and follow the IPF sequence of DSB (maths.md §D.3);
+* ``"ot"``: pairs drawn afresh every step from the entropic OT plan between two minibatches at ``reg = 2 sigma^2``
+  (SF2M's coupling, maths.md §J.1), directions as for ``"independent"``.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from sbridge.processes.linear import LinearSDE
 from sbridge.solvers.base import FitData
 from sbridge.solvers.bridge import BridgeSolver, BrownianReference, Iterated
 from sbridge.training import distributed
-from sbridge.training.sources import TensorSource
+from sbridge.training.sources import CoupledSource, Source, TensorSource
 from sbridge.training.trainer import Phase, TrainConfig, split_steps
 
 
@@ -64,15 +72,19 @@ class BridgeMatching:
 
 class DSBM(BrownianReference, Iterated, BridgeSolver):
     """Bridge matching between data and ``N(0, I)`` or between two data sets. ``sigma``: reference noise;
-    ``iterations``: IMF iterations (alternating forward, backward, ...), ``steps // iterations`` training steps
-    each; ``sim_steps``: Euler–Maruyama steps of each re-coupling."""
+    ``iterations``: IMF iterations (alternating the two directions), ``steps // iterations`` training steps each;
+    ``sim_steps``: Euler–Maruyama steps of each re-coupling; ``start``: the first coupling, ``"independent"``,
+    ``"reference"`` (DSBM-IPF) or ``"ot"`` (minibatch entropic OT)."""
 
     method = "dsbm"
     fit_options = ("iterations", "sim_steps")
     default_steps = 6000
+    starts = ("independent", "reference", "ot")
 
-    def __init__(self, dim: int | None = None, *, sim_steps: int = 50, **options: Any) -> None:
+    def __init__(self, dim: int | None = None, *, sim_steps: int = 50, start: str = "independent",
+                 **options: Any) -> None:
         self.sim_steps = check_positive_int(sim_steps, "sim_steps")
+        self.start = check_choice(start, self.starts, "start")
         super().__init__(dim, **options)
 
     def set_option(self, key: str, value: Any) -> None:
@@ -83,33 +95,48 @@ class DSBM(BrownianReference, Iterated, BridgeSolver):
         super().set_option(key, value)
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "sim_steps": self.sim_steps}
+        return {**super().options(), "sim_steps": self.sim_steps, "start": self.start}
+
+    def direction(self, k: int) -> str:
+        """The direction phase ``k`` trains: forward first, except from the reference coupling (backward first)."""
+        first = 1 if self.start == "reference" else 0
+        return "forward" if (k + first) % 2 == 0 else "backward"
 
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
         per_iteration = split_steps(config.steps, self.iterations, "iterations")
         phases = []
         for k in range(self.iterations):
-            direction = "forward" if k % 2 == 0 else "backward"
+            direction = self.direction(k)
             model = "fwd" if direction == "forward" else "bwd"
             phases.append(Phase(
                 f"{direction}_{k + 1}", per_iteration, BridgeMatching(self.reference, direction, model),
-                source=lambda k=k: TensorSource(**dict(zip(("x0", "x1"), self.coupling(k, data.x0, data.x1, data.cond),
-                                                           strict=True)), cond=data.cond),
+                source=lambda k=k: self._source(k, data),
                 train=(model,),
                 on_end=lambda k=k, direction=direction: {**self._monitor(k + 1, data, self.sim_steps),
                                                          "trained": direction}))
         return phases
 
+    def _source(self, k: int, data: FitData) -> Source:
+        """Phase ``k``'s minibatches: fresh minibatch-OT pairs every step in phase 0 of ``start="ot"``, else
+        draws from the pairs of :meth:`coupling`."""
+        if k == 0 and self.start == "ot":
+            return CoupledSource(data.x0, data.x1, self.sigma, "entropic", cond=data.cond)
+        x0, x1 = self.coupling(k, data.x0, data.x1, data.cond)
+        return TensorSource(x0=x0, x1=x1, cond=data.cond)
+
     def coupling(self, k: int, x0: torch.Tensor, x1: torch.Tensor,
                  cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The coupling phase ``k`` trains on: independent for ``k = 0``, else the pairs simulated by the direction
+        """The coupling phase ``k`` trains on: for ``k = 0`` the independent one (also what ``start="ot"`` pairs
+        stand in for here) or the reference's ``(x0, x0 + sigma W_1)``, else the pairs simulated by the direction
         trained in phase ``k - 1`` (forward from the ``X0`` data when it was the forward one). ``cond`` (conditional
         generative bridges) belongs to the ``X0`` rows and is kept with each pair."""
         seed = stream_seed(self.seed, COUPLING_STREAM, k)
         if k == 0:
             gen = make_generator(seed, self.device)
+            if self.start == "reference":
+                return x0, self.reference.sample_marginal(x0, 1.0, gen)[0]
             return x0, x1[torch.randint(x1.shape[0], (x0.shape[0],), generator=gen, device=self.device)]
-        if (k - 1) % 2 == 0:
+        if self.direction(k - 1) == "forward":
             return x0, self._chunked_transport(x0, cond, reverse=False, seed=seed)
         return self._chunked_transport(x1, cond, reverse=True, seed=seed), x1
 

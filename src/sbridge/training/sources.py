@@ -11,6 +11,7 @@ from sbridge.core.device import make_generator
 from sbridge.core.errors import ConfigError
 from sbridge.core.seeds import stream_seed
 from sbridge.losses.base import Batch
+from sbridge.numerics.couplings import pairs
 from sbridge.training import distributed
 
 
@@ -71,6 +72,23 @@ class IndependentSource(_Positionless):
             idx = torch.randint(v.shape[0], (batch_size,), generator=generator, device=v.device)
             out[key] = v[idx]
         return out
+
+
+class CoupledSource(_Positionless):
+    """Minibatches ``{"x0", "x1"}`` of pairs drawn from an OT plan between independent minibatches of the two ends
+    (:func:`sbridge.numerics.couplings.pairs`: ``kind`` entropic at ``sigma``, exact or independent): each batch is
+    a fresh draw, as in SF2M and OT-CFM. ``cond`` (one row per ``x0`` row) stays with its ``x0`` point."""
+
+    def __init__(self, x0: torch.Tensor, x1: torch.Tensor, sigma: float, kind: str = "entropic",
+                 cond: torch.Tensor | None = None) -> None:
+        self.start = TensorSource(x0=x0, cond=cond)
+        self.end = TensorSource(x1=x1)
+        self.sigma, self.kind = sigma, kind
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        start, end = self.start.batch(batch_size, generator), self.end.batch(batch_size, generator)
+        i, j = pairs(start["x0"], end["x1"], self.sigma, self.kind, generator)
+        return {**{k: v[i] for k, v in start.items()}, "x1": end["x1"][j]}
 
 
 class LoaderSource(_Positionless):
