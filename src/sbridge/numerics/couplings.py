@@ -60,9 +60,7 @@ def sinkhorn(cost: torch.Tensor, reg: float, iterations: int = SINKHORN_ITERATIO
     start, needed tens to hundreds from there in our measurements (maths.md §J.1). It stops at ``tolerance`` or
     after ``iterations`` (a warning if the marginals are still more than 1 % off), then :func:`round_to_marginals`
     makes it a coupling. ``cost`` in float64."""
-    n, m = cost.shape
-    a = torch.full((n,), 1.0 / n, dtype=cost.dtype, device=cost.device)
-    b = torch.full((m,), 1.0 / m, dtype=cost.dtype, device=cost.device)
+    a, b = _uniform_weights(cost)
     if iterations < 1 or not tolerance > 0:
         raise ConfigError(f"Sinkhorn needs at least one iteration and a positive tolerance, got iterations="
                           f"{iterations!r} and tolerance={tolerance!r}.")
@@ -92,6 +90,18 @@ def sinkhorn(cost: torch.Tensor, reg: float, iterations: int = SINKHORN_ITERATIO
     return round_to_marginals(scale_a[:, None] * kernel * scale_b[None, :], a, b), error, used
 
 
+def _uniform_weights(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uniform weights ``1/n`` and ``1/m`` of the two sides of an ``(n, m)`` cost matrix, in its dtype."""
+    n, m = cost.shape
+    return (torch.full((n,), 1.0 / n, dtype=cost.dtype, device=cost.device),
+            torch.full((m,), 1.0 / m, dtype=cost.dtype, device=cost.device))
+
+
+def _check_nonempty(x0: torch.Tensor, x1: torch.Tensor) -> None:
+    if x0.shape[0] == 0 or x1.shape[0] == 0:
+        raise ConfigError("a minibatch coupling needs at least one point on each side.")
+
+
 def _stabilised_kernel(f: torch.Tensor, g: torch.Tensor, cost: torch.Tensor, reg: float) -> torch.Tensor:
     """``exp((f_i + g_j - C_ij) / reg)``, entries below ``exp(_EXP_FLOOR)`` set to 0 (float64 costs: in float32 the
     exponent loses its accuracy at small ``reg``)."""
@@ -118,18 +128,15 @@ def plan(x0: torch.Tensor, x1: torch.Tensor, sigma: float, kind: str = "entropic
     uniform marginals, float64 on ``x0``'s device; ``tolerance`` and ``iterations`` bound the entropic
     iteration (:func:`sinkhorn`)."""
     check_choice(kind, COUPLINGS, "coupling")
-    n, m = x0.shape[0], x1.shape[0]
-    if n == 0 or m == 0:
-        raise ConfigError("a minibatch coupling needs at least one point on each side.")
+    _check_nonempty(x0, x1)
     if kind == "independent":
+        n, m = x0.shape[0], x1.shape[0]
         return torch.full((n, m), 1.0 / (n * m), dtype=torch.float64, device=x0.device)
     cost = torch.cdist(x0.flatten(1).double(), x1.flatten(1).double()).square()
     if not torch.isfinite(cost).all():
         raise ConfigError("a minibatch coupling got non-finite points; check the data for NaN or inf.")
-    a = torch.full((n,), 1.0 / n, dtype=torch.float64, device=x0.device)
-    b = torch.full((m,), 1.0 / m, dtype=torch.float64, device=x0.device)
     if kind == "exact":
-        return ot.emd(a, b, cost)
+        return ot.emd(*_uniform_weights(cost), cost)
     reg = 2.0 * check_positive_float(sigma, "sigma") ** 2
     return sinkhorn(cost, reg, iterations, tolerance)[0]
 
@@ -138,8 +145,7 @@ def pairs(x0: torch.Tensor, x1: torch.Tensor, sigma: float, kind: str, generator
           count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Row indices into ``x0`` and ``x1`` of ``count`` (default ``len(x0)``) pairs drawn from :func:`plan`: the
     plan's row marginal is uniform, so ``i`` is uniform and ``j`` is drawn from row ``i`` of the plan."""
-    if x0.shape[0] == 0 or x1.shape[0] == 0:
-        raise ConfigError("a minibatch coupling needs at least one point on each side.")
+    _check_nonempty(x0, x1)
     count = count or x0.shape[0]
     i = torch.randint(x0.shape[0], (count,), generator=generator, device=x0.device)
     if kind == "independent":  # the product plan: no matrix needed
