@@ -173,8 +173,8 @@ def test_closed_form_gaussian_bridge_from_the_cli(tmp_path: Path, capsys: pytest
         (["train", "--method", "dsbm", "--iterations", "1", "--steps", "10", "--n-data", "50", "--quiet",
           "--out", "{tmp}/a"], "iterations must be at least 2"),
         (["train", "--method", "dsbm", "--process", "vp", "--out", "{tmp}/a", "--n-data", "50"],
-         "method 'dsbm' has no option 'process'; its options are: cond, depth, hidden, iterations, net, sigma, "
-         "sim_steps, start, time_dim."),
+         "method 'dsbm' has no option 'process'; its options are: cond, coupling_size, depth, hidden, iterations, net, "
+         "sigma, sim_steps, start, time_dim."),
     ],
 )
 def test_bridge_user_errors_exit_2(argv: list[str], needle: str, tmp_path: Path,

@@ -7,6 +7,8 @@ from sbridge.metrics.samples import (
     cbw2_uvp_from_moments,
     energy_distance,
     evaluate,
+    gaussian_fit_kl,
+    gaussian_fit_kl_bias,
     kinetic_energy,
     mmd,
     path_straightness,
@@ -15,5 +17,6 @@ from sbridge.metrics.samples import (
     w2,
 )
 
-__all__ = ["bw2_uvp", "cbw2_uvp", "cbw2_uvp_from_moments", "energy_distance", "evaluate", "kinetic_energy", "mmd",
+__all__ = ["bw2_uvp", "cbw2_uvp", "cbw2_uvp_from_moments", "energy_distance", "evaluate", "gaussian_fit_kl",
+           "gaussian_fit_kl_bias", "kinetic_energy", "mmd",
            "path_straightness", "sliced_w2", "straightness_gap", "w2"]

@@ -16,6 +16,7 @@ import torch
 
 from sbridge.core.errors import ConfigError, DataError
 from sbridge.core.validation import as_data_tensor, as_float64, check_choice, check_positive_float, check_positive_int
+from sbridge.processes.gaussian import gaussian_kl
 
 _BLOCK_ELEMENTS = 1 << 23  # pairwise entries per block: 8M float64 = 64 MB
 
@@ -272,6 +273,41 @@ def cbw2_uvp_from_moments(pred_means: Any, pred_covs: Any, true_means: Any, true
                         "conditional moments (m test inputs, d dimensions).")
     var = check_positive_float(x1_var, "x1_var")
     return 100.0 * float(_bw2_squared(pred_means, pred_covs, means, covs).mean()) / var
+
+
+def gaussian_fit_kl_bias(n: int, d: int) -> float:
+    """``E KL(N(m, S) || N(mu, Sigma))`` when ``(m, S)`` are the sample mean and unbiased covariance of ``n`` draws of
+    ``N(mu, Sigma)`` in ``d`` dimensions: the floor of a Gaussian-fit KL at this sample size (maths.md §G.7).
+
+    ``(n - 1) Sigma^{-1/2} S Sigma^{-1/2}`` is Wishart with ``n - 1`` degrees of freedom, so ``E tr(Sigma^{-1} S) = d``,
+    ``E (m - mu)^T Sigma^{-1} (m - mu) = d / n`` and ``E log det(Sigma^{-1} S) = sum_{i=1}^d psi((n - i) / 2) +
+    d log(2 / (n - 1))``; the KL's expectation is ``1/2 [d / n - E log det(Sigma^{-1} S)]``, about
+    ``d (d + 3) / (4 n)``. It does not depend on ``mu`` or ``Sigma``."""
+    n, d = check_positive_int(n, "n"), check_positive_int(d, "d")
+    if n <= d:
+        raise DataError(f"a Gaussian fit in {d} dimensions needs more than {d} samples, got {n}.")
+    i = torch.arange(1, d + 1, dtype=torch.float64)
+    expected_logdet = float(torch.special.digamma((n - i) / 2.0).sum()) + d * float(np.log(2.0 / (n - 1)))
+    return 0.5 * (d / n - expected_logdet)
+
+
+def gaussian_fit_kl(samples: Any, mean: Any, cov: Any, *, debias: bool = True) -> float:
+    """``KL(N(m, S) || N(mean, cov))`` in nats, ``(m, S)`` the sample mean and unbiased covariance of ``samples``
+    (n, d): how far the first two moments of a sample are from a known Gaussian (maths.md §G.7).
+
+    With ``debias=True`` (default) the estimator's floor :func:`gaussian_fit_kl_bias` is subtracted, so that samples
+    of the target itself score 0 on average (the result can then be slightly negative) with a spread of about
+    ``sqrt(d (d + 3) / 4) / n``: at ``d = 50`` and ``n = 10^5``, ``2.6e-4`` against a raw floor of ``6.6e-3``.
+    """
+    x = as_float64(samples, "samples")
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise DataError(f"samples has shape {tuple(x.shape)} but must be (n, d) with d >= 1.")
+    n, d = x.shape
+    if n <= d:
+        raise DataError(f"samples has {n} rows in {d} dimensions; a Gaussian fit needs more than {d} rows.")
+    m, S = _moments(x)
+    kl = gaussian_kl(m, S, mean, cov)
+    return kl - gaussian_fit_kl_bias(n, d) if debias else kl
 
 
 # ============================================================================================ sample paths

@@ -74,28 +74,32 @@ class DSBM(BrownianReference, Iterated, BridgeSolver):
     """Bridge matching between data and ``N(0, I)`` or between two data sets. ``sigma``: reference noise;
     ``iterations``: IMF iterations (alternating the two directions), ``steps // iterations`` training steps each;
     ``sim_steps``: Euler–Maruyama steps of each re-coupling; ``start``: the first coupling, ``"independent"``,
-    ``"reference"`` (DSBM-IPF) or ``"ot"`` (minibatch entropic OT)."""
+    ``"reference"`` (DSBM-IPF) or ``"ot"`` (minibatch entropic OT); ``coupling_size``: pairs per phase, drawn
+    afresh from the data every phase when the data have more rows (each re-coupling simulates that many paths:
+    on a million rows, re-coupling all of them took 5 of the 6 minutes of a 2-D fit)."""
 
     method = "dsbm"
-    fit_options = ("iterations", "sim_steps")
+    fit_options = ("iterations", "sim_steps", "coupling_size")
     default_steps = 6000
     starts = ("independent", "reference", "ot")
 
     def __init__(self, dim: int | None = None, *, sim_steps: int = 50, start: str = "independent",
-                 **options: Any) -> None:
+                 coupling_size: int = 50_000, **options: Any) -> None:
         self.sim_steps = check_positive_int(sim_steps, "sim_steps")
+        self.coupling_size = check_positive_int(coupling_size, "coupling_size")
         self.start = check_choice(start, self.starts, "start")
         super().__init__(dim, **options)
 
     def set_option(self, key: str, value: Any) -> None:
         if key == "iterations" and check_positive_int(value, "iterations") < 2:
             raise ConfigError(f"iterations must be at least 2 so that both directions are trained, got {value}.")
-        if key == "sim_steps":
-            value = check_positive_int(value, "sim_steps")
+        if key in ("sim_steps", "coupling_size"):
+            value = check_positive_int(value, key)
         super().set_option(key, value)
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "sim_steps": self.sim_steps, "start": self.start}
+        return {**super().options(), "sim_steps": self.sim_steps, "start": self.start,
+                "coupling_size": self.coupling_size}
 
     def direction(self, k: int) -> str:
         """The direction phase ``k`` trains: forward first, except from the reference coupling (backward first)."""
@@ -121,8 +125,21 @@ class DSBM(BrownianReference, Iterated, BridgeSolver):
         draws from the pairs of :meth:`coupling`."""
         if k == 0 and self.start == "ot":
             return CoupledSource(data.x0, data.x1, self.sigma, "entropic", cond=data.cond)
-        x0, x1 = self.coupling(k, data.x0, data.x1, data.cond)
-        return TensorSource(x0=x0, x1=x1, cond=data.cond)
+        x0, x1, cond = self._subset(k, data)
+        x0, x1 = self.coupling(k, x0, x1, cond)
+        return TensorSource(x0=x0, x1=x1, cond=cond)
+
+    def _subset(self, k: int, data: FitData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Phase ``k``'s rows of each end: all of them, or ``coupling_size`` drawn without replacement (the same on
+        every process: the draw depends on the seed and ``k`` only)."""
+        x0, x1, cond = data.x0, data.x1, data.cond
+        gen = make_generator(stream_seed(self.seed, COUPLING_STREAM, k, 1), self.device)
+        if x0.shape[0] > self.coupling_size:
+            rows = torch.randperm(x0.shape[0], generator=gen, device=self.device)[:self.coupling_size]
+            x0, cond = x0[rows], None if cond is None else cond[rows]
+        if x1.shape[0] > self.coupling_size:
+            x1 = x1[torch.randperm(x1.shape[0], generator=gen, device=self.device)[:self.coupling_size]]
+        return x0, x1, cond
 
     def coupling(self, k: int, x0: torch.Tensor, x1: torch.Tensor,
                  cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
