@@ -164,11 +164,20 @@ def eot_part(dims: list[int], epsilons: list[float], methods: list[str], budget:
     return rows
 
 
+def _name(row: dict[str, Any]) -> str:
+    """A row's method, marked * when an earlier run measured it."""
+    return row["method"] + (" *" if "earlier" in row else "")
+
+
 def markdown(r: dict[str, Any]) -> str:
     out = [f"# Bridge solvers — measured on {r['machine']}", "", f"Command: `{r['command']}`.", "",
            f"Budgets: {r['budget']}.", ""]
     for part, run in r.get("earlier", {}).items():
         out += [f"Part {part!r} from an earlier run: `{run['command']}`, budgets {run['budget']}.", ""]
+    earlier_rows = {json.dumps(row["earlier"]) for part in ("gaussian", "eot", "toy") for row in r.get(part, [])
+                    if "earlier" in row}
+    for run in map(json.loads, sorted(earlier_rows)):
+        out += [f"Rows marked * from an earlier run: `{run['command']}`, budgets {run['budget']}.", ""]
     if r.get("gaussian"):
         out += ["## Gaussian, N(-0.1·1, I) -> N(0.1·1, I), sigma = 1 (DSBM-paper protocol)", "",
                 "Errors of forward-transported held-out points: mean (RMS per coordinate), variance (mean absolute "
@@ -183,7 +192,7 @@ def markdown(r: dict[str, Any]) -> str:
                 "| seconds |",
                 "|---:|---|---:|---:|---:|---:|---:|---:|"]
         floors = {g["dim"]: g["kl_mean"] for g in r["gaussian"] if g["method"] == "gaussian_sb"}
-        out += [f"| {g['dim']} | {g['method']} | {g['mean_error']:.4f} | {g['var_error']:.4f} | "
+        out += [f"| {g['dim']} | {_name(g)} | {g['mean_error']:.4f} | {g['var_error']:.4f} | "
                 f"{g['cross_cov_error']:.4f} | {1e3 * g['kl_mean']:.2f} | "
                 f"{1e3 * (g['kl_mean'] - floors[g['dim']]) if g['dim'] in floors else float('nan'):.2f} | "
                 f"{g['seconds']:.1f} |" for g in r["gaussian"]]
@@ -193,13 +202,13 @@ def markdown(r: dict[str, Any]) -> str:
         out += ["## Entropic-OT pairs with a known plan (maths.md §H)", "",
                 "| D | eps | method | cBW2-UVP % | floor | BW2-UVP % | floor | seconds |",
                 "|---:|---:|---|---:|---:|---:|---:|---:|"]
-        out += [f"| {e['dim']} | {e['eps']} | {e['method']} | {e['cbw2_uvp']:.2f} | {e['cbw2_uvp_floor']:.2f} | "
+        out += [f"| {e['dim']} | {e['eps']} | {_name(e)} | {e['cbw2_uvp']:.2f} | {e['cbw2_uvp_floor']:.2f} | "
                 f"{e['bw2_uvp']:.2f} | {e['bw2_uvp_floor']:.2f} | {e['seconds']:.1f} |" for e in r["eot"]]
         out += [""]
     if r.get("toy"):
         out += ["## 2-D transports (sigma = 1)", "", "| pair | method | W2 | floor | NFE | seconds |",
                 "|---|---|---:|---:|---:|---:|"]
-        out += [f"| {t['pair']} | {t['method']} | {t['w2']:.3f} | {t['w2_floor']:.3f} | {t['nfe']} | "
+        out += [f"| {t['pair']} | {_name(t)} | {t['w2']:.3f} | {t['w2_floor']:.3f} | {t['nfe']} | "
                 f"{t['seconds']:.1f} |" for t in r["toy"]]
         out += ["", "Published W2 (DSBM paper): moons -> 8gaussians DSBM-IPF 0.812, DSB 0.987; N(0, I) -> scurve "
                 "DSBM-IPF 0.140, DSB 0.272 (their data scaling and sigma, so compare trends, not digits).", ""]
@@ -211,7 +220,7 @@ def main() -> None:
     parser.add_argument("--parts", default="gaussian,eot,toy")
     parser.add_argument("--dims", default="5,20,50")
     parser.add_argument("--methods", default="gaussian_sb,dsbm,dsb")
-    parser.add_argument("--dsbm-steps", type=int, default=8000)
+    parser.add_argument("--dsbm-steps", type=int, default=sbridge.DSBM.default_steps)
     parser.add_argument("--dsb-steps", type=int, default=sbridge.DSB.default_steps)
     parser.add_argument("--eot-dims", default="2,16")
     parser.add_argument("--solver-seed", type=int, default=0,
@@ -225,8 +234,8 @@ def main() -> None:
         return
     global SOLVER_SEED
     SOLVER_SEED = args.solver_seed
-    budget = {"dsbm_iterations": 4, "dsbm_steps": args.dsbm_steps, "dsb_iterations": sbridge.DSB.default_iterations,
-              "dsb_steps": args.dsb_steps}
+    budget = {"dsbm_iterations": sbridge.DSBM.default_iterations, "dsbm_steps": args.dsbm_steps,
+              "dsb_iterations": sbridge.DSB.default_iterations, "dsb_steps": args.dsb_steps}
     if args.quick:
         budget = {"dsbm_iterations": 2, "dsbm_steps": 40, "dsb_iterations": 1, "dsb_steps": 40}
     methods, parts = args.methods.split(","), args.parts.split(",")
@@ -255,6 +264,10 @@ def main() -> None:
                 result[part] = old[part]
                 result.setdefault("earlier", {})[part] = old.get("earlier", {}).get(
                     part, {"command": old["command"], "budget": old["budget"]})
+            elif part in result and part in old:  # rows of methods not rerun stay, marked with what measured them
+                kept = [{**row, "earlier": row.get("earlier", {"command": old["command"], "budget": old["budget"]})}
+                        for row in old[part] if row["method"] not in methods]
+                result[part] = kept + result[part]
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown(result))
     print(markdown(result))

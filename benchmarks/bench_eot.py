@@ -52,8 +52,8 @@ PUBLISHED_BM2 = {2: 0.14, 16: 0.41, 64: 1.72, 128: 8.3}
 SOLVERS = {"lightsb": ("LightSB", None), "sf2m": ("SF2M", "coupling"), "dsbm": ("DSBM", "start"),
            "dsb": ("DSB", None), "sbfbsde": ("SBFBSDE", None), "gaussiansb": ("GaussianSB", None)}
 #: Settings recorded per row (those the solver has).
-RECORDED = ("components", "covariance", "rank", "directions", "coupling", "start", "hidden", "depth", "steps",
-            "batch_size", "lr", "lr_schedule", "ema_decay", "grad_clip")
+RECORDED = ("components", "covariance", "rank", "directions", "coupling", "start", "iterations", "hidden", "depth",
+            "steps", "batch_size", "lr", "lr_schedule", "ema_decay", "grad_clip")
 
 
 def settings(method: str, args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -147,6 +147,8 @@ def cell(dim: int, eps: float, args: argparse.Namespace) -> list[dict[str, Any]]
 def _recorded(solver: Any) -> dict[str, Any]:
     """The settings of a fitted solver worth a column: its options and training configuration, where it has them."""
     found = dict(solver.options())
+    if hasattr(solver, "first_coupling"):  # DSBM: the start in effect ("auto" resolved)
+        found["start"] = solver.first_coupling
     config = getattr(solver, "train_config", None)
     if config is not None:
         found.update(config.to_dict())
@@ -164,7 +166,8 @@ def _potential(settings: dict[str, Any]) -> str:
             f" r{settings['rank']}" if settings["covariance"] == "lowrank" else "")
     variant = settings.get("coupling", settings.get("start"))
     if "parameters" in settings:
-        return (f"{variant}, " if variant else "") + f"nets {settings['parameters'] / 1e3:.0f}k"
+        budget = f", {settings['steps']:,} steps" if "steps" in settings else ""
+        return (f"{variant}, " if variant else "") + f"nets {settings['parameters'] / 1e3:.0f}k{budget}"
     return "closed form"
 
 
