@@ -529,6 +529,7 @@ def test_dsbm_auto_start_and_width_follow_the_problem(pair2: dict[str, torch.Ten
     widths = [DSBM(d, device="cpu").net_config["hidden"] for d in (2, 16, 32, 64, 128)]
     assert widths == [128, 128, 256, 512, 512]
     assert DSBM(64, hidden=32, device="cpu").net_config["hidden"] == 32
+    assert DSBM(shape=(64,), device="cpu").net_config["hidden"] == 512
 
 
 def test_dsbm_needs_two_iterations() -> None:

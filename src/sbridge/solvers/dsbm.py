@@ -97,8 +97,10 @@ class DSBM(BrownianReference, Iterated, BridgeSolver):
         self.sim_steps = check_positive_int(sim_steps, "sim_steps")
         self.coupling_size = check_positive_int(coupling_size, "coupling_size")
         self.start = check_choice(start, self.starts, "start")
-        if options.get("net") is None and options.get("hidden") is None and isinstance(dim, int) and dim > 0:
-            options["hidden"] = self.default_width(dim)
+        shape = options.get("shape")
+        size = dim if shape is None else (shape[0] if isinstance(shape, (tuple, list)) and len(shape) == 1 else None)
+        if options.get("net") is None and options.get("hidden") is None and isinstance(size, int) and size > 0:
+            options["hidden"] = self.default_width(size)
         super().__init__(dim, **options)
 
     @staticmethod
