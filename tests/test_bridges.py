@@ -530,6 +530,10 @@ def test_dsbm_auto_start_and_width_follow_the_problem(pair2: dict[str, torch.Ten
     assert widths == [128, 128, 256, 512, 512]
     assert DSBM(64, hidden=32, device="cpu").net_config["hidden"] == 32
     assert DSBM(shape=(64,), device="cpu").net_config["hidden"] == 512
+    # a run saved before the start was recorded began from the independent coupling, and loads with it
+    legacy = {"method": "dsbm", "shape": [2], "net": {"name": "mlp", "hidden": 8}, "options": {"iterations": 2}}
+    assert DSBM.from_config(legacy, device="cpu").start == "independent"
+    assert DSBM.from_config({**legacy, "options": {"start": "auto"}}, device="cpu").start == "auto"
 
 
 def test_dsbm_needs_two_iterations() -> None:
