@@ -32,7 +32,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from sbridge.core import io
 from sbridge.core.device import make_generator
@@ -205,6 +204,7 @@ class Trainer:
         self.last_loss = math.nan
         self.optimizer: torch.optim.Optimizer | None = None
         self._params: list[nn.Parameter] = []  # the current phase's trained parameters
+        self._ema_pairs: list[EMAPairs] | None = None  # the current phase's EMA tensors, listed at its first update
         self._phase_models: Mapping[str, nn.Module] = models  # what the losses are handed (DDP-wrapped if needed)
         self._resumed_optimizer: tuple[dict[str, Any], dict[int, dict[str, torch.Tensor]]] | None = None
         self._last_checkpoint_step: int | None = None
@@ -341,8 +341,10 @@ class Trainer:
 
     def _start_phase(self, phase: Phase) -> Source:
         self._trained = phase.trained()  # read once per phase: its models do not change within it
+        self._ema_pairs = None
         self._params = [p for name in self._trained for p in self.models[name].parameters()]
-        self.optimizer = torch.optim.Adam(self._params, lr=self.lr_at(phase, 0))
+        # the multi-tensor ("foreach") update, also on CPU, where torch's default is a Python loop over tensors
+        self.optimizer = torch.optim.Adam(self._params, lr=self.lr_at(phase, 0), foreach=True)
         if self._resumed_optimizer is not None:
             groups, state = self._resumed_optimizer
             self.optimizer.load_state_dict({"state": state, "param_groups": groups})
@@ -375,7 +377,8 @@ class Trainer:
         the flag come back as device tensors, and the update is applied; the caller checks them every few steps."""
         assert self.optimizer is not None
         for name in self._trained:
-            self.models[name].train()
+            if not self.models[name].training:  # set once; an evaluation in between may have left it in eval mode
+                self.models[name].train()
         micro = self.config.batch_size // self.shards
         self.optimizer.zero_grad(set_to_none=True)
         total: torch.Tensor | float = 0.0
@@ -418,8 +421,10 @@ class Trainer:
             nn.utils.clip_grad_norm_(self._params, self.config.grad_clip)
         self.optimizer.step()
         decay = self.ema_decay(self.phase_step)
-        for name in self._trained:
-            update_ema(self.ema_models[name], self.models[name], decay)
+        if self._ema_pairs is None:  # listed once per phase: walking the module trees every step costs more
+            self._ema_pairs = [EMAPairs(self.ema_models[name], self.models[name]) for name in self._trained]
+        for pairs in self._ema_pairs:
+            pairs.update(decay)
 
     def _watch_growth(self, step: int, mean: float) -> None:
         """Warn (or stop) once a logged mean loss exceeds ``LOSS_GROWTH_FACTOR`` x the lowest loss of its phase and
@@ -628,17 +633,32 @@ class _LogWindow:
         self.terms.clear()
 
 
+class EMAPairs:
+    """The tensors of an EMA model beside those of its model, listed once, for ``update(decay)``: ``ema <- decay ema
+    + (1 - decay) model`` for parameters and floating buffers (e.g. normalisation statistics or a fitted prior, in
+    one multi-tensor ``lerp``), other buffers copied, so that the EMA model is a complete model."""
+
+    def __init__(self, ema: nn.Module, model: nn.Module) -> None:
+        self.averaged = list(ema.parameters()), list(model.parameters())
+        buffers = list(zip(ema.buffers(), model.buffers(), strict=True))
+        floating = [(a, b) for a, b in buffers if b.is_floating_point()]
+        self.averaged[0].extend(a for a, _ in floating)
+        self.averaged[1].extend(b for _, b in floating)
+        self.copied = [(a, b) for a, b in buffers if not b.is_floating_point()]
+        if len(self.averaged[0]) != len(self.averaged[1]):
+            raise ValueError("an EMA model must have the parameters of its model.")
+
+    def update(self, decay: float) -> None:
+        with torch.no_grad():
+            if self.averaged[0]:
+                torch._foreach_lerp_(self.averaged[0], self.averaged[1], 1.0 - decay)
+            for a, b in self.copied:
+                a.copy_(b)
+
+
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema <- decay ema + (1 - decay) model`` for parameters; floating buffers (e.g. normalisation statistics or a
-    fitted prior) are averaged the same way and other buffers copied, so the EMA model is a complete model."""
-    update = get_ema_multi_avg_fn(decay)
-    update(list(ema.parameters()), list(model.parameters()), None)
-    with torch.no_grad():
-        for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
-            if b.is_floating_point():
-                b_ema.lerp_(b, 1.0 - decay)
-            else:
-                b_ema.copy_(b)
+    """``ema <- decay ema + (1 - decay) model`` (:class:`EMAPairs`, listed anew)."""
+    EMAPairs(ema, model).update(decay)
 
 
 @contextlib.contextmanager
