@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-peers clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_sgm.py
+
+# Peers for the benchmarks only (not dependencies of sbridge): torchcfm without its dependencies, whose pins would
+# replace the torch build; the module the benchmarks use needs only torch, numpy and POT.
+bench-peers: install
+	$(PY) -m pip install --no-deps "torchcfm==1.0.7"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

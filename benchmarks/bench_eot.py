@@ -31,10 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import sbridge
 from sbridge import metrics
+
+try:  # run as a script (benchmarks/ on the path) or imported from the repository root
+    import peer_torchcfm
+except ImportError:
+    from benchmarks import peer_torchcfm
 from sbridge.data.eot_benchmark import EOTBenchmark
 from sbridge.solvers.lightsb import MixturePotential
 
@@ -59,6 +65,11 @@ RECORDED = ("components", "covariance", "rank", "directions", "coupling", "start
 def settings(method: str, args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(sbridge class name, constructor options, fit options) of ``method`` ("name" or "name:variant")."""
     name, _, variant = method.partition(":")
+    if name == "torchcfm":  # the peer: torchcfm's SF2M (peer_torchcfm), ot_method as the variant
+        if not peer_torchcfm.available():
+            raise SystemExit("method 'torchcfm' needs the bench-only peer: run `make bench-peers` first.")
+        fit = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
+        return "torchcfm", {"ot_method": variant or "exact"}, fit
     if name not in SOLVERS:
         raise SystemExit(f"unknown method {method!r}; choose from {', '.join(SOLVERS)} (optionally name:variant).")
     cls, variant_option = SOLVERS[name]
@@ -117,15 +128,22 @@ def cell(dim: int, eps: float, args: argparse.Namespace) -> list[dict[str, Any]]
     rows = []
     for method in args.methods.split(","):
         cls, build, fit = settings(method, args)
-        solver = getattr(sbridge, cls)(dim, sigma=bench.sigma, device="cpu", seed=args.solver_seed, **build)
         start = time.perf_counter()
+        if cls == "torchcfm":
+            np.random.seed(args.solver_seed)  # torchcfm draws its pairs with numpy's and its times with torch's
+            torch.manual_seed(args.solver_seed)  # global generators
+            solver = peer_torchcfm.fit_sf2m(x0, x1, bench.sigma, seed=args.solver_seed, **build, **fit)
+        else:
+            solver = getattr(sbridge, cls)(dim, sigma=bench.sigma, device="cpu", seed=args.solver_seed, **build)
         if cls == "GaussianSB":
             solver.fit(x0, x1)
-        else:
+        elif cls != "torchcfm":
             solver.fit(x0, x1, **fit)
         seconds = time.perf_counter() - start
         sde = solver.transport(repeated_sde, steps=None if cls == "DSB" else args.sde_steps, seed=3)
-        row = {**base, "method": method, "settings": _recorded(solver), "seconds": seconds,
+        recorded = ({"peer": f"torchcfm {peer_torchcfm.version()}", **build, **fit} if cls == "torchcfm"
+                    else _recorded(solver))
+        row = {**base, "method": method, "settings": recorded, "seconds": seconds,
                "sde_steps": args.sde_steps, "sde_per_input": k_sde,
                "cbw2_uvp_sde": metrics.cbw2_uvp(sde.reshape(-1, k_sde, dim), true_mean, true_cov, var)}
         row["cbw2_uvp_sde_excess"] = row["cbw2_uvp_sde"] - draw_floor
@@ -161,6 +179,8 @@ def _recorded(solver: Any) -> dict[str, Any]:
 
 def _potential(settings: dict[str, Any]) -> str:
     """A short name of the model: LightSB's mixture, or the variant and network of a neural bridge."""
+    if "peer" in settings:
+        return f"{settings['peer']} SF2M, {settings['ot_method']} plan"
     if "covariance" in settings:
         return f"{settings['covariance']} K{settings['components']}" + (
             f" r{settings['rank']}" if settings["covariance"] == "lowrank" else "")
@@ -213,7 +233,8 @@ def main() -> None:
     parser.add_argument("--eps", default="0.1,1,10")
     parser.add_argument("--methods", default="lightsb",
                         help="comma-separated: " + ", ".join(SOLVERS) + "; name:variant for sf2m's coupling "
-                             "(entropic, exact, independent) and dsbm's start")
+                             "(entropic, exact, independent) and dsbm's start; torchcfm[:exact|sinkhorn] for the "
+                             "peer (torchcfm's SF2M, `make bench-peers`)")
     parser.add_argument("--components", type=int, default=None, help="mixture components (default: the solver's)")
     parser.add_argument("--covariance", default=None, help="diagonal, full, lowrank or auto (default: the solver's)")
     parser.add_argument("--rank", type=int, default=None, help="rank of lowrank covariances (default: the solver's)")
