@@ -36,13 +36,13 @@ import torch
 
 import sbridge
 from sbridge import metrics
+from sbridge.data.eot_benchmark import EOTBenchmark
+from sbridge.solvers.lightsb import MixturePotential
 
 try:  # run as a script (benchmarks/ on the path) or imported from the repository root
     import peer_torchcfm
 except ImportError:
     from benchmarks import peer_torchcfm
-from sbridge.data.eot_benchmark import EOTBenchmark
-from sbridge.solvers.lightsb import MixturePotential
 
 RESULTS = Path(__file__).parent / "results"
 #: cBW2-UVP (%) of LightSB on the published pairs: {(D, eps): value} (LightSB paper, Table 2).
@@ -133,16 +133,13 @@ def cell(dim: int, eps: float, args: argparse.Namespace) -> list[dict[str, Any]]
             np.random.seed(args.solver_seed)  # torchcfm draws its pairs with numpy's and its times with torch's
             torch.manual_seed(args.solver_seed)  # global generators
             solver = peer_torchcfm.fit_sf2m(x0, x1, bench.sigma, seed=args.solver_seed, **build, **fit)
+            recorded = {"peer": f"torchcfm {peer_torchcfm.version()}", **build, **fit}
         else:
             solver = getattr(sbridge, cls)(dim, sigma=bench.sigma, device="cpu", seed=args.solver_seed, **build)
-        if cls == "GaussianSB":
-            solver.fit(x0, x1)
-        elif cls != "torchcfm":
-            solver.fit(x0, x1, **fit)
+            solver.fit(x0, x1, **({} if cls == "GaussianSB" else fit))  # GaussianSB: closed form, no options
+            recorded = _recorded(solver)
         seconds = time.perf_counter() - start
         sde = solver.transport(repeated_sde, steps=None if cls == "DSB" else args.sde_steps, seed=3)
-        recorded = ({"peer": f"torchcfm {peer_torchcfm.version()}", **build, **fit} if cls == "torchcfm"
-                    else _recorded(solver))
         row = {**base, "method": method, "settings": recorded, "seconds": seconds,
                "sde_steps": args.sde_steps, "sde_per_input": k_sde,
                "cbw2_uvp_sde": metrics.cbw2_uvp(sde.reshape(-1, k_sde, dim), true_mean, true_cov, var)}

@@ -656,11 +656,6 @@ class EMAPairs:
                 a.copy_(b)
 
 
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema <- decay ema + (1 - decay) model`` (:class:`EMAPairs`, listed anew)."""
-    EMAPairs(ema, model).update(decay)
-
-
 @contextlib.contextmanager
 def _defer_sigint() -> Iterator[Callable[[], bool]]:
     """Within the block, SIGINT sets a flag (read through the yielded callable) instead of raising mid-step.
