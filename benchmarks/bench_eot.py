@@ -18,8 +18,10 @@ published pairs, not ours: same construction, other draws (§H.2). The neural br
 ``name:variant`` picks SF2M's coupling or DSBM's start) are scored through the SDE (their ``transport``, ``--sde-steps``
 steps, DSB on its own grid), against ``sde floor``; ``finite`` says whether every draw was finite.
 
-Writes ``benchmarks/results/eot.json`` and ``.md``. Run alone on the machine (wall-clock times):
-``.venv/bin/python benchmarks/bench_eot.py``.
+``--family isotropic`` runs the same cells on pairs of the kind the published files hold (isotropic covariances,
+grid means; ``EOTBenchmark(family="isotropic")``, maths.md §H.2), written to ``eot_isotropic.*``: the like-for-like
+comparison with the published figures. Writes ``benchmarks/results/eot.json`` and ``.md``. Run alone on the
+machine (wall-clock times): ``.venv/bin/python benchmarks/bench_eot.py``.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def _exact_cbw(potential: MixturePotential, inputs: torch.Tensor, true_mean: tor
 
 
 def cell(dim: int, eps: float, args: argparse.Namespace) -> list[dict[str, Any]]:
-    bench = EOTBenchmark(dim=dim, eps=eps, seed=0)
+    bench = EOTBenchmark(dim=dim, eps=eps, seed=0, family=args.family)
     g = torch.Generator().manual_seed(1)
     x0, x1 = bench.sample_x0(args.n_train, generator=g), bench.sample_x1(args.n_train, generator=g)
     inputs = bench.test_inputs(args.n_inputs, seed=2)
@@ -122,7 +124,8 @@ def cell(dim: int, eps: float, args: argparse.Namespace) -> list[dict[str, Any]]
     # the other draws stay those of earlier runs)
     draw_floor = metrics.cbw2_uvp(bench.sample_conditional(inputs, k_sde, generator=torch.Generator().manual_seed(5)),
                                   true_mean, true_cov, var)
-    base = {"dim": dim, "eps": eps, "floor": floor, "sde_floor": sde_floor, "sde_draw_floor": draw_floor,
+    base = {"dim": dim, "eps": eps, "family": args.family, "floor": floor, "sde_floor": sde_floor,
+            "sde_draw_floor": draw_floor,
             "bw2_uvp_floor": bw_floor, "published_lightsb": PUBLISHED_LIGHTSB.get((dim, eps)),
             "published_bm2": PUBLISHED_BM2.get(dim) if eps == 1.0 else None}
     rows = []
@@ -200,9 +203,12 @@ def _published(row: dict[str, Any]) -> float | None:
 
 def markdown(r: dict[str, Any]) -> str:
     commands = sorted({e.get("command", r["command"]) for e in r["rows"]})
+    family = r["rows"][0].get("family", "rotated") if r["rows"] else "rotated"
+    pairs = {"rotated": "the project's pairs (rotated covariances", "isotropic": "isotropic pairs, the kind the "
+             "published files hold (EOTBenchmark(family='isotropic')"}[family]
     out = [f"# The EOT benchmark — measured on {r['machine']}", "",
            "Command(s): " + "; ".join(f"`{c}`" for c in commands) + ".", "",
-           "cBW2-UVP (%) on the project's pairs (maths.md §H; 'floor': the true plan sampled alike; 'sde floor': the "
+           f"cBW2-UVP (%) on {pairs}; maths.md §H; 'floor': the true plan sampled alike; 'sde floor': the "
            "true drift through the same SDE sampler; 'exact': from the learned plan's closed-form moments, floor 0). "
            "'published': LightSB on the published pairs (other draws of the same construction). Neural bridges are "
            "scored through their SDE only (compare 'SDE' with 'sde floor', both with the row's draws per input). "
@@ -239,17 +245,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the solver's)")
     parser.add_argument("--hidden", type=int, default=None, help="network width of neural bridges")
     parser.add_argument("--depth", type=int, default=None, help="network depth of neural bridges")
+    parser.add_argument("--family", default="rotated", choices=("rotated", "isotropic"),
+                        help="the benchmark's pairs: rotated (the project's) or isotropic (the published kind)")
     parser.add_argument("--n-train", type=int, default=1_000_000)
     parser.add_argument("--n-inputs", type=int, default=500)
     parser.add_argument("--per-input", type=int, default=500)
     parser.add_argument("--sde-steps", type=int, default=100)
     parser.add_argument("--sde-per-input", type=int, default=100, help="SDE draws per test input (its floor alike)")
     parser.add_argument("--solver-seed", type=int, default=0)
-    parser.add_argument("--out", default="eot", help="results file stem in benchmarks/results")
+    parser.add_argument("--out", default=None,
+                        help="results file stem in benchmarks/results (default: eot, or eot_isotropic)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the script runs")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of other cells already in the results file (run cells separately)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = "eot" if args.family == "rotated" else "eot_isotropic"
     if args.quick:
         args.steps, args.n_train, args.n_inputs, args.per_input, args.sde_steps = 50, 2000, 20, 20, 10
         args.sde_per_input = 20

@@ -372,3 +372,61 @@ def test_sampling_in_chunks_draws_the_same_points(monkeypatch: pytest.MonkeyPatc
     assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
     monkeypatch.setattr(eot_benchmark, "_CHUNK_ELEMENTS", 1)  # one row per chunk
     assert torch.equal(bench.sample_conditional(inputs, 4, generator=gen(5)), whole_conditional)
+
+
+# ---------------------------------------------------------------- 7. the isotropic family (the published kind)
+
+
+@pytest.mark.parametrize(("dim", "eps", "std"), [(2, 0.1, 0.25), (16, 1.0, 0.5), (64, 0.1, 4.0), (64, 10.0, 1.0)])
+def test_isotropic_family_has_grid_means_and_the_published_cells_covariances(dim: int, eps: float,
+                                                                            std: float) -> None:
+    bench = EOTBenchmark(dim, eps, seed=3, family="isotropic")
+    eye = torch.eye(dim, dtype=F64)
+    assert bench.input_weights.shape == (3,) and bench.potential_weights.shape == (5,)
+    torch.testing.assert_close(bench.input_covs, 0.25 * eye.expand(3, -1, -1))
+    torch.testing.assert_close(bench.potential_covs, std**2 * eye.expand(5, -1, -1))
+    # every coordinate of the means is a permutation of the grid spacing * (j - (k - 1) / 2)
+    for means, spacing in ((bench.input_means, 2.0), (bench.potential_means, 1.0)):
+        k = means.shape[0]
+        grid = spacing * (torch.arange(k, dtype=F64) - (k - 1) / 2)
+        torch.testing.assert_close(torch.sort(means, dim=0).values, grid[:, None].expand(-1, dim))
+    for weights in (bench.input_weights, bench.potential_weights):
+        assert float(weights.min()) > 0 and float(weights.sum()) == pytest.approx(1.0)
+    # the plan's components are isotropic: (1/eps + 1/std^2)^{-1} I
+    torch.testing.assert_close(bench.plan_covs, eye.expand(5, -1, -1) / (1 / eps + 1 / std**2))
+    other = EOTBenchmark(dim, eps, seed=3, family="isotropic")
+    assert torch.equal(other.potential_means, bench.potential_means) and other.x1_var() == bench.x1_var()
+    assert not torch.equal(EOTBenchmark(dim, eps, seed=4, family="isotropic").potential_means, bench.potential_means)
+
+
+def test_isotropic_family_plan_is_a_diagonal_lightsb_potential() -> None:
+    # the reason for the family: a diagonal LightSB potential holds its plan exactly (not so for rotated pairs)
+    from sbridge.solvers.lightsb import MixturePotential
+
+    bench = EOTBenchmark(16, 0.1, seed=0, family="isotropic")
+    full = MixturePotential.from_gaussian_potential(bench.potential_weights, bench.potential_means,
+                                                    bench.potential_covs, bench.eps)
+    diagonal = MixturePotential(16, 5, bench.eps, "diagonal").double()
+    with torch.no_grad():
+        diagonal.r.copy_(full.r)
+        diagonal.log_alpha_raw.copy_(full.log_alpha_raw)
+        diagonal.log_s.copy_(torch.log(torch.diagonal(full.matrices(), dim1=-2, dim2=-1)))
+    torch.testing.assert_close(diagonal.matrices(), full.matrices())
+    x = bench.test_inputs(200).double()
+    mean, cov = diagonal.plan_moments(x)
+    true_mean, true_cov = bench.conditional_moments(x)
+    torch.testing.assert_close(mean.float(), true_mean, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cov.float(), true_cov, rtol=1e-4, atol=1e-5)
+    rotated = EOTBenchmark(16, 0.1, seed=0)
+    s = MixturePotential.from_gaussian_potential(rotated.potential_weights, rotated.potential_means,
+                                                 rotated.potential_covs, rotated.eps).matrices().detach()
+    off_diagonal = s - torch.diag_embed(torch.diagonal(s, dim1=-2, dim2=-1))
+    assert float(off_diagonal.abs().max()) > 0.05  # rotated pairs need full (or low-rank) maps
+
+
+@pytest.mark.parametrize(("dim", "eps"), [(3, 0.1), (16, 0.5), (64, 0.01)])
+def test_isotropic_family_outside_the_published_cells_is_refused(dim: int, eps: float) -> None:
+    with pytest.raises(ConfigError, match="published cells"):
+        EOTBenchmark(dim, eps, family="isotropic")
+    with pytest.raises(ConfigError, match="family"):
+        EOTBenchmark(2, 0.1, family="round")

@@ -20,7 +20,8 @@ from sbridge.cli import main
 from sbridge.core.errors import ConfigError, SBridgeError
 from sbridge.data.eot_benchmark import EOTBenchmark
 from sbridge.processes.gaussian import coupling
-from sbridge.solvers.lightsb import MixturePotential
+from sbridge.solvers.base import FitData
+from sbridge.solvers.lightsb import MixturePotential, gaussian_bridge_scale
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -290,6 +291,7 @@ def test_the_cli_trains_samples_and_scores_a_lightsb_run(tmp_path: Path, capsys:
     ({"covariance": "spherical"}, "covariance"),
     ({"rank": 0}, "rank"),
     ({"scale_init": -1.0}, "scale_init"),
+    ({"scale_init": "large"}, "scale_init must be a positive number or 'auto'"),
     ({"cond": {"kind": "label", "classes": 3}}, "no condition"),
     ({"shape": (1, 4, 4)}, "works on vectors"),
 ])
@@ -342,7 +344,7 @@ def test_one_direction_trains_one_potential_and_refuses_the_other_way() -> None:
                 sbridge.LightSB(2, components=2, device="cpu").models["fwd"].state_dict().items() if k != "r")
     assert moved
     for key, value in start.items():
-        if key not in ("r", "initialised"):  # the means are set from the data either way
+        if key not in ("r", "log_s", "initialised"):  # the means and the scale are set from the data either way
             assert torch.equal(value, solver.models["bwd"].state_dict()[key]), key
     assert solver.transport(x0[:5].float()).shape == (5, 2)
     with pytest.raises(ConfigError, match="directions='forward'.*x1 -> x0"):
@@ -379,3 +381,25 @@ def test_auto_covariance_is_full_in_low_dimension_and_low_rank_above() -> None:
     # the resolved choice is what a saved run records, so it reloads the same way whatever "auto" becomes
     assert small.options()["covariance"] == "full" and small.options()["components"] == lightsb.AUTO_FULL_COMPONENTS
     assert sbridge.LightSB(4, covariance="auto", components=3, device="cpu").components == 3
+
+
+@pytest.mark.parametrize(("dim", "eps"), [(3, 0.2), (5, 4.0)])
+def test_auto_scale_is_the_gaussian_bridges_and_starts_the_fit(dim: int, eps: float) -> None:
+    # one input and one potential component: the plan is the Gaussian SB, whose S = Cov(Y | X) / eps the auto
+    # scale estimates (its mean eigenvalue) from the two ends' moments
+    bench = EOTBenchmark(dim, eps, seed=1, n_input_components=1, n_potential_components=1)
+    truth = MixturePotential.from_gaussian_potential(bench.potential_weights, bench.potential_means,
+                                                     bench.potential_covs, eps).matrices().detach()
+    expected = float(torch.linalg.eigvalsh(truth[0]).mean())
+    x0, x1 = bench.sample_x0(50_000, generator=gen(2)), bench.sample_x1(50_000, generator=gen(3))
+    scale = gaussian_bridge_scale(x0, x1, eps)
+    assert scale == pytest.approx(expected, rel=0.03)  # moments of 5e4 points: ~1 % error
+    solver = sbridge.LightSB(dim, sigma=math.sqrt(eps), components=3, device="cpu")
+    solver.before_fit(FitData(x0, x1))
+    torch.testing.assert_close(solver.models["fwd"].log_s.detach(), torch.full((3, dim), math.log(scale)))
+    backward = float(solver.models["bwd"].log_s[0, 0].detach())
+    assert backward == pytest.approx(math.log(gaussian_bridge_scale(x1, x0, eps)))
+    fixed = sbridge.LightSB(dim, sigma=math.sqrt(eps), components=3, scale_init=0.5, device="cpu")
+    fixed.before_fit(FitData(x0, x1))
+    torch.testing.assert_close(fixed.models["fwd"].log_s.detach(), torch.full((3, dim), math.log(0.5)))
+    assert gaussian_bridge_scale(x0[:1], x1[:1], eps) == 1.0  # no moments from one point: the paper's S = I

@@ -35,7 +35,8 @@ potential means are drawn from ``N(0, 2^2 I)`` and ``Sigma_k = eps S_k`` with ei
 ``[0.5, 2]``. Scaling ``Sigma_k`` with ``eps`` keeps the problem non-trivial at every ``eps``: component ``k`` moves
 ``x`` the fraction ``(S_k + I)^{-1}`` of the way to ``mu_k`` (``E[y | x, k] = (S_k + I)^{-1}(S_k x + mu_k)``),
 with conditional covariance ``eps (I + S_k^{-1})^{-1}``, and the SB drift stays O(1) instead of vanishing as
-``eps -> 0``.
+``eps -> 0``. These are ``family="rotated"`` pairs; ``family="isotropic"`` builds the kind of pair the published
+files hold (maths.md §H.2).
 
 Every parameter is computed in float64; samples and moments are returned as float32 tensors.
 """
@@ -50,7 +51,7 @@ import torch
 
 from sbridge.core.errors import ConfigError, DataError
 from sbridge.core.tensors import logsumexp, softmax
-from sbridge.core.validation import as_data_tensor, check_positive_float, check_positive_int
+from sbridge.core.validation import as_data_tensor, check_choice, check_positive_float, check_positive_int
 from sbridge.processes.linear import Brownian
 
 __all__ = ["EOTBenchmark"]
@@ -66,6 +67,14 @@ _INPUT_MEAN_STD = 1.5
 _INPUT_EIGS = (0.1, 0.6)
 _POTENTIAL_MEAN_STD = 2.0
 _POTENTIAL_EIGS = (0.5, 2.0)  # eigenvalues of S_k, with Sigma_k = eps S_k
+
+#: ``family="isotropic"``, the kind of pair the published files hold (maths.md §H.2): grid spacing of the input and
+#: potential means, the input standard deviation, and the potential's standard deviation ``0.5 * scale`` per
+#: published cell, ``{eps: {dim: scale}}`` (as in the benchmark authors' generator notebook).
+_ISO_INPUT_SPACING, _ISO_POTENTIAL_SPACING, _ISO_INPUT_STD = 2.0, 1.0, 0.5
+_ISO_POTENTIAL_SCALE = {0.1: {2: 0.5, 16: 1.0, 64: 8.0, 128: 8.0}, 1.0: {2: 0.5, 16: 1.0, 64: 2.0, 128: 2.0},
+                        10.0: {2: 0.5, 16: 1.0, 64: 2.0, 128: 2.0}}
+FAMILIES = ("rotated", "isotropic")
 
 
 def _check_seed(seed: Any, name: str = "seed") -> int:
@@ -96,6 +105,19 @@ def _random_mixture(rng: np.random.Generator, k: int, d: int, mean_std: float,
     return weights, means, rotations, lams
 
 
+def _grid_mixture(rng: np.random.Generator, k: int, d: int, spacing: float,
+                  std: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Weights (k,), means (k, d), eigenvectors (identity) and eigenvalues (``std**2``) of an isotropic mixture whose
+    means lie on a grid: in every coordinate the k components take the values ``spacing * (j - (k - 1) / 2)``,
+    ``j = 0..k-1``, in a random order; weights uniform in (0, 1), normalised."""
+    weights = rng.uniform(size=k)
+    weights = weights / weights.sum()
+    order = np.stack([rng.permutation(k) for _ in range(d)], axis=1)  # (k, d)
+    means = spacing * (order - (k - 1) / 2)
+    rotations = np.broadcast_to(np.eye(d), (k, d, d)).copy()
+    return weights, means, rotations, np.full((k, d), std**2)
+
+
 def _generator_from(*words: int) -> torch.Generator:
     """A CPU torch generator seeded from a tuple of integers via numpy's SeedSequence (deterministic)."""
     state = int(np.random.SeedSequence(list(words)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
@@ -111,6 +133,10 @@ class EOTBenchmark:
 
     ``P0`` is a random Gaussian mixture with ``n_input_components`` components and the potential
     ``f(y) = sum_k p_k N(y | mu_k, Sigma_k)`` has ``n_potential_components`` components, both drawn from ``seed``.
+    ``family``: ``"rotated"`` (default; 4 input components, covariances with random rotations and ``Sigma_k = eps
+    S_k``) or ``"isotropic"``, the kind of pair the published files hold (3 input components of covariance
+    ``0.25 I``, means on a grid, ``Sigma_k`` a multiple of ``I`` set per published cell; maths.md §H.2): a diagonal
+    LightSB potential is exact there, not on ``"rotated"`` pairs, whose plan maps are full matrices.
     The ground-truth plan ``pi*(y | x) ∝ N(y | x, eps I) f(y)`` is the EOT plan between ``P0`` and its push-forward
     ``P1`` for the Brownian reference ``dX = sqrt(eps) dW`` (``eps = sigma**2``, POT ``reg = 2 eps``, §G.1).
 
@@ -122,24 +148,36 @@ class EOTBenchmark:
     themselves depend only on ``(dim, eps, seed, n_input_components, n_potential_components)``.
     """
 
-    def __init__(self, dim: int, eps: float, seed: int = 0, n_input_components: int = 4,
-                 n_potential_components: int = 5) -> None:
+    def __init__(self, dim: int, eps: float, seed: int = 0, n_input_components: int | None = None,
+                 n_potential_components: int = 5, family: str = "rotated") -> None:
         self.dim = check_positive_int(dim, "dim")
         self.eps = check_positive_float(eps, "eps")
         self.seed = _check_seed(seed)
+        self.family = check_choice(family, FAMILIES, "family")
+        if n_input_components is None:
+            n_input_components = 4 if self.family == "rotated" else 3
         k0 = check_positive_int(n_input_components, "n_input_components")
         k1 = check_positive_int(n_potential_components, "n_potential_components")
         d, eps = self.dim, self.eps
         rng_in, rng_pot = (np.random.default_rng(s) for s in np.random.SeedSequence(self.seed).spawn(2))
 
-        w0, m0, u0, l0 = _random_mixture(rng_in, k0, d, _INPUT_MEAN_STD, _INPUT_EIGS)
+        if self.family == "rotated":
+            w0, m0, u0, l0 = _random_mixture(rng_in, k0, d, _INPUT_MEAN_STD, _INPUT_EIGS)
+            p, mu, u, s = _random_mixture(rng_pot, k1, d, _POTENTIAL_MEAN_STD, _POTENTIAL_EIGS)
+            lam = eps * s  # eigenvalues of Sigma_k
+        else:
+            scale = _ISO_POTENTIAL_SCALE.get(eps, {}).get(d)
+            if scale is None:
+                cells = ", ".join(f"eps={e:g}" for e in _ISO_POTENTIAL_SCALE)
+                raise ConfigError(f"family='isotropic' exists only in the published cells (dim 2, 16, 64 or 128; "
+                                  f"{cells}), got dim={d}, eps={eps:g}; use family='rotated' for other cells.")
+            w0, m0, u0, l0 = _grid_mixture(rng_in, k0, d, _ISO_INPUT_SPACING, _ISO_INPUT_STD)
+            p, mu, u, lam = _grid_mixture(rng_pot, k1, d, _ISO_POTENTIAL_SPACING, 0.5 * scale)
         self.input_weights = torch.from_numpy(w0)
         self.input_means = torch.from_numpy(m0)
         self.input_covs = torch.from_numpy(np.einsum("kij,kj,klj->kil", u0, l0, u0))
         self._input_chol = torch.linalg.cholesky(self.input_covs)
 
-        p, mu, u, s = _random_mixture(rng_pot, k1, d, _POTENTIAL_MEAN_STD, _POTENTIAL_EIGS)
-        lam = eps * s  # eigenvalues of Sigma_k
         self.potential_weights = torch.from_numpy(p)
         self.potential_means = torch.from_numpy(mu)
         self._rot = torch.from_numpy(u)  # (K, d, d), columns are eigenvectors of Sigma_k
@@ -154,7 +192,7 @@ class EOTBenchmark:
         self._x1_var: float | None = None
 
     def __repr__(self) -> str:
-        return (f"EOTBenchmark(dim={self.dim}, eps={self.eps}, seed={self.seed}, "
+        return (f"EOTBenchmark(dim={self.dim}, eps={self.eps}, seed={self.seed}, family={self.family!r}, "
                 f"n_input_components={self.input_weights.shape[0]}, "
                 f"n_potential_components={self.potential_weights.shape[0]})")
 

@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from sbridge.core.device import make_generator
-from sbridge.core.errors import ConfigError
+from sbridge.core.errors import ConfigError, DataError
 from sbridge.core.seeds import INIT_STREAM, TRANSPORT_OFFSET, stream_seed
 from sbridge.core.tensors import logsumexp, softmax
 from sbridge.core.validation import check_choice, check_positive_float, check_positive_int
 from sbridge.losses.base import Batch, Terms
+from sbridge.processes.gaussian import coupling
 from sbridge.solvers.base import FitData
 from sbridge.solvers.bridge import BridgeSolver, BrownianReference
 from sbridge.training.sources import IndependentSource
@@ -47,7 +48,7 @@ COVARIANCES = ("diagonal", "full", "lowrank")
 #: ones (``AUTO_LOWRANK_COMPONENTS``): the cost of a full covariance grows as ``K d^2`` per point, a low-rank one's as
 #: ``K d rank`` (measured on the EOT benchmark, benchmarks/bench_eot.py).
 AUTO_FULL_MAX_DIM = 32
-AUTO_FULL_COMPONENTS = 10
+AUTO_FULL_COMPONENTS = 25
 AUTO_LOWRANK_COMPONENTS = 50
 #: Which potentials a fit trains: both, or only that of ``pi(x1 | x0)`` (``"forward"``) or ``pi(x0 | x1)``.
 DIRECTIONS = {"both": ("fwd", "bwd"), "forward": ("fwd",), "backward": ("bwd",)}
@@ -311,11 +312,36 @@ class MixturePotential(nn.Module):
         return self.drift(x, t)
 
     @torch.no_grad()
-    def initialise(self, targets: torch.Tensor) -> None:
-        """Set ``r`` to ``K`` points of the target end (the paper's initialisation) and mark the potential as
-        initialised."""
+    def initialise(self, targets: torch.Tensor, scale: float | None = None) -> None:
+        """Set ``r`` to ``K`` points of the target end (the paper's initialisation), with ``scale`` the diagonal of
+        every ``S_k`` (kept when ``None``), and mark the potential as initialised."""
         self.r.copy_(targets[: self.components].to(self.r))
+        if scale is not None:
+            self.log_s.fill_(math.log(scale))
         self.initialised.fill_(True)
+
+
+#: Rows of each end used for the moment fit of :func:`gaussian_bridge_scale`.
+SCALE_FIT_ROWS = 100_000
+
+
+def gaussian_bridge_scale(source: torch.Tensor, target: torch.Tensor, eps: float) -> float:
+    """The mean eigenvalue of ``S = Cov(Y | X) / eps`` of the Gaussian SB between moment fits of the two ends: the
+    minimiser of the one-component LightSB objective (maths.md §I.2), used as the initial ``S_k = scale I``
+    (``scale_init="auto"``). ``Cov(Y | X) = B - C^T A^{-1} C`` with ``C`` the EOT cross-covariance (maths.md §G.2).
+    A mixture's components are narrower than one Gaussian's, so this is an upper estimate of their scale: a start
+    far closer than ``S = I`` when ``eps`` is large (measured, maths.md §I.2); 1 when the fit is degenerate."""
+    x, y = source[:SCALE_FIT_ROWS].double(), target[:SCALE_FIT_ROWS].double()
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        return 1.0
+    a_cov, b_cov = torch.atleast_2d(torch.cov(x.T)), torch.atleast_2d(torch.cov(y.T))
+    try:
+        cross = coupling(x.mean(0), a_cov, y.mean(0), b_cov, math.sqrt(eps))
+        conditional = b_cov - cross.T @ torch.linalg.solve(a_cov, cross)
+    except (RuntimeError, ValueError, ConfigError, DataError):  # singular or degenerate moments
+        return 1.0
+    scale = float(torch.trace(conditional)) / (eps * x.shape[1])
+    return scale if math.isfinite(scale) and scale > 1e-6 else 1.0
 
 
 class LightSBObjective:
@@ -337,10 +363,11 @@ class LightSB(BrownianReference, BridgeSolver):
 
     ``sigma``: reference noise, ``eps = sigma**2``. ``covariance``: ``"diagonal"``, ``"full"``, ``"lowrank"`` (with
     ``rank`` columns) or ``"auto"`` (full up to ``AUTO_FULL_MAX_DIM`` dimensions, low-rank above); ``components``:
-    mixture components ``K`` of each potential (default 10 with full covariances, else 50); ``scale_init``: the
-    initial ``S_k = scale_init I``; ``directions``: ``"both"`` (default), or ``"forward"`` / ``"backward"`` to
-    train only the potential of ``pi(x1 | x0)`` / ``pi(x0 | x1)`` (half the work; sampling from noise uses the
-    backward one). ``transport(x)`` samples the conditional plan exactly (no steps); with ``steps``
+    mixture components ``K`` of each potential (default 25 with full covariances, else 50); ``scale_init``: the
+    initial ``S_k = scale_init I``, or ``"auto"`` (default) for the scale of the Gaussian SB between the two ends'
+    moment fits (:func:`gaussian_bridge_scale`); ``directions``: ``"both"`` (default), or ``"forward"`` /
+    ``"backward"`` to train only the potential of ``pi(x1 | x0)`` / ``pi(x0 | x1)`` (half the work; sampling from
+    noise uses the backward one). ``transport(x)`` samples the conditional plan exactly (no steps); with ``steps``
     (or ``ode=True``, ``return_path=True``) it integrates the closed-form drift on a grid.
     """
 
@@ -353,9 +380,9 @@ class LightSB(BrownianReference, BridgeSolver):
     declared = BridgeSolver.declared.with_(cond_required=False, exact_plan=True, plots=("samples", "trajectories"))
 
     def __init__(self, dim: int | None = None, *, shape: tuple[int, ...] | None = None, sigma: float = 1.0,
-                 components: int | None = None, covariance: str = "auto", rank: int = 8, scale_init: float = 1.0,
-                 directions: str = "both", seed: int = 0, device: str | torch.device = "auto",
-                 cond: dict[str, Any] | None = None, net: Any = None) -> None:
+                 components: int | None = None, covariance: str = "auto", rank: int = 8,
+                 scale_init: float | str = "auto", directions: str = "both", seed: int = 0,
+                 device: str | torch.device = "auto", cond: dict[str, Any] | None = None, net: Any = None) -> None:
         if isinstance(net, nn.Module):
             raise ConfigError("LightSB's potentials are Gaussian mixtures, not networks; drop net= and choose "
                               "components / covariance instead.")
@@ -371,7 +398,9 @@ class LightSB(BrownianReference, BridgeSolver):
             components = AUTO_FULL_COMPONENTS if self.covariance == "full" else AUTO_LOWRANK_COMPONENTS
         self.components = check_positive_int(components, "components")
         self.rank = check_positive_int(rank, "rank")
-        self.scale_init = check_positive_float(scale_init, "scale_init")
+        if isinstance(scale_init, str) and scale_init != "auto":
+            raise ConfigError(f"scale_init must be a positive number or 'auto', got {scale_init!r}.")
+        self.scale_init = scale_init if scale_init == "auto" else check_positive_float(scale_init, "scale_init")
         self.directions = check_choice(directions, tuple(DIRECTIONS), "directions")
         if shape is not None and len(tuple(shape)) != 1:
             raise ConfigError(f"LightSB works on vectors (n, d); got event shape {tuple(shape)}: flatten the data "
@@ -390,18 +419,20 @@ class LightSB(BrownianReference, BridgeSolver):
         return self.sigma**2
 
     def _build_models(self) -> dict[str, nn.Module]:
-        return {name: MixturePotential(self.dim, self.components, self.eps, self.covariance, self.rank,
-                                       self.scale_init) for name in self.model_names}
+        scale = 1.0 if self.scale_init == "auto" else self.scale_init  # "auto": set from the data by before_fit
+        return {name: MixturePotential(self.dim, self.components, self.eps, self.covariance, self.rank, scale)
+                for name in self.model_names}
 
     # ---- training ----------------------------------------------------------------------------------------------
     def before_fit(self, data: FitData) -> None:
         """Start each potential's means at points of its target end (once: a later fit continues from them)."""
-        for name, targets, part in (("fwd", data.x1, 0), ("bwd", data.x0, 1)):
+        for name, sources, targets, part in (("fwd", data.x0, data.x1, 0), ("bwd", data.x1, data.x0, 1)):
             if bool(self.models[name].initialised):
                 continue
             gen = make_generator(stream_seed(self.seed, INIT_STREAM, part), targets.device)
             idx = torch.randint(targets.shape[0], (self.components,), generator=gen, device=targets.device)
-            self.models[name].initialise(targets[idx])
+            scale = gaussian_bridge_scale(sources, targets, self.eps) if self.scale_init == "auto" else None
+            self.models[name].initialise(targets[idx], scale)
             self.ema_models[name].load_state_dict(self.models[name].state_dict())
 
     def phases(self, data: FitData, config: TrainConfig) -> list[Phase]:
