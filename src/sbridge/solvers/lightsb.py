@@ -35,7 +35,7 @@ from sbridge.core.seeds import INIT_STREAM, TRANSPORT_OFFSET, stream_seed
 from sbridge.core.tensors import logsumexp, softmax
 from sbridge.core.validation import check_choice, check_positive_float, check_positive_int
 from sbridge.losses.base import Batch, Terms
-from sbridge.processes.gaussian import coupling
+from sbridge.processes.gaussian import GaussianBridge
 from sbridge.solvers.base import FitData
 from sbridge.solvers.bridge import BridgeSolver, BrownianReference
 from sbridge.training.sources import IndependentSource
@@ -328,16 +328,16 @@ SCALE_FIT_ROWS = 100_000
 def gaussian_bridge_scale(source: torch.Tensor, target: torch.Tensor, eps: float) -> float:
     """The mean eigenvalue of ``S = Cov(Y | X) / eps`` of the Gaussian SB between moment fits of the two ends: the
     minimiser of the one-component LightSB objective (maths.md §I.2), used as the initial ``S_k = scale I``
-    (``scale_init="auto"``). ``Cov(Y | X) = B - C^T A^{-1} C`` with ``C`` the EOT cross-covariance (maths.md §G.2).
+    (``scale_init="auto"``); ``Cov(Y | X)`` is :meth:`GaussianBridge.conditional`'s (maths.md §G.2).
     A mixture's components are narrower than one Gaussian's, so this is an upper estimate of their scale: a start
     far closer than ``S = I`` when ``eps`` is large (measured, maths.md §I.2); 1 when the fit is degenerate."""
     x, y = source[:SCALE_FIT_ROWS].double(), target[:SCALE_FIT_ROWS].double()
     if x.shape[0] < 2 or y.shape[0] < 2:
         return 1.0
-    a_cov, b_cov = torch.atleast_2d(torch.cov(x.T)), torch.atleast_2d(torch.cov(y.T))
     try:
-        cross = coupling(x.mean(0), a_cov, y.mean(0), b_cov, math.sqrt(eps))
-        conditional = b_cov - cross.T @ torch.linalg.solve(a_cov, cross)
+        bridge = GaussianBridge(x.mean(0), torch.atleast_2d(torch.cov(x.T)), y.mean(0),
+                                torch.atleast_2d(torch.cov(y.T)), sigma=math.sqrt(eps))
+        _, conditional = bridge.conditional(bridge.a)  # the same for every x
     except (RuntimeError, ValueError, ConfigError, DataError):  # singular or degenerate moments
         return 1.0
     scale = float(torch.trace(conditional)) / (eps * x.shape[1])
@@ -398,9 +398,12 @@ class LightSB(BrownianReference, BridgeSolver):
             components = AUTO_FULL_COMPONENTS if self.covariance == "full" else AUTO_LOWRANK_COMPONENTS
         self.components = check_positive_int(components, "components")
         self.rank = check_positive_int(rank, "rank")
-        if isinstance(scale_init, str) and scale_init != "auto":
-            raise ConfigError(f"scale_init must be a positive number or 'auto', got {scale_init!r}.")
-        self.scale_init = scale_init if scale_init == "auto" else check_positive_float(scale_init, "scale_init")
+        if isinstance(scale_init, str):
+            if scale_init != "auto":
+                raise ConfigError(f"scale_init must be a positive number or 'auto', got {scale_init!r}.")
+        else:
+            scale_init = check_positive_float(scale_init, "scale_init")
+        self.scale_init = scale_init
         self.directions = check_choice(directions, tuple(DIRECTIONS), "directions")
         if shape is not None and len(tuple(shape)) != 1:
             raise ConfigError(f"LightSB works on vectors (n, d); got event shape {tuple(shape)}: flatten the data "
