@@ -64,13 +64,19 @@ RECORDED = ("components", "covariance", "rank", "directions", "coupling", "start
             "steps", "batch_size", "lr", "lr_schedule", "ema_decay", "grad_clip")
 
 
+def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The training options given on the command line (the solver's defaults for the others)."""
+    return {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}.items()
+            if v is not None}
+
+
 def settings(method: str, args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(sbridge class name, constructor options, fit options) of ``method`` ("name" or "name:variant")."""
     name, _, variant = method.partition(":")
     if name == "torchcfm":  # the peer: torchcfm's SF2M (peer_torchcfm), ot_method as the variant
         if not peer_torchcfm.available():
             raise SystemExit("method 'torchcfm' needs the bench-only peer: run `make bench-peers` first.")
-        fit = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
+        fit = _fit_options(args)
         return "torchcfm", {"ot_method": variant or "exact"}, fit
     if name not in SOLVERS:
         raise SystemExit(f"unknown method {method!r}; choose from {', '.join(SOLVERS)} (optionally name:variant).")
@@ -86,7 +92,9 @@ def settings(method: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]
         build["directions"] = "forward"  # only pi(x1 | x0) is scored
     elif name != "gaussiansb":
         build.update({k: v for k, v in {"hidden": args.hidden, "depth": args.depth}.items() if v is not None})
-    fit = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size}.items() if v is not None}
+        if args.net is not None:
+            build["net"] = json.loads(args.net)
+    fit = _fit_options(args)
     fit["quiet"] = True
     return cls, build, fit
 
@@ -172,8 +180,10 @@ def _recorded(solver: Any) -> dict[str, Any]:
         found.update(config.to_dict())
     kept = {k: found[k] for k in RECORDED if k in found}
     models = getattr(solver, "models", None)
-    if models and "covariance" not in kept:  # a neural bridge: the size of its networks
+    if models and "covariance" not in kept:  # a neural bridge: the size of its networks, and their config
         kept["parameters"] = sum(p.numel() for m in models.values() for p in m.parameters())
+        if getattr(solver, "net_config", None):
+            kept["net"] = solver.net_config
     return kept
 
 
@@ -187,7 +197,8 @@ def _potential(settings: dict[str, Any]) -> str:
     variant = settings.get("coupling", settings.get("start"))
     if "parameters" in settings:
         budget = f", {settings['steps']:,} steps" if "steps" in settings else ""
-        return (f"{variant}, " if variant else "") + f"nets {settings['parameters'] / 1e3:.0f}k{budget}"
+        timing = ", time in every layer" if settings.get("net", {}).get("time_layers") == "all" else ""
+        return (f"{variant}, " if variant else "") + f"nets {settings['parameters'] / 1e3:.0f}k{timing}{budget}"
     return "closed form"
 
 
@@ -243,8 +254,11 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=None, help="rank of lowrank covariances (default: the solver's)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the solver's)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the solver's)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the solver's)")
     parser.add_argument("--hidden", type=int, default=None, help="network width of neural bridges")
     parser.add_argument("--depth", type=int, default=None, help="network depth of neural bridges")
+    parser.add_argument("--net", default=None, help='network config of neural bridges as JSON, e.g. '
+                        '\'{"name": "mlp", "hidden": 256, "time_layers": "all"}\'')
     parser.add_argument("--family", default="rotated", choices=("rotated", "isotropic"),
                         help="the benchmark's pairs: rotated (the project's) or isotropic (the published kind)")
     parser.add_argument("--n-train", type=int, default=1_000_000)
