@@ -198,7 +198,8 @@ def _potential(settings: dict[str, Any]) -> str:
     if "parameters" in settings:
         budget = f", {settings['steps']:,} steps" if "steps" in settings else ""
         timing = ", time in every layer" if settings.get("net", {}).get("time_layers") == "all" else ""
-        return (f"{variant}, " if variant else "") + f"nets {settings['parameters'] / 1e3:.0f}k{timing}{budget}"
+        rate = f", lr {settings['lr']:g}" if "lr" in settings else ""
+        return (f"{variant}, " if variant else "") + f"nets {settings['parameters'] / 1e3:.0f}k{timing}{budget}{rate}"
     return "closed form"
 
 
