@@ -74,6 +74,11 @@ def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(0), torch.cov(x.T).reshape(x.shape[1], x.shape[1])
 
 
+def _nearest(grid: torch.Tensor, times: list[float]) -> list[int]:
+    """The index of the grid time nearest each of ``times``."""
+    return [int(torch.argmin((grid - t).abs())) for t in times]
+
+
 def _transported_moments(solver: sbridge.BridgeSolver, test0: torch.Tensor, times: list[float],
                          chunk: int = 10_000) -> tuple[list[float], list[torch.Tensor], torch.Tensor]:
     """Forward-transport ``test0`` in chunks (100 SDE steps, DSB on its grid) and keep, at the grid times nearest
@@ -85,7 +90,7 @@ def _transported_moments(solver: sbridge.BridgeSolver, test0: torch.Tensor, time
         path = solver.transport(test0[i:i + chunk], return_path=True, seed=11 + i, **kw)
         grid = (torch.tensor(solver.times, dtype=torch.float64) if isinstance(solver, sbridge.DSB)
                 else torch.linspace(0, 1, path.shape[0], dtype=torch.float64))
-        index = [int(torch.argmin((grid - t).abs())) for t in times]
+        index = _nearest(grid, times)
         used = [float(grid[k]) for k in index]
         for slot, k in zip(kept, index, strict=True):
             slot.append(path[k].double())
@@ -99,7 +104,7 @@ def dsb_exact_row(d: int, truth: GaussianBridge, iterations: int) -> dict[str, A
     dsb = sbridge.DSB(d, sigma=SIGMA, device="cpu")
     last = gaussian_ipf(truth.a.double(), 1.0, truth.b.double(), 1.0, SIGMA, dsb.gammas, iterations)[-1]
     grid = torch.tensor(dsb.times, dtype=torch.float64)
-    index = [int(torch.argmin((grid - 0.1 * k).abs())) for k in range(1, 10)]
+    index = _nearest(grid, [0.1 * k for k in range(1, 10)])
     kls = [gaussian_kl(last.path_mean[k], torch.diag(last.path_var[k]), truth.mean(float(grid[k])).double(),
                        truth.cov(float(grid[k])).double()) for k in index]
     cross = torch.diag(last.cross)

@@ -36,7 +36,8 @@ class TimeMLP(nn.Module):
         time_dim = check_positive_int(time_dim, "time_dim")
         self.time_layers = check_choice(time_layers, ("input", "all"), "time_layers")
         width_in = self.dim + time_dim * (2 if cond is not None else 1)
-        params = width_in * hidden + (depth - 1) * hidden * hidden + hidden * self.dim
+        params = width_in * hidden + (depth - 1) * hidden * (hidden + (time_dim if time_layers == "all" else 0)) \
+            + hidden * self.dim
         # parameters, their EMA copy, gradients and two Adam moments: five float32 copies
         check_memory(20 * params + 3000 * depth, f"a time MLP of depth {depth:,} and width {hidden:,}",
                      "choose a smaller hidden / depth")
@@ -53,8 +54,9 @@ class TimeMLP(nn.Module):
         layers.append(out)
         self.net = nn.Sequential(*layers)
         # the time maps of the deeper layers (the first layer already sees the embedding in its input)
-        self.time_maps = nn.ModuleList(nn.Linear(time_dim, hidden, bias=False) for _ in range(depth - 1)) \
-            if self.time_layers == "all" else None
+        self.time_maps = None
+        if self.time_layers == "all":
+            self.time_maps = nn.ModuleList(nn.Linear(time_dim, hidden, bias=False) for _ in range(depth - 1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         t = batch_time(t, x)
@@ -64,8 +66,8 @@ class TimeMLP(nn.Module):
         h = torch.cat(parts, dim=1)
         if self.time_maps is None:
             return self.net(h).reshape(x.shape)
-        layers = list(self.net)
-        h = layers[1](layers[0](h))
-        for i, time_map in enumerate(self.time_maps):
-            h = layers[2 * i + 3](layers[2 * i + 2](h) + time_map(parts[1]))
-        return layers[-1](h).reshape(x.shape)
+        # self.net is [Linear, SiLU] * depth + [Linear]: layer l's pre-activation gets U_l e(t) added
+        h = self.net[1](self.net[0](h))
+        for layer, time_map in enumerate(self.time_maps, start=1):
+            h = self.net[2 * layer + 1](self.net[2 * layer](h) + time_map(parts[1]))
+        return self.net[-1](h).reshape(x.shape)

@@ -53,6 +53,17 @@ def _moments(values: object, name: str) -> torch.Tensor:
     return out
 
 
+def _chain(slope: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+           noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means and variances (N + 1, d) of the affine-Gaussian chain ``Y_{k+1} = slope[k] Y_k + shift[k] +
+    N(0, noise[k])`` from ``N(mean, var)``."""
+    means, variances = [mean], [var]
+    for k in range(slope.shape[0]):
+        means.append(slope[k] * means[-1] + shift[k])
+        variances.append(slope[k] ** 2 * variances[-1] + noise[k])
+    return torch.stack(means), torch.stack(variances)
+
+
 def gaussian_ipf(mean0: object, var0: object, mean1: object, var1: object, sigma: float, gammas: torch.Tensor,
                  iterations: int, reference_slope: float = 0.0) -> list[IPFIterate]:
     """DSB's IPF between ``N(mean0, diag var0)`` and ``N(mean1, diag var1)`` on the grid of steps ``gammas`` (sum
@@ -67,32 +78,20 @@ def gaussian_ipf(mean0: object, var0: object, mean1: object, var1: object, sigma
         raise ConfigError("var0 and var1 must be positive: they are the ends' variances per dimension.")
     g = torch.as_tensor(gammas, dtype=torch.float64).reshape(-1, 1)  # (N, 1)
     noise = sigma**2 * g
-    steps = g.shape[0]
-    # forward kernel X_{k+1} = a[k] X_k + c[k] + noise; backward X_k = p[k] X_{k+1} + q[k] + noise
-    a = (1 + g * reference_slope).expand(steps, m0.shape[0]).clone()
+    # forward kernel X_{k+1} = a[k] X_k + c[k] + noise[k]; backward X_k = p[k] X_{k+1} + q[k] + noise[k]
+    a = (1 + g * reference_slope).expand(-1, m0.shape[0])
     c = torch.zeros_like(a)
-    p, q = torch.ones_like(a), torch.zeros_like(a)
+    forward = _chain(a, c, m0, v0, noise)  # the reference's marginals at every grid time
     history = []
     for _ in range(iterations):
-        mean, var = m0, v0  # backward half-step: regress on the forward chain (Eq. 12)
-        for k in range(steps):
-            mean_next, var_next = a[k] * mean + c[k], a[k] ** 2 * var + noise[k]
-            beta = a[k] * var / var_next  # E[X_k | X_{k+1}] = mean + beta (X_{k+1} - mean_next)
-            p[k] = (1 - a[k]) + a[k] * beta
-            q[k] = a[k] * (mean - beta * mean_next)
-            mean, var = mean_next, var_next
-        mean, var = m1, v1  # forward half-step: regress on the backward chain (Eq. 13)
-        for k in reversed(range(steps)):
-            mean_prev, var_prev = p[k] * mean + q[k], p[k] ** 2 * var + noise[k]
-            beta = p[k] * var / var_prev  # E[X_{k+1} | X_k]
-            a[k] = (1 - p[k]) + p[k] * beta
-            c[k] = p[k] * (mean - beta * mean_prev)
-            mean, var = mean_prev, var_prev
-        mean0_hat, var0_hat = mean, var
-        means, variances, cross = [m0], [v0], v0.clone()
-        for k in range(steps):
-            means.append(a[k] * means[-1] + c[k])
-            variances.append(a[k] ** 2 * variances[-1] + noise[k])
-            cross = a[k] * cross
-        history.append(IPFIterate(torch.stack(means), torch.stack(variances), mean0_hat, var0_hat, cross))
+        # backward half-step (Eq. 12) on the forward chain: E[X_k | X_{k+1}] = m_k + beta (X_{k+1} - m_{k+1})
+        means, variances = forward
+        beta = a * variances[:-1] / variances[1:]
+        p, q = (1 - a) + a * beta, a * (means[:-1] - beta * means[1:])
+        # forward half-step (Eq. 13) on the backward chain from p1, run in reverse and indexed by grid position
+        means, variances = (x.flip(0) for x in _chain(p.flip(0), q.flip(0), m1, v1, noise.flip(0)))
+        beta = p * variances[1:] / variances[:-1]  # E[X_{k+1} | X_k]
+        a, c = (1 - p) + p * beta, p * (means[1:] - beta * means[:-1])
+        forward = _chain(a, c, m0, v0, noise)
+        history.append(IPFIterate(*forward, means[0], variances[0], v0 * a.prod(0)))
     return history
