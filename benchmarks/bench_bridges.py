@@ -1,5 +1,5 @@
-"""Benchmarks of the bridge solvers (GaussianSB, DSB, DSBM; LightSB and SF2M with ``--methods``) against known
-solutions.
+"""Benchmarks of the bridge solvers (GaussianSB, DSB, DSBM; LightSB, SF2M and SB-FBSDE with ``--methods``)
+against known solutions.
 
 Parts (``--parts``):
 
@@ -51,6 +51,9 @@ def make_solver(method: str, dim: int, sigma: float, seed: int | None = None) ->
         return sbridge.GaussianSB(dim, sigma=sigma, seed=seed, device="cpu")
     if method == "lightsb":  # a Gaussian-mixture potential, no network
         return sbridge.LightSB(dim, sigma=sigma, seed=seed, device="cpu")
+    if method == "sbfbsde":  # a policy bridge: its reference is a process, here the bridges' Brownian motion
+        return sbridge.SBFBSDE(dim, process={"name": "brownian", "sigma": sigma}, seed=seed, device="cpu",
+                               **_net(dim))
     cls = {"dsb": sbridge.DSB, "dsbm": sbridge.DSBM, "sf2m": sbridge.SF2M}[method]
     return cls(dim, sigma=sigma, seed=seed, device="cpu", **_net(dim))
 
@@ -64,7 +67,7 @@ def fit(solver: sbridge.BridgeSolver, x0: torch.Tensor, x1: torch.Tensor, budget
         solver.fit(x0, prior=x1, iterations=budget["dsbm_iterations"], steps=budget["dsbm_steps"], quiet=True)
     elif isinstance(solver, sbridge.GaussianSB):
         solver.fit(x0, prior=x1)
-    else:  # LightSB, SF2M: their own defaults but for the step count
+    else:  # LightSB, SF2M, SB-FBSDE: their own defaults but for the step count
         solver.fit(x0, prior=x1, steps=budget[f"{solver.method}_steps"], quiet=True)
     return time.perf_counter() - t
 
@@ -279,10 +282,11 @@ def main() -> None:
     SOLVER_SEED = args.solver_seed
     budget = {"dsbm_iterations": sbridge.DSBM.default_iterations, "dsbm_steps": args.dsbm_steps,
               "dsb_iterations": sbridge.DSB.default_iterations, "dsb_steps": args.dsb_steps,
-              "lightsb_steps": sbridge.LightSB.default_steps, "sf2m_steps": sbridge.SF2M.default_steps}
+              "lightsb_steps": sbridge.LightSB.default_steps, "sf2m_steps": sbridge.SF2M.default_steps,
+              "sbfbsde_steps": sbridge.SBFBSDE.default_steps}
     if args.quick:
         budget = {"dsbm_iterations": 2, "dsbm_steps": 40, "dsb_iterations": 1, "dsb_steps": 40, "lightsb_steps": 40,
-                  "sf2m_steps": 40}
+                  "sf2m_steps": 40, "sbfbsde_steps": 40}
     methods, parts = args.methods.split(","), args.parts.split(",")
     n_eval = 2000 if args.quick else 100_000
     result: dict[str, Any] = {

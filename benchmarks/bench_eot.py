@@ -146,7 +146,9 @@ def cell(dim: int, eps: float, args: argparse.Namespace) -> list[dict[str, Any]]
             solver = peer_torchcfm.fit_sf2m(x0, x1, bench.sigma, seed=args.solver_seed, **build, **fit)
             recorded = {"peer": f"torchcfm {peer_torchcfm.version()}", **build, **fit}
         else:
-            solver = getattr(sbridge, cls)(dim, sigma=bench.sigma, device="cpu", seed=args.solver_seed, **build)
+            reference = ({"process": {"name": "brownian", "sigma": bench.sigma}} if cls == "SBFBSDE"
+                         else {"sigma": bench.sigma})  # a policy bridge's reference is a process
+            solver = getattr(sbridge, cls)(dim, device="cpu", seed=args.solver_seed, **reference, **build)
             solver.fit(x0, x1, **({} if cls == "GaussianSB" else fit))  # GaussianSB: closed form, no options
             recorded = _recorded(solver)
         seconds = time.perf_counter() - start
