@@ -183,9 +183,38 @@ def plot_objective_terms(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+#: How far a title may reach, as a fraction of its figure's width (a suptitle) or of its axes' (an axes title).
+_TITLE_SPAN = 0.96
+
+
+def _titles(fig: Any) -> list[tuple[Any, float]]:
+    """The figure's non-empty titles, each with the width in pixels it has to fit in."""
+    width = fig.bbox.width
+    found = [(ax.title, min(width, ax.bbox.width / _TITLE_SPAN)) for ax in fig.axes]
+    suptitle = getattr(fig, "_suptitle", None)  # matplotlib keeps the suptitle's Text here (no public accessor)
+    if suptitle is not None:
+        found.append((suptitle, width))
+    return [(text, span * _TITLE_SPAN) for text, span in found if text.get_text()]
+
+
+def fit_titles(fig: Any) -> None:
+    """Wrap every title wider than the room it has (:func:`_titles`) onto more lines, at spaces, until it fits
+    (``tight_layout`` then makes room for the extra lines): a long title is never cut off at the figure's edge."""
+    import textwrap
+
+    renderer = fig.canvas.get_renderer()
+    for text, room in _titles(fig):
+        words = " ".join(text.get_text().split())
+        chars = len(words)
+        while text.get_window_extent(renderer).width > room and chars > 8:
+            chars = max(8, int(chars * 0.85))
+            text.set_text(textwrap.fill(words, chars, break_long_words=False))
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fit_titles(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
