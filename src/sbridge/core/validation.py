@@ -116,6 +116,13 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def check_nonnegative_int(value: Any, name: str) -> int:
+    """Return ``value`` as an int >= 0 or raise :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}.")
+    return int(value)
+
+
 #: Seeds are stored in 64-bit generators; the run's derived seeds add small offsets, so this is the largest seed.
 MAX_SEED = 2**62
 
